@@ -1,0 +1,326 @@
+"""Versioned event models. The topic name carries the major version (``.v1``).
+
+Rules (see shared/STYLE.md):
+- every event has ``event_id`` (idempotency key) and ``occurred_at``;
+- large payloads never ride on Kafka: events carry artifact URIs and sha256 digests;
+- a breaking change is a new model on a new ``.v2`` topic, never an edit here.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+from uuid import UUID, uuid4
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+__all__ = [
+    "NAME_PATTERN",
+    "ArtifactRef",
+    "DatasetIngested",
+    "DatasetPrepared",
+    "DatasetSchema",
+    "DeadLetter",
+    "Event",
+    "Hyperparameters",
+    "ModelPromoted",
+    "ModelRegistered",
+    "ModelSpec",
+    "Name",
+    "PredictionLogged",
+    "PreparedDatasetRef",
+    "PreprocessingSpec",
+    "TrainingCompleted",
+    "TrainingFailed",
+    "TrainingProgress",
+    "TrainingRequested",
+    "UpstreamRecord",
+    "decode_event",
+    "validate_name",
+]
+
+#: Dataset, model and alias names: lower-case, digits, '-', '_', '.', 1-64 chars,
+#: starting with a letter or digit. Nothing path-like ("../x", "a/b") passes.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def validate_name(value: str) -> str:
+    if not _NAME_RE.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"invalid name {value!r}: use 1-64 lower-case letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit (no '/', no '..')"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(validate_name)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Contract(BaseModel):
+    """Value objects inside events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Event(Contract):
+    """Base of every event on the mesh."""
+
+    event_id: UUID = Field(default_factory=uuid4, description="Idempotency key")
+    occurred_at: datetime = Field(default_factory=_now)
+
+
+E = TypeVar("E", bound=BaseModel)
+
+
+def decode_event(event_type: type[E], payload: bytes | str | dict[str, Any]) -> E:
+    """Consumer-side decoding: tolerant of fields added by newer producers."""
+    if isinstance(payload, dict):
+        return event_type.model_validate(payload, extra="ignore")
+    return event_type.model_validate_json(payload, extra="ignore")
+
+
+# --------------------------------------------------------------------------- values
+
+
+class ArtifactRef(Contract):
+    """A content-addressed artifact in the store (libs.storage)."""
+
+    uri: str = Field(description="Store URI, e.g. file:///.../sha256/ab/abcd... or s3://bucket/...")
+    sha256: Sha256
+    size: int = Field(ge=0)
+    media_type: str = "application/octet-stream"
+
+
+class DatasetSchema(Contract):
+    """What every record of a dataset looks like."""
+
+    feature_shape: list[int] = Field(min_length=1, description="Shape of one record, e.g. [28, 28]")
+    dtype: Literal["uint8", "float32", "float64", "int64"] = "float32"
+    num_classes: int = Field(ge=2, le=100_000)
+    label_names: list[str] | None = None
+
+    @property
+    def feature_count(self) -> int:
+        n = 1
+        for d in self.feature_shape:
+            n *= d
+        return n
+
+
+class PreprocessingSpec(Contract):
+    """The exact transform applied to a raw record before training.
+
+    The predictor applies the same transform at inference time:
+    ``x = float32(x).reshape(-1, *input_shape) * scale``; then, when ``mean`` is set,
+    ``x = (x - mean) / std`` (scalars, or one value per feature).
+    """
+
+    input_shape: list[int] = Field(min_length=1)
+    input_dtype: str = "float32"
+    scale: float = 1.0
+    mean: float | list[float] | None = None
+    std: float | list[float] | None = None
+    description: str = ""
+
+
+class PreparedDatasetRef(Contract):
+    """Where a prepared dataset version lives and how it was made."""
+
+    dataset: Name
+    version: int = Field(ge=1)
+    tensors: ArtifactRef = Field(
+        description="safetensors file: x_train, y_train, x_val, y_val and, when supplied, "
+        "x_test, y_test"
+    )
+    stats: ArtifactRef
+    counts: dict[str, int]
+    schema_: DatasetSchema = Field(alias="schema")
+    preprocessing: PreprocessingSpec
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ModelSpec(Contract):
+    arch: str = Field(default="mlp", description="'mlp' or 'cnn'")
+    hidden_sizes: list[int] = Field(default_factory=lambda: [500])
+    dropout: float = 0.0
+    channels: list[int] = Field(default_factory=lambda: [32, 64], description="cnn only")
+
+
+class Hyperparameters(Contract):
+    """Values are checked by the trainer (a bad one yields training.failed.v1 with the reason),
+    not by the contract, so that a bad request is answered rather than dead-lettered."""
+
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = Field(default="constant", description="constant | cosine | onecycle | step")
+    batch_size: int = 128
+    epochs: int = 8
+    seed: int = 0
+    label_smoothing: float = 0.0
+    augment: bool = False
+    world_size: int = Field(default=1, description=">1 runs under torch.distributed (DDP)")
+
+
+# --------------------------------------------------------------------------- events
+
+
+class UpstreamRecord(Event):
+    """One labelled record published by an upstream system. Key: dataset name."""
+
+    dataset: Name
+    features: list[float]
+    label: int
+    split: Literal["train", "test"] = "train"
+    schema_: DatasetSchema | None = Field(
+        default=None,
+        alias="schema",
+        description="Declares the dataset's schema; needed on the first record of a new dataset",
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DatasetIngested(Event):
+    """A dataset version was validated and stored. Key: dataset name."""
+
+    dataset: Name
+    version: int = Field(ge=1)
+    artifact: ArtifactRef = Field(description="NPZ: x_train, y_train and optionally x_test, y_test")
+    record_count: int = Field(ge=0)
+    split_counts: dict[str, int]
+    rejected_count: int = 0
+    schema_: DatasetSchema = Field(alias="schema")
+    source: Literal["upload", "records"]
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DatasetPrepared(Event):
+    """A dataset version was cleaned, normalized and split. Key: dataset name."""
+
+    prepared: PreparedDatasetRef
+    source_sha256: Sha256
+    dropped: dict[str, int] = Field(default_factory=dict, description="malformed, duplicate")
+
+
+class TrainingRequested(Event):
+    """Train one model. Key: run_id."""
+
+    run_id: Name
+    dataset: Name
+    dataset_version: int | None = Field(default=None, description="None: latest prepared")
+    prepared: PreparedDatasetRef | None = Field(
+        default=None, description="Set when the requester already resolved the dataset"
+    )
+    model_name: Name | None = Field(default=None, description="Registry model; default <dataset>-<arch>")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    requested_by: str = "cli"
+
+
+class TrainingProgress(Event):
+    """One per epoch. Key: run_id."""
+
+    run_id: Name
+    epoch: int
+    epochs: int
+    loss: float
+    train_accuracy: float
+    val_accuracy: float
+    samples_per_sec: float
+    elapsed_s: float
+    worker: str
+
+
+class TrainingCompleted(Event):
+    """Key: run_id."""
+
+    run_id: Name
+    model_name: Name
+    dataset: Name
+    dataset_version: int
+    model: ModelSpec
+    hyperparameters: Hyperparameters
+    metrics: dict[str, float] = Field(description="val_accuracy, test_accuracy, samples_per_sec, ...")
+    weights: ArtifactRef = Field(description="safetensors")
+    card: ArtifactRef = Field(description="model card JSON")
+    variants: dict[str, ArtifactRef] = Field(
+        default_factory=dict, description="e.g. int8 (safetensors), torchscript"
+    )
+    training_seconds: float
+    worker: str
+    code_version: str
+
+
+class TrainingFailed(Event):
+    """Key: run_id."""
+
+    run_id: Name
+    reason: str
+    error_type: str
+    dataset: str | None = None
+    worker: str = ""
+
+
+class ModelRegistered(Event):
+    """Key: model_name."""
+
+    model_name: Name
+    version: int = Field(ge=1)
+    run_id: Name
+    dataset: Name
+    dataset_version: int
+    metrics: dict[str, float]
+    weights: ArtifactRef
+    card: ArtifactRef
+    variants: dict[str, ArtifactRef] = Field(default_factory=dict)
+    flags: list[str] = Field(default_factory=list, description="e.g. unknown-dataset")
+
+
+class ModelPromoted(Event):
+    """An alias moved. Key: model_name."""
+
+    model_name: Name
+    version: int = Field(ge=1)
+    alias: Name
+    previous_version: int | None = None
+    reason: str
+    actor: str
+    weights: ArtifactRef
+    card: ArtifactRef
+    variants: dict[str, ArtifactRef] = Field(default_factory=dict)
+
+
+class PredictionLogged(Event):
+    """A sampled prediction. Key: model_name."""
+
+    model_name: Name
+    version: int
+    request_id: str
+    predictions: list[int]
+    latency_ms: float
+
+
+class DeadLetter(Event):
+    """A message a service could not handle, with why. Topic: <service>.dlq.v1."""
+
+    service: str
+    source_topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    reason: str
+    error_type: str
+    attempts: int
+    payload: str = Field(description="original value: UTF-8 text, or base64 when not UTF-8")
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    headers: dict[str, str] = Field(default_factory=dict)

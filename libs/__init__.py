@@ -1,0 +1,1 @@
+"""Libraries shared by every service: messaging, telemetry, storage, settings."""

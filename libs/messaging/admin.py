@@ -1,0 +1,125 @@
+"""Broker administration: reachability, topic creation from contracts/, consumer lag."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from contracts.topics import TOPICS, Topic
+from libs.messaging.errors import BrokerUnreachable
+from libs.messaging.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+async def _admin(settings: KafkaSettings, timeout_s: float) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        request_timeout_ms=int(timeout_s * 1000),
+        **settings.client_kwargs(),
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await admin.close()
+        raise BrokerUnreachable(settings.bootstrap_servers, type(exc).__name__) from None
+    return admin
+
+
+async def wait_until_reachable(settings: KafkaSettings, timeout_s: float | None = None) -> None:
+    """Return once the broker answers metadata requests; raise BrokerUnreachable after the deadline."""
+    deadline = asyncio.get_running_loop().time() + (timeout_s or settings.connect_timeout_s)
+    last: BrokerUnreachable | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            admin = await _admin(settings, 2.0)
+        except BrokerUnreachable as exc:
+            last = exc
+            await asyncio.sleep(0.1)
+            continue
+        await admin.close()
+        return
+    raise last or BrokerUnreachable(settings.bootstrap_servers)
+
+
+async def create_topics(
+    settings: KafkaSettings, topics: Iterable[Topic] | None = None, *, extra: Iterable[str] = ()
+) -> list[str]:
+    """Create the contract topics (and any ``extra`` names, 1 partition) that do not exist yet."""
+    wanted = list(topics if topics is not None else TOPICS.values())
+    admin = await _admin(settings, settings.connect_timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(name=t.name, num_partitions=t.partitions, replication_factor=1)
+            for t in wanted
+            if t.name not in existing
+        ] + [NewTopic(name=n, num_partitions=1, replication_factor=1) for n in extra if n not in existing]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+        return [t.name for t in new]
+    finally:
+        await admin.close()
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    group: str
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return self.end - (self.committed or 0)
+
+
+async def consumer_lag(settings: KafkaSettings, group: str) -> list[PartitionLag]:
+    """Committed offset and log end of every partition a group has committed on."""
+    admin = await _admin(settings, settings.connect_timeout_s)
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    if not offsets:
+        return []
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, **settings.client_kwargs()
+    )
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(list(offsets))
+    finally:
+        await consumer.stop()
+    return [
+        PartitionLag(group, tp.topic, tp.partition, meta.offset if meta.offset >= 0 else None, ends[tp])
+        for tp, meta in sorted(offsets.items(), key=lambda kv: (kv[0].topic, kv[0].partition))
+        if isinstance(tp, TopicPartition)
+    ]
+
+
+def main() -> None:
+    """``python -m libs.messaging.admin``: create every contract topic (the compose init job)."""
+    logging.basicConfig(level=logging.INFO)
+    settings = KafkaSettings()
+
+    async def run() -> None:
+        await wait_until_reachable(settings, 60)
+        created = await create_topics(settings)
+        print(f"created {len(created)} topics: {', '.join(created) or '(all existed)'}")
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

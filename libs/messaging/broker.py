@@ -1,0 +1,112 @@
+"""The FastStream ``KafkaBroker`` every service uses, and the two verbs on it.
+
+- :func:`create_broker` wires telemetry (W3C trace context in Kafka headers), the mesh
+  middleware (contract decoding, idempotency, retry, dead-lettering, metrics) and the
+  connection settings.
+- :func:`subscribe` declares a subscriber for a contract topic: events are decoded
+  tolerantly (unknown fields ignored) and the offset is committed after the handler ran.
+- :func:`publish` sends an event to its contract topic with its partition key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.message import StreamMessage
+from opentelemetry import trace
+from pydantic import BaseModel
+
+from contracts.events import decode_event
+from contracts.topics import TOPICS, Topic, topic_for
+from libs.messaging.idempotency import IdempotencyStore
+from libs.messaging.middleware import MeshMiddlewareFactory, RetryPolicy
+from libs.messaging.settings import KafkaSettings
+from libs.telemetry import metrics
+
+
+def create_broker(
+    service: str,
+    settings: KafkaSettings | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    idempotency: IdempotencyStore | None = None,
+    **kwargs: Any,
+) -> KafkaBroker:
+    settings = settings or KafkaSettings()
+    mesh = MeshMiddlewareFactory(service, retry=retry, idempotency=idempotency)
+    broker = KafkaBroker(
+        settings.bootstrap_servers,
+        client_id=f"lmesh-{service}",
+        middlewares=[
+            KafkaTelemetryMiddleware(tracer_provider=trace.get_tracer_provider()),
+            mesh,
+        ],
+        graceful_timeout=kwargs.pop("graceful_timeout", 30.0),
+        request_timeout_ms=int(settings.connect_timeout_s * 1000),
+        security=settings.faststream_security(),
+        **kwargs,
+    )
+    mesh.broker = broker
+    broker.mesh_service = service  # type: ignore[attr-defined]
+    return broker
+
+
+def contract_decoder(event_type: type[BaseModel]) -> Any:
+    async def decode(msg: StreamMessage[Any]) -> BaseModel:
+        return decode_event(event_type, msg.body)
+
+    return decode
+
+
+def subscribe(
+    broker: KafkaBroker,
+    topic: str,
+    *,
+    group_id: str | None,
+    settings: KafkaSettings | None = None,
+    auto_offset_reset: str = "earliest",
+    **kwargs: Any,
+) -> Any:
+    """A subscriber on a contract topic. ``group_id=None`` makes a broadcast subscriber
+    (every process receives every event, e.g. predictor replicas on model.promoted.v1)."""
+    spec: Topic = TOPICS[topic]
+    settings = settings or KafkaSettings()
+    group_kwargs = settings.group_kwargs() if group_id else {}
+    return broker.subscriber(
+        topic,
+        group_id=group_id,
+        decoder=contract_decoder(spec.event),
+        auto_offset_reset=auto_offset_reset,
+        ack_policy=AckPolicy.ACK if group_id else AckPolicy.ACK_FIRST,
+        title=f"{topic}:{group_id or 'broadcast'}",
+        description=spec.description,
+        **group_kwargs,
+        **kwargs,
+    )
+
+
+def event_key(event: BaseModel, spec: Topic) -> bytes | None:
+    value: Any = getattr(event, spec.key, None)
+    if value is None and hasattr(event, "prepared"):
+        value = getattr(event.prepared, spec.key, None)
+    return str(value).encode() if value is not None else None
+
+
+async def publish(
+    broker: KafkaBroker, event: BaseModel, *, topic: str | None = None, key: str | None = None
+) -> None:
+    spec = TOPICS[topic] if topic else topic_for(type(event))
+    await broker.publish(
+        event.model_dump_json(by_alias=True).encode(),
+        topic=spec.name,
+        key=key.encode() if key is not None else event_key(event, spec),
+        headers={
+            "content-type": "application/json",
+            "event-type": type(event).__name__,
+            "event-id": str(getattr(event, "event_id", "")),
+        },
+    )
+    metrics.EVENTS_PUBLISHED.labels(getattr(broker, "mesh_service", "client"), spec.name).inc()

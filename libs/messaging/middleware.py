@@ -1,0 +1,164 @@
+"""The mesh's consumer middleware: decode by contract, skip duplicates, retry with
+backoff, dead-letter poison messages, count everything. A consumer never dies on one
+message: whatever happens, the message is answered (handled, skipped or dead-lettered)
+and the next one is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from faststream import BaseMiddleware
+from pydantic import ValidationError
+
+from contracts.events import DeadLetter
+from contracts.topics import dlq_topic
+from libs.messaging.errors import PermanentError
+from libs.messaging.idempotency import IdempotencyStore, InMemoryIdempotency
+from libs.telemetry import metrics
+
+if TYPE_CHECKING:
+    from faststream.kafka import KafkaBroker
+    from faststream.message import StreamMessage
+
+log = logging.getLogger("lmesh.messaging")
+
+PERMANENT: tuple[type[BaseException], ...] = (PermanentError, ValidationError, ValueError, TypeError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
+
+
+class MeshMiddlewareFactory:
+    """Builds one :class:`MeshMiddleware` per message; holds what they share."""
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        retry: RetryPolicy | None = None,
+        idempotency: IdempotencyStore | None = None,
+    ) -> None:
+        self.service = service
+        self.retry = retry or RetryPolicy()
+        self.idempotency = idempotency or InMemoryIdempotency()
+        self.broker: KafkaBroker | None = None
+
+    def __call__(self, msg: Any, /, *, context: Any) -> MeshMiddleware:
+        return MeshMiddleware(msg, context=context, factory=self)
+
+
+class MeshMiddleware(BaseMiddleware):
+    def __init__(self, msg: Any, /, *, context: Any, factory: MeshMiddlewareFactory) -> None:
+        super().__init__(msg, context=context)
+        self.factory = factory
+
+    async def consume_scope(
+        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        f = self.factory
+        topic = _topic_of(msg)
+        labels = (f.service, topic)
+        try:
+            event = await msg.decode()
+        except Exception as exc:
+            await self._dead_letter(msg, topic, exc, attempts=1)
+            return None
+        key = f"{topic}:{getattr(event, 'event_id', None) or msg.message_id}"
+        if f.idempotency.seen(key):
+            metrics.EVENTS_DUPLICATE.labels(*labels).inc()
+            log.info("skipping redelivered event %s", key)
+            return None
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                result = await call_next(msg)
+            except asyncio.CancelledError:
+                raise
+            except PERMANENT as exc:
+                metrics.EVENTS_FAILED.labels(*labels).inc()
+                await self._dead_letter(msg, topic, exc, attempts=attempt)
+                f.idempotency.remember(key)
+                return None
+            except Exception as exc:
+                metrics.EVENTS_FAILED.labels(*labels).inc()
+                if attempt >= f.retry.attempts:
+                    await self._dead_letter(msg, topic, exc, attempts=attempt)
+                    f.idempotency.remember(key)
+                    return None
+                delay = f.retry.backoff(attempt)
+                log.warning("%s on %s (attempt %d), retrying in %.1fs: %s", type(exc).__name__, topic, attempt, delay, exc)
+                await asyncio.sleep(delay)
+                continue
+            metrics.HANDLER_LATENCY.labels(*labels).observe(time.perf_counter() - started)
+            metrics.EVENTS_HANDLED.labels(*labels).inc()
+            metrics.LAST_EVENT_TS.labels(*labels).set(time.time())
+            f.idempotency.remember(key)
+            return result
+
+    async def _dead_letter(
+        self, msg: StreamMessage[Any], topic: str, exc: BaseException, *, attempts: int
+    ) -> None:
+        f = self.factory
+        reason = _reason(exc)
+        log.error("dead-lettering message from %s after %d attempt(s): %s", topic, attempts, reason)
+        body: bytes = msg.body if isinstance(msg.body, bytes) else str(msg.body).encode()
+        try:
+            payload, encoding = body.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(body).decode("ascii"), "base64"
+        raw = msg.raw_message
+        raw_key = getattr(raw, "key", None)
+        letter = DeadLetter(
+            service=f.service,
+            source_topic=topic,
+            partition=getattr(raw, "partition", None),
+            offset=getattr(raw, "offset", None),
+            key=raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else raw_key,
+            reason=reason,
+            error_type=type(exc).__name__,
+            attempts=attempts,
+            payload=payload,
+            payload_encoding=encoding,
+            headers={k: v if isinstance(v, str) else repr(v) for k, v in (msg.headers or {}).items()},
+        )
+        metrics.EVENTS_DEAD_LETTERED.labels(f.service, topic).inc()
+        if f.broker is None:  # pragma: no cover - wiring error
+            log.error("no broker to dead-letter with: %s", letter.model_dump_json())
+            return
+        await f.broker.publish(
+            letter.model_dump_json().encode(),
+            topic=dlq_topic(f.service),
+            key=topic.encode(),
+            headers={"content-type": "application/json", "event-type": "DeadLetter"},
+        )
+
+
+def _topic_of(msg: StreamMessage[Any]) -> str:
+    raw = msg.raw_message
+    return str(getattr(raw, "topic", None) or "unknown")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False)
+        if errors and errors[0].get("type") == "json_invalid":
+            return f"not valid JSON: {errors[0].get('msg')}"
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]]
+        return f"does not match contract {exc.title}: " + "; ".join(parts)
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,121 @@
+"""What every service process shares: settings base, the FastAPI app that hosts the
+broker, ``/healthz`` and ``/metrics``, and ``serve`` (the ``__main__`` entry point).
+
+A service's ``app.py`` builds its broker and subscribers, then calls :func:`create_app`
+with its lifespan hooks; its ``__main__.py`` calls :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Response
+from faststream.kafka import KafkaBroker
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from libs import telemetry
+from libs.messaging.admin import wait_until_reachable
+from libs.messaging.errors import BrokerUnreachable
+from libs.messaging.settings import KafkaSettings
+from libs.telemetry import metrics
+
+log = logging.getLogger("lmesh.service")
+
+Hook = Callable[[FastAPI], Awaitable[None]]
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service has; subclasses set ``env_prefix`` (``INGEST_`` ...)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    log_level: str = "INFO"
+
+
+def create_app(
+    service: str,
+    broker: KafkaBroker | None,
+    *,
+    title: str | None = None,
+    on_startup: Hook | None = None,
+    on_shutdown: Hook | None = None,
+    **fastapi_kwargs: Any,
+) -> FastAPI:
+    """A FastAPI app whose lifespan starts telemetry and the broker, with health and metrics."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        telemetry.setup(service)
+        telemetry.instrument_httpx()
+        app.state.started_at = time.time()
+        app.state.broker = broker
+        if on_startup:
+            await on_startup(app)
+        if broker is not None:
+            await broker.start()
+        try:
+            yield
+        finally:
+            if broker is not None:
+                await broker.stop()
+            if on_shutdown:
+                await on_shutdown(app)
+            telemetry.shutdown()
+
+    app = FastAPI(title=title or f"lepton-mesh {service}", lifespan=lifespan, **fastapi_kwargs)
+    app.state.service = service
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, Any]:
+        """Alive, with the service name, version and uptime."""
+        return {
+            "service": service,
+            "status": "ok",
+            "version": telemetry._package_version(),
+            "uptime_s": round(time.time() - getattr(app.state, "started_at", time.time()), 3),
+        }
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    telemetry.instrument_fastapi(app)
+    return app
+
+
+def check_broker(kafka: KafkaSettings, timeout_s: float | None = None) -> None:
+    """Exit with one clear line (code 2) when the broker does not answer."""
+    try:
+        asyncio.run(wait_until_reachable(kafka, timeout_s))
+    except BrokerUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def serve(app: FastAPI | str, settings: ServiceSettings, kafka: KafkaSettings | None = None) -> None:
+    """Run one service process: check the broker, then serve HTTP until SIGINT/SIGTERM."""
+    import uvicorn
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if kafka is not None:
+        check_broker(kafka)
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )

@@ -1,0 +1,1 @@
+"""The ``lmesh`` command line: run the mesh locally and talk to it."""

@@ -1,0 +1,66 @@
+"""Shared fixtures. The broker is real: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a Kafka
+container where a Docker engine answers, else the embedded Tansu process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from libs.messaging.settings import KafkaSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _docker_engine_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A real Kafka-protocol broker for the whole session, with the contract topics created."""
+    from libs.messaging.admin import create_topics
+
+    if env := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        asyncio.run(create_topics(KafkaSettings(bootstrap_servers=env)))
+        yield env
+        return
+    if _docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:3.9.0").with_kraft() as kafka:
+            bootstrap = kafka.get_bootstrap_server()
+            asyncio.run(create_topics(KafkaSettings(bootstrap_servers=bootstrap)))
+            yield bootstrap
+        return
+    from libs.messaging.embedded import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=kafka_bootstrap)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for names (datasets, groups, topics) used by one test."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return (tmp_path / "artifacts").as_uri()
