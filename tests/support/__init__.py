@@ -1,0 +1,1 @@
+"""Test support: real HTTP servers, real Kafka consumers, polling with deadlines."""
