@@ -221,7 +221,9 @@ class TrainingRequested(Event):
     prepared: PreparedDatasetRef | None = Field(
         default=None, description="Set when the requester already resolved the dataset"
     )
-    model_name: Name | None = Field(default=None, description="Registry model; default <dataset>-<arch>")
+    model_name: Name | None = Field(
+        default=None, description="Registry model; default <dataset>-<arch>"
+    )
     model: ModelSpec = Field(default_factory=ModelSpec)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     requested_by: str = "cli"
@@ -250,7 +252,9 @@ class TrainingCompleted(Event):
     dataset_version: int
     model: ModelSpec
     hyperparameters: Hyperparameters
-    metrics: dict[str, float] = Field(description="val_accuracy, test_accuracy, samples_per_sec, ...")
+    metrics: dict[str, float] = Field(
+        description="val_accuracy, test_accuracy, samples_per_sec, ..."
+    )
     weights: ArtifactRef = Field(description="safetensors")
     card: ArtifactRef = Field(description="model card JSON")
     variants: dict[str, ArtifactRef] = Field(

@@ -25,13 +25,45 @@ def dlq_topic(service: str) -> str:
 
 
 _TOPICS = [
-    Topic("ingest.records.v1", ev.UpstreamRecord, 4, "dataset", "Labelled records from upstream systems"),
-    Topic("dataset.ingested.v1", ev.DatasetIngested, 3, "dataset", "A validated, stored dataset version"),
-    Topic("dataset.prepared.v1", ev.DatasetPrepared, 3, "dataset", "A cleaned, normalized, split dataset version"),
-    Topic("training.requested.v1", ev.TrainingRequested, 4, "run_id", "Train one model; trainer workers share it as group 'trainer'"),
+    Topic(
+        "ingest.records.v1",
+        ev.UpstreamRecord,
+        4,
+        "dataset",
+        "Labelled records from upstream systems",
+    ),
+    Topic(
+        "dataset.ingested.v1",
+        ev.DatasetIngested,
+        3,
+        "dataset",
+        "A validated, stored dataset version",
+    ),
+    Topic(
+        "dataset.prepared.v1",
+        ev.DatasetPrepared,
+        3,
+        "dataset",
+        "A cleaned, normalized, split dataset version",
+    ),
+    Topic(
+        "training.requested.v1",
+        ev.TrainingRequested,
+        4,
+        "run_id",
+        "Train one model; trainer workers share it as group 'trainer'",
+    ),
     Topic("training.progress.v1", ev.TrainingProgress, 3, "run_id", "One per epoch"),
-    Topic("training.completed.v1", ev.TrainingCompleted, 3, "run_id", "A finished run with its artifacts"),
-    Topic("training.failed.v1", ev.TrainingFailed, 3, "run_id", "A run that cannot finish, with why"),
+    Topic(
+        "training.completed.v1",
+        ev.TrainingCompleted,
+        3,
+        "run_id",
+        "A finished run with its artifacts",
+    ),
+    Topic(
+        "training.failed.v1", ev.TrainingFailed, 3, "run_id", "A run that cannot finish, with why"
+    ),
     Topic("model.registered.v1", ev.ModelRegistered, 3, "model_name", "A new model version"),
     Topic("model.promoted.v1", ev.ModelPromoted, 3, "model_name", "An alias moved to a version"),
     Topic("prediction.logged.v1", ev.PredictionLogged, 3, "model_name", "Sampled predictions"),

@@ -94,14 +94,21 @@ def create_app(
 
 def check_broker(kafka: KafkaSettings, timeout_s: float | None = None) -> None:
     """Exit with one clear line (code 2) when the broker does not answer."""
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # its connection errors would bury the one line we print
     try:
         asyncio.run(wait_until_reachable(kafka, timeout_s))
     except BrokerUnreachable as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        quiet.setLevel(level)
 
 
-def serve(app: FastAPI | str, settings: ServiceSettings, kafka: KafkaSettings | None = None) -> None:
+def serve(
+    app: FastAPI | str, settings: ServiceSettings, kafka: KafkaSettings | None = None
+) -> None:
     """Run one service process: check the broker, then serve HTTP until SIGINT/SIGTERM."""
     import uvicorn
 

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor")
-DEFAULT_PORTS = {"ingest": 8101, "preprocess": 8102, "trainer": 8103, "registry": 8104, "predictor": 8105}
+DEFAULT_PORTS = {
+    "ingest": 8101,
+    "preprocess": 8102,
+    "trainer": 8103,
+    "registry": 8104,
+    "predictor": 8105,
+}
 
 
 def home() -> Path:

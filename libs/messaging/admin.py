@@ -60,7 +60,11 @@ async def create_topics(
             NewTopic(name=t.name, num_partitions=t.partitions, replication_factor=1)
             for t in wanted
             if t.name not in existing
-        ] + [NewTopic(name=n, num_partitions=1, replication_factor=1) for n in extra if n not in existing]
+        ] + [
+            NewTopic(name=n, num_partitions=1, replication_factor=1)
+            for n in extra
+            if n not in existing
+        ]
         if new:
             try:
                 await admin.create_topics(new)
@@ -94,7 +98,9 @@ async def consumer_lag(settings: KafkaSettings, group: str) -> list[PartitionLag
     if not offsets:
         return []
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, **settings.client_kwargs()
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        **settings.client_kwargs(),
     )
     await consumer.start()
     try:
@@ -102,7 +108,9 @@ async def consumer_lag(settings: KafkaSettings, group: str) -> list[PartitionLag
     finally:
         await consumer.stop()
     return [
-        PartitionLag(group, tp.topic, tp.partition, meta.offset if meta.offset >= 0 else None, ends[tp])
+        PartitionLag(
+            group, tp.topic, tp.partition, meta.offset if meta.offset >= 0 else None, ends[tp]
+        )
         for tp, meta in sorted(offsets.items(), key=lambda kv: (kv[0].topic, kv[0].partition))
         if isinstance(tp, TopicPartition)
     ]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from faststream import BaseMiddleware
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from contracts.events import DeadLetter
@@ -29,7 +30,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lmesh.messaging")
 
-PERMANENT: tuple[type[BaseException], ...] = (PermanentError, ValidationError, ValueError, TypeError)
+PERMANENT: tuple[type[BaseException], ...] = (
+    PermanentError,
+    ValidationError,
+    ValueError,
+    TypeError,
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class MeshMiddleware(BaseMiddleware):
         except Exception as exc:
             await self._dead_letter(msg, topic, exc, attempts=1)
             return None
+        _annotate_span(event)
         key = f"{topic}:{getattr(event, 'event_id', None) or msg.message_id}"
         if f.idempotency.seen(key):
             metrics.EVENTS_DUPLICATE.labels(*labels).inc()
@@ -102,7 +109,14 @@ class MeshMiddleware(BaseMiddleware):
                     f.idempotency.remember(key)
                     return None
                 delay = f.retry.backoff(attempt)
-                log.warning("%s on %s (attempt %d), retrying in %.1fs: %s", type(exc).__name__, topic, attempt, delay, exc)
+                log.warning(
+                    "%s on %s (attempt %d), retrying in %.1fs: %s",
+                    type(exc).__name__,
+                    topic,
+                    attempt,
+                    delay,
+                    exc,
+                )
                 await asyncio.sleep(delay)
                 continue
             metrics.HANDLER_LATENCY.labels(*labels).observe(time.perf_counter() - started)
@@ -135,7 +149,9 @@ class MeshMiddleware(BaseMiddleware):
             attempts=attempts,
             payload=payload,
             payload_encoding=encoding,
-            headers={k: v if isinstance(v, str) else repr(v) for k, v in (msg.headers or {}).items()},
+            headers={
+                k: v if isinstance(v, str) else repr(v) for k, v in (msg.headers or {}).items()
+            },
         )
         metrics.EVENTS_DEAD_LETTERED.labels(f.service, topic).inc()
         if f.broker is None:  # pragma: no cover - wiring error
@@ -149,6 +165,21 @@ class MeshMiddleware(BaseMiddleware):
         )
 
 
+DOMAIN_IDS = ("dataset", "version", "dataset_version", "run_id", "model_name", "alias", "event_id")
+
+
+def _annotate_span(event: Any) -> None:
+    """Put the event's domain ids on the consume span, so a trace can be found by run id."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    for source in (event, getattr(event, "prepared", None)):
+        for name in DOMAIN_IDS:
+            value = getattr(source, name, None)
+            if isinstance(value, (str, int)) or (value is not None and name == "event_id"):
+                span.set_attribute(f"lmesh.{name}", str(value) if name == "event_id" else value)
+
+
 def _topic_of(msg: StreamMessage[Any]) -> str:
     raw = msg.raw_message
     return str(getattr(raw, "topic", None) or "unknown")
@@ -159,6 +190,8 @@ def _reason(exc: BaseException) -> str:
         errors = exc.errors(include_url=False)
         if errors and errors[0].get("type") == "json_invalid":
             return f"not valid JSON: {errors[0].get('msg')}"
-        parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]]
+        parts = [
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]
+        ]
         return f"does not match contract {exc.title}: " + "; ".join(parts)
     return f"{type(exc).__name__}: {exc}"

@@ -70,7 +70,10 @@ class KafkaSettings(BaseSettings):
             self.sasl_mechanism or "PLAIN", SASLPlaintext
         )
         return cls(
-            kw["sasl_plain_username"] or "", kw["sasl_plain_password"] or "", ssl_context=ctx, use_ssl=use_ssl
+            kw["sasl_plain_username"] or "",
+            kw["sasl_plain_password"] or "",
+            ssl_context=ctx,
+            use_ssl=use_ssl,
         )
 
     def group_kwargs(self) -> dict[str, Any]:

@@ -17,10 +17,16 @@ from prometheus_client import (
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 EVENTS_HANDLED = Counter(
-    "lmesh_events_handled_total", "Events handled successfully", ["service", "topic"], registry=REGISTRY
+    "lmesh_events_handled_total",
+    "Events handled successfully",
+    ["service", "topic"],
+    registry=REGISTRY,
 )
 EVENTS_FAILED = Counter(
-    "lmesh_events_failed_total", "Handler attempts that raised", ["service", "topic"], registry=REGISTRY
+    "lmesh_events_failed_total",
+    "Handler attempts that raised",
+    ["service", "topic"],
+    registry=REGISTRY,
 )
 EVENTS_DEAD_LETTERED = Counter(
     "lmesh_events_dead_lettered_total",

@@ -29,7 +29,10 @@ def span_to_dict(span: ReadableSpan) -> dict[str, object]:
         "status": span.status.status_code.name,
         "attributes": {k: _jsonable(v) for k, v in (span.attributes or {}).items()},
         "links": [
-            {"trace_id": format(link.context.trace_id, "032x"), "span_id": format(link.context.span_id, "016x")}
+            {
+                "trace_id": format(link.context.trace_id, "032x"),
+                "span_id": format(link.context.span_id, "016x"),
+            }
             for link in span.links
         ],
     }

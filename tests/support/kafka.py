@@ -61,7 +61,11 @@ class TopicReader:
             await self._consumer.stop()
 
     async def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool] = lambda m: True, *, count: int = 1, timeout: float = 15.0
+        self,
+        predicate: Callable[[dict[str, Any]], bool] = lambda m: True,
+        *,
+        count: int = 1,
+        timeout: float = 15.0,
     ) -> list[dict[str, Any]] | dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

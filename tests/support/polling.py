@@ -31,7 +31,13 @@ async def eventually(
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-def wait_for(probe: Callable[[], T | None], *, timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> T:
+def wait_for(
+    probe: Callable[[], T | None],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
     """Synchronous :func:`eventually`."""
     deadline = time.monotonic() + timeout
     last: T | None = None

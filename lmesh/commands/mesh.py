@@ -1,0 +1,202 @@
+"""``lmesh up``, ``lmesh down``, ``lmesh status``, ``lmesh trace``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lmesh import state
+from lmesh.app import app
+from lmesh.mesh import Mesh, MeshConfig, MeshError, _alive, stop_detached
+
+console = Console()
+GROUPS = ("ingest", "preprocess", "trainer", "registry")
+
+
+@app.command()
+def up(
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once healthy; stop with `lmesh down`")] = False,
+    trainers: Annotated[int, typer.Option(help="Trainer worker processes")] = 1,
+    predictor_workers: Annotated[int, typer.Option(help="Predictor HTTP worker processes")] = 1,
+    traces: Annotated[bool, typer.Option("--traces", help="Start a local tracing UI (Phoenix) and export to it")] = False,
+) -> None:
+    """Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and the five services."""
+    import os
+
+    started = time.monotonic()
+    tracing_ui = None
+    otlp = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if traces:
+        from lmesh.tracing_ui import start_phoenix
+
+        tracing_ui = start_phoenix(state.home())
+        otlp = tracing_ui.otlp_endpoint
+    config = MeshConfig(
+        bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        trainers=trainers,
+        predictor_workers=predictor_workers,
+        otlp_endpoint=otlp,
+    )
+    mesh = Mesh(config)
+    try:
+        mesh.start()
+    except MeshError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        if tracing_ui:
+            tracing_ui.stop()
+        raise typer.Exit(2) from None
+    if tracing_ui:
+        st = state.load()
+        st["tracing_ui"] = {"url": tracing_ui.url, "pid": tracing_ui.pid}
+        state.save(st)
+    console.print(f"mesh up in {time.monotonic() - started:.1f}s — broker {mesh.bootstrap}")
+    _print_services(mesh)
+    if tracing_ui:
+        console.print(f"traces: {tracing_ui.url}")
+    if detach:
+        # Leave the processes running; forget them so that nothing stops them on exit.
+        mesh.processes, mesh.broker = [], None
+        console.print("detached: stop with `lmesh down`")
+        return
+    console.print("Ctrl-C stops everything")
+    stop = {"now": False}
+
+    def _handler(signum: int, frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+    try:
+        while not stop["now"]:
+            for p in mesh.processes:
+                if p.process is not None and p.process.poll() is not None:
+                    console.print(f"[red]{p.name} exited ({p.process.returncode}); see {p.log}[/red]")
+                    stop["now"] = True
+            time.sleep(0.2)
+    finally:
+        console.print("stopping…")
+        mesh.stop()
+        if tracing_ui:
+            tracing_ui.stop()
+        console.print("stopped")
+
+
+def _print_services(mesh: Mesh) -> None:
+    table = Table("service", "http", "log")
+    for p in mesh.processes:
+        table.add_row(p.name, p.url, str(p.log))
+    console.print(table)
+
+
+@app.command()
+def down() -> None:
+    """Stop a mesh started with `lmesh up --detach`."""
+    st = state.load()
+    if not st:
+        console.print("no mesh is running here")
+        return
+    stopped = stop_detached()
+    ui = st.get("tracing_ui")
+    if ui and _alive(ui.get("pid")):
+        from lmesh.mesh import _terminate
+
+        _terminate(ui["pid"])
+        stopped.append("tracing-ui")
+    console.print(f"stopped: {', '.join(stopped)}")
+
+
+def _metric_max(text: str, name: str) -> float | None:
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    ]
+    return max(values) if values else None
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Each service alive or not, its version and address, consumer lag per group, last event seen."""
+    st = state.load()
+    rows = []
+    with httpx.Client(timeout=2.0) as client:
+        names = list(st.get("services", {})) or list(state.SERVICES)
+        for name in names:
+            url = st.get("services", {}).get(name, {}).get("url") or state.service_url(name)
+            row: dict[str, Any] = {"service": name, "url": url, "alive": False, "version": None, "last_event": None}
+            try:
+                health = client.get(f"{url}/healthz").json()
+                row.update(alive=True, version=health.get("version"), uptime_s=health.get("uptime_s"))
+                last = _metric_max(client.get(f"{url}/metrics").text, "lmesh_last_event_timestamp_seconds")
+                row["last_event"] = round(time.time() - last, 1) if last else None
+            except (httpx.HTTPError, ValueError):
+                pass
+            rows.append(row)
+    lags = _lags(state.bootstrap())
+    if as_json:
+        print(json.dumps({"services": rows, "consumer_lag": lags}))
+        raise typer.Exit(0 if all(r["alive"] for r in rows) else 1)
+    table = Table("service", "alive", "version", "http", "last event")
+    for r in rows:
+        table.add_row(
+            r["service"],
+            "[green]yes[/green]" if r["alive"] else "[red]no[/red]",
+            r["version"] or "-",
+            r["url"],
+            f"{r['last_event']}s ago" if r["last_event"] is not None else "-",
+        )
+    console.print(table)
+    lag_table = Table("group", "topic", "partition", "committed", "end", "lag")
+    for group, parts in lags.items():
+        for p in parts:
+            lag_table.add_row(group, p["topic"], str(p["partition"]), str(p["committed"]), str(p["end"]), str(p["lag"]))
+    if isinstance(lags, dict) and lags:
+        console.print(lag_table)
+    raise typer.Exit(0 if all(r["alive"] for r in rows) else 1)
+
+
+def _lags(bootstrap: str) -> dict[str, list[dict[str, Any]]]:
+    from libs.messaging.admin import consumer_lag
+    from libs.messaging.errors import BrokerUnreachable
+    from libs.messaging.settings import KafkaSettings
+
+    settings = KafkaSettings(bootstrap_servers=bootstrap, connect_timeout_s=3)
+
+    async def collect() -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for group in GROUPS:
+            parts = await consumer_lag(settings, group)
+            out[group] = [
+                {"topic": p.topic, "partition": p.partition, "committed": p.committed, "end": p.end, "lag": p.lag}
+                for p in parts
+            ]
+        return out
+
+    try:
+        return asyncio.run(collect())
+    except (BrokerUnreachable, Exception):  # status must print even when the broker is gone
+        return {}
+
+
+@app.command("trace")
+def trace_cmd(run_id: str, spans_dir: Annotated[Path | None, typer.Option()] = None) -> None:
+    """Print the trace of a training run as an indented tree with durations."""
+    from lmesh.traces import load_spans, render_trace, traces_for
+
+    directory = spans_dir or state.home() / "spans"
+    spans = load_spans(directory)
+    trace_ids = traces_for(spans, run_id=run_id)
+    if not trace_ids:
+        console.print(f"no spans mention run id {run_id!r} in {directory}")
+        raise typer.Exit(1)
+    for trace_id in trace_ids:
+        print(render_trace([s for s in spans if s["trace_id"] == trace_id]))
