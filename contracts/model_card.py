@@ -13,7 +13,7 @@ from pydantic import Field
 
 from contracts.events import Contract, Hyperparameters, ModelSpec, PreprocessingSpec
 
-CARD_FORMAT = "lmesh.model-card/v1"
+CARD_FORMAT: Literal["lmesh.model-card/v1"] = "lmesh.model-card/v1"
 
 
 class TensorSignature(Contract):

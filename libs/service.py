@@ -47,9 +47,14 @@ def create_app(
     title: str | None = None,
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
+    lag_group: str | None = None,
+    kafka: KafkaSettings | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
-    """A FastAPI app whose lifespan starts telemetry and the broker, with health and metrics."""
+    """A FastAPI app whose lifespan starts telemetry and the broker, with health and metrics.
+
+    With ``lag_group``, the consumer lag of that group is sampled into ``lmesh_consumer_lag``.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,9 +66,16 @@ def create_app(
             await on_startup(app)
         if broker is not None:
             await broker.start()
+        lag_task = (
+            asyncio.create_task(_sample_lag(service, lag_group, kafka or KafkaSettings()))
+            if lag_group and broker is not None
+            else None
+        )
         try:
             yield
         finally:
+            if lag_task is not None:
+                lag_task.cancel()
             if broker is not None:
                 await broker.stop()
             if on_shutdown:
@@ -90,6 +102,20 @@ def create_app(
 
     telemetry.instrument_fastapi(app)
     return app
+
+
+async def _sample_lag(service: str, group: str, kafka: KafkaSettings, every_s: float = 5.0) -> None:
+    from libs.messaging.admin import consumer_lag
+
+    while True:
+        try:
+            for p in await consumer_lag(kafka, group):
+                metrics.CONSUMER_LAG.labels(service, group, p.topic, str(p.partition)).set(p.lag)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # metrics must never take a service down
+            log.debug("consumer lag sample failed: %s", exc)
+        await asyncio.sleep(every_s)
 
 
 def check_broker(kafka: KafkaSettings, timeout_s: float | None = None) -> None:

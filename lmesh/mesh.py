@@ -7,6 +7,7 @@ Used by ``lmesh up`` / ``lmesh down`` / ``lmesh demo`` and by the end-to-end tes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -31,7 +32,7 @@ class MeshError(RuntimeError):
 class MeshConfig:
     home: Path = field(default_factory=state.home)
     bootstrap: str | None = None  # an external broker; None starts the embedded one
-    ports: dict[str, int] = field(default_factory=lambda: dict(state.DEFAULT_PORTS))
+    ports: dict[str, int] = field(default_factory=state.ports)
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     trainers: int = 1
     predictor_workers: int = 1
@@ -200,7 +201,9 @@ class Mesh:
             {
                 "home": str(self.home),
                 "bootstrap": self.bootstrap,
-                "broker_pid": self.broker.process.pid if self.broker and self.broker.process else None,
+                "broker_pid": self.broker.process.pid
+                if self.broker and self.broker.process
+                else None,
                 "token": self.config.token,
                 "started_at": time.time(),
                 "services": {
@@ -271,10 +274,8 @@ def _signal_group(pid: int | None, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)  # each service leads its own session: workers it forked go too
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _tail(path: Path, lines: int = 20) -> str:

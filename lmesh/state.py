@@ -22,6 +22,14 @@ DEFAULT_PORTS = {
 }
 
 
+def ports() -> dict[str, int]:
+    """Service ports: the defaults, or ``LMESH_BASE_PORT`` + 1..5 (ingest..predictor)."""
+    base = os.environ.get("LMESH_BASE_PORT")
+    if not base:
+        return dict(DEFAULT_PORTS)
+    return {name: int(base) + i + 1 for i, name in enumerate(SERVICES)}
+
+
 def home() -> Path:
     return Path(os.environ.get("LMESH_HOME", ".lmesh")).resolve()
 
@@ -53,7 +61,7 @@ def service_url(name: str) -> str:
     svc = load().get("services", {}).get(name)
     if svc and svc.get("url"):
         return str(svc["url"]).rstrip("/")
-    return f"http://127.0.0.1:{DEFAULT_PORTS[name]}"
+    return f"http://127.0.0.1:{ports()[name]}"
 
 
 def bootstrap() -> str:

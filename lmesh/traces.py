@@ -23,7 +23,10 @@ def traces_for(spans: list[dict[str, Any]], **ids: str) -> list[str]:
     found: list[str] = []
     for s in spans:
         attrs = s.get("attributes", {})
-        if all(str(attrs.get(f"lmesh.{k}")) == v for k, v in ids.items()) and s["trace_id"] not in found:
+        if (
+            all(str(attrs.get(f"lmesh.{k}")) == v for k, v in ids.items())
+            and s["trace_id"] not in found
+        ):
             found.append(s["trace_id"])
     return found
 
@@ -44,7 +47,11 @@ def render_trace(spans: list[dict[str, Any]]) -> str:
             dur_ms = (s["end_ns"] - s["start_ns"]) / 1e6
             offset_ms = (s["start_ns"] - start) / 1e6
             attrs = s.get("attributes", {})
-            ids = " ".join(f"{k[6:]}={v}" for k, v in attrs.items() if k.startswith("lmesh.") and k != "lmesh.event_id")
+            ids = " ".join(
+                f"{k[6:]}={v}"
+                for k, v in attrs.items()
+                if k.startswith("lmesh.") and k != "lmesh.event_id"
+            )
             lines.append(
                 f"{'  ' * depth}{s['service']}: {s['name']}  {dur_ms:.1f} ms  (+{offset_ms:.0f} ms){'  ' + ids if ids else ''}"
             )

@@ -65,7 +65,9 @@ def start_phoenix(home: Path, timeout_s: float = 90.0) -> TracingUI:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"error: phoenix exited ({proc.returncode}); see {home / 'logs' / 'phoenix.log'}")
+            raise SystemExit(
+                f"error: phoenix exited ({proc.returncode}); see {home / 'logs' / 'phoenix.log'}"
+            )
         try:
             if httpx.get(url, timeout=1).status_code < 500:
                 return TracingUI(url, url, proc)

@@ -75,7 +75,7 @@ def subscribe(
     spec: Topic = TOPICS[topic]
     settings = settings or KafkaSettings()
     group_kwargs = settings.group_kwargs() if group_id else {}
-    return broker.subscriber(
+    return broker.subscriber(  # type: ignore[call-overload]
         topic,
         group_id=group_id,
         decoder=contract_decoder(spec.event),

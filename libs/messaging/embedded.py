@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from libs.messaging.admin import create_topics, wait_until_reachable
 from libs.messaging.settings import KafkaSettings
@@ -46,7 +47,7 @@ class EmbeddedBroker:
 
     def start(self, *, timeout_s: float = 20.0, create: bool = True) -> EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")}
         self.process = subprocess.Popen(
             [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from faststream import BaseMiddleware
 from opentelemetry import trace
@@ -132,8 +132,9 @@ class MeshMiddleware(BaseMiddleware):
         reason = _reason(exc)
         log.error("dead-lettering message from %s after %d attempt(s): %s", topic, attempts, reason)
         body: bytes = msg.body if isinstance(msg.body, bytes) else str(msg.body).encode()
+        encoding: Literal["utf-8", "base64"] = "utf-8"
         try:
-            payload, encoding = body.decode("utf-8"), "utf-8"
+            payload = body.decode("utf-8")
         except UnicodeDecodeError:
             payload, encoding = base64.b64encode(body).decode("ascii"), "base64"
         raw = msg.raw_message

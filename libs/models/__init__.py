@@ -23,7 +23,9 @@ class UnknownArchitecture(ValueError):
 
 
 class MLP(nn.Module):
-    def __init__(self, in_features: int, hidden_sizes: Sequence[int], num_classes: int, dropout: float = 0.0):
+    def __init__(
+        self, in_features: int, hidden_sizes: Sequence[int], num_classes: int, dropout: float = 0.0
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         prev = in_features
@@ -42,15 +44,23 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """Two conv blocks (conv-BN-ReLU-pool) and a linear head, for [C,]H,W images."""
 
-    def __init__(self, input_shape: Sequence[int], channels: Sequence[int], num_classes: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        channels: Sequence[int],
+        num_classes: int,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if len(input_shape) == 2:
             in_ch, h, w = 1, input_shape[0], input_shape[1]
         elif len(input_shape) == 3:
             in_ch, h, w = input_shape
         else:
-            raise ValueError(f"cnn needs an image input ([H, W] or [C, H, W]), got shape {list(input_shape)}")
-        c1, c2 = (list(channels) + [64, 64])[:2]
+            raise ValueError(
+                f"cnn needs an image input ([H, W] or [C, H, W]), got shape {list(input_shape)}"
+            )
+        c1, c2 = ([*list(channels), 64, 64])[:2]
         self.image_shape = (in_ch, h, w)
         self.features = nn.Sequential(
             nn.Conv2d(in_ch, c1, 3, padding=1),
@@ -81,7 +91,9 @@ def build_model(spec: ModelSpec, input_shape: Sequence[int], num_classes: int) -
         return MLP(math.prod(input_shape), spec.hidden_sizes, num_classes, spec.dropout)
     if spec.arch == "cnn":
         return SmallCNN(input_shape, spec.channels, num_classes, spec.dropout)
-    raise UnknownArchitecture(f"unknown model architecture {spec.arch!r}; known: {', '.join(ARCHITECTURES)}")
+    raise UnknownArchitecture(
+        f"unknown model architecture {spec.arch!r}; known: {', '.join(ARCHITECTURES)}"
+    )
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

@@ -228,7 +228,11 @@ class FsspecArtifactStore:
             data: bytes = self.fs.cat_file(path)
         except FileNotFoundError:
             raise ArtifactNotFound(path) from None
-        if verify and isinstance(ref, ArtifactRef) and hashlib.sha256(data).hexdigest() != ref.sha256:
+        if (
+            verify
+            and isinstance(ref, ArtifactRef)
+            and hashlib.sha256(data).hexdigest() != ref.sha256
+        ):
             raise IntegrityError(f"{path} does not match sha256 {ref.sha256}")
         return data
 

@@ -24,10 +24,14 @@ GROUPS = ("ingest", "preprocess", "trainer", "registry")
 
 @app.command()
 def up(
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once healthy; stop with `lmesh down`")] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Return once healthy; stop with `lmesh down`")
+    ] = False,
     trainers: Annotated[int, typer.Option(help="Trainer worker processes")] = 1,
     predictor_workers: Annotated[int, typer.Option(help="Predictor HTTP worker processes")] = 1,
-    traces: Annotated[bool, typer.Option("--traces", help="Start a local tracing UI (Phoenix) and export to it")] = False,
+    traces: Annotated[
+        bool, typer.Option("--traces", help="Start a local tracing UI (Phoenix) and export to it")
+    ] = False,
 ) -> None:
     """Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and the five services."""
     import os
@@ -79,7 +83,9 @@ def up(
         while not stop["now"]:
             for p in mesh.processes:
                 if p.process is not None and p.process.poll() is not None:
-                    console.print(f"[red]{p.name} exited ({p.process.returncode}); see {p.log}[/red]")
+                    console.print(
+                        f"[red]{p.name} exited ({p.process.returncode}); see {p.log}[/red]"
+                    )
                     stop["now"] = True
             time.sleep(0.2)
     finally:
@@ -132,11 +138,21 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         names = list(st.get("services", {})) or list(state.SERVICES)
         for name in names:
             url = st.get("services", {}).get(name, {}).get("url") or state.service_url(name)
-            row: dict[str, Any] = {"service": name, "url": url, "alive": False, "version": None, "last_event": None}
+            row: dict[str, Any] = {
+                "service": name,
+                "url": url,
+                "alive": False,
+                "version": None,
+                "last_event": None,
+            }
             try:
                 health = client.get(f"{url}/healthz").json()
-                row.update(alive=True, version=health.get("version"), uptime_s=health.get("uptime_s"))
-                last = _metric_max(client.get(f"{url}/metrics").text, "lmesh_last_event_timestamp_seconds")
+                row.update(
+                    alive=True, version=health.get("version"), uptime_s=health.get("uptime_s")
+                )
+                last = _metric_max(
+                    client.get(f"{url}/metrics").text, "lmesh_last_event_timestamp_seconds"
+                )
                 row["last_event"] = round(time.time() - last, 1) if last else None
             except (httpx.HTTPError, ValueError):
                 pass
@@ -158,7 +174,14 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     lag_table = Table("group", "topic", "partition", "committed", "end", "lag")
     for group, parts in lags.items():
         for p in parts:
-            lag_table.add_row(group, p["topic"], str(p["partition"]), str(p["committed"]), str(p["end"]), str(p["lag"]))
+            lag_table.add_row(
+                group,
+                p["topic"],
+                str(p["partition"]),
+                str(p["committed"]),
+                str(p["end"]),
+                str(p["lag"]),
+            )
     if isinstance(lags, dict) and lags:
         console.print(lag_table)
     raise typer.Exit(0 if all(r["alive"] for r in rows) else 1)
@@ -176,7 +199,13 @@ def _lags(bootstrap: str) -> dict[str, list[dict[str, Any]]]:
         for group in GROUPS:
             parts = await consumer_lag(settings, group)
             out[group] = [
-                {"topic": p.topic, "partition": p.partition, "committed": p.committed, "end": p.end, "lag": p.lag}
+                {
+                    "topic": p.topic,
+                    "partition": p.partition,
+                    "committed": p.committed,
+                    "end": p.end,
+                    "lag": p.lag,
+                }
                 for p in parts
             ]
         return out

@@ -134,13 +134,19 @@ async def test_malformed_or_missing_traceparent_starts_a_fresh_trace(
         await produce(
             kafka_settings.bootstrap_servers,
             "ingest.records.v1",
-            [value.model_copy(update={"event_id": uuid}).model_dump(mode="json") for uuid in _ids(2)],
+            [
+                value.model_copy(update={"event_id": uuid}).model_dump(mode="json")
+                for uuid in _ids(2)
+            ],
             headers=[("traceparent", b"00-not-a-trace-context")],
         )
         await produce(
             kafka_settings.bootstrap_servers,
             "ingest.records.v1",
-            [value.model_copy(update={"event_id": uuid}).model_dump(mode="json") for uuid in _ids(1)],
+            [
+                value.model_copy(update={"event_id": uuid}).model_dump(mode="json")
+                for uuid in _ids(1)
+            ],
         )
         for _ in range(200):
             if len(traces) == 3:

@@ -1,0 +1,3 @@
+from lmesh.cli import app
+
+app()

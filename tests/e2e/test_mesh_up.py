@@ -1,0 +1,68 @@
+"""`lmesh up` brings the broker and the five services up as separate processes;
+`lmesh status` reports them alive; `lmesh down` leaves nothing running."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lmesh.mesh import _alive
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+LMESH = [sys.executable, "-m", "lmesh"]
+
+
+def _free_base_port() -> int:
+    import socket
+
+    for _ in range(50):
+        base = random.randrange(20000, 40000, 10)
+        try:
+            for i in range(1, 6):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range")
+
+
+def test_up_status_down(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "LMESH_HOME": str(tmp_path / "mesh"),
+        "LMESH_BASE_PORT": str(_free_base_port()),
+    }
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    started = time.monotonic()
+    up = subprocess.run(
+        [*LMESH, "up", "--detach"], env=env, capture_output=True, text=True, timeout=120
+    )
+    took = time.monotonic() - started
+    print(f"lmesh up --detach took {took:.1f}s")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        st = json.loads((tmp_path / "mesh" / "mesh.json").read_text())
+        assert set(st["services"]) == {"ingest", "preprocess", "trainer", "registry", "predictor"}
+        status = subprocess.run(
+            [*LMESH, "status", "--json"], env=env, capture_output=True, text=True, timeout=60
+        )
+        report = json.loads(status.stdout)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert {r["service"] for r in report["services"] if r["alive"]} == set(st["services"])
+        assert all(r["version"] for r in report["services"])
+        assert set(report["consumer_lag"]) >= {"ingest", "preprocess", "trainer", "registry"}
+    finally:
+        down = subprocess.run([*LMESH, "down"], env=env, capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    pids = [s["pid"] for s in st["services"].values()] + [st["broker_pid"]]
+    assert not [p for p in pids if _alive(p)], "processes left running after `lmesh down`"
+    assert not (tmp_path / "mesh" / "mesh.json").exists()
