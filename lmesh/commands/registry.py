@@ -1,0 +1,98 @@
+"""``lmesh models``, ``lmesh promote``, ``lmesh rollback``: the registry from the terminal."""
+
+from __future__ import annotations
+
+import getpass
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lmesh import state
+from lmesh.app import app
+
+console = Console()
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name (containers)
+        return "cli"
+
+
+def _call(method: str, path: str, *, body: dict[str, Any] | None = None) -> Any:
+    base = state.service_url("registry")
+    try:
+        response = httpx.request(
+            method, f"{base}{path}", json=body, headers=state.auth_headers(), timeout=30
+        )
+    except httpx.TransportError as exc:
+        typer.echo(
+            f"error: the registry is not reachable at {base} ({type(exc).__name__}); "
+            "start the mesh with `lmesh up` or set LMESH_REGISTRY_URL",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    if response.status_code == 401:
+        typer.echo(
+            "error: the registry refused the request (401: missing or wrong token); "
+            "set LMESH_TOKEN to the registry's REGISTRY_TOKEN",
+            err=True,
+        )
+        raise typer.Exit(1)
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        typer.echo(f"error: {detail} (HTTP {response.status_code})", err=True)
+        raise typer.Exit(1)
+    return response.json()
+
+
+@app.command("models")
+def list_models() -> None:
+    """List registered models: latest version and aliases."""
+    rows = _call("GET", "/models")
+    if not rows:
+        typer.echo("no models registered yet")
+        return
+    table = Table("model", "latest version", "aliases")
+    for row in rows:
+        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(row["aliases"].items()))
+        table.add_row(row["model_name"], str(row["latest_version"]), aliases or "-")
+    console.print(table)
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="model name")],
+    version: Annotated[int, typer.Argument(help="version to promote", min=1)],
+    alias: Annotated[str, typer.Option(help="alias to move")] = "production",
+    reason: Annotated[str, typer.Option(help="why (kept in the alias history)")] = "",
+) -> None:
+    """Point an alias (default: production) at a model version."""
+    mv = _call(
+        "POST",
+        f"/models/{model}/aliases/{alias}",
+        body={"version": version, "reason": reason, "actor": _actor()},
+    )
+    typer.echo(f"{model}: {alias} -> v{mv['version']} (run {mv['run_id']})")
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="model name")],
+    alias: Annotated[str, typer.Option(help="alias to roll back")] = "production",
+    reason: Annotated[str, typer.Option(help="why (kept in the alias history)")] = "",
+) -> None:
+    """Move an alias back to the version that held it before its last move."""
+    mv = _call(
+        "POST",
+        f"/models/{model}/aliases/{alias}/rollback",
+        body={"reason": reason, "actor": _actor()},
+    )
+    typer.echo(f"{model}: {alias} rolled back to v{mv['version']} (run {mv['run_id']})")

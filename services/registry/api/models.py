@@ -1,0 +1,43 @@
+"""Models and their versions, with lineage."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from services.registry import queries
+from services.registry.api.deps import ModelName, SessionDep, Version
+from services.registry.tables import Lineage, ModelSummary, ModelVersionPublic, ModelVersionsPublic
+
+router = APIRouter(prefix="/models", tags=["models"])
+_404: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown model or version"}}
+
+
+@router.get("", response_model=list[ModelSummary])
+def list_models(session: SessionDep) -> list[ModelSummary]:
+    """Every registered model with its latest version and aliases."""
+    return queries.list_models(session)
+
+
+@router.get("/{name}/versions", response_model=ModelVersionsPublic, responses=_404)
+def list_versions(
+    session: SessionDep,
+    name: ModelName,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ModelVersionsPublic:
+    """Versions of a model, newest first."""
+    return queries.list_versions(session, name, limit=limit, offset=offset)
+
+
+@router.get("/{name}/versions/{version}", response_model=ModelVersionPublic, responses=_404)
+def get_version(session: SessionDep, name: ModelName, version: Version) -> ModelVersionPublic:
+    """One version: metrics, weights, model card, variants, aliases, flags."""
+    return queries.get_version(session, name, version)
+
+
+@router.get("/{name}/versions/{version}/lineage", response_model=Lineage, responses=_404)
+def get_lineage(session: SessionDep, name: ModelName, version: Version) -> Lineage:
+    """dataset version -> training run -> model version -> aliases."""
+    return queries.lineage(session, name, version)

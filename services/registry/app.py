@@ -1,0 +1,100 @@
+"""The registry process: broker + subscribers, database on start, HTTP routers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from contracts.events import DatasetPrepared, ModelPromoted, TrainingCompleted, TrainingFailed
+from libs.messaging import KafkaSettings, create_broker, publish, subscribe
+from libs.service import create_app
+from libs.telemetry import instrument_sqlalchemy
+from services.registry import handlers, policy
+from services.registry.api import aliases, datasets, models
+from services.registry.database import make_engine, migrate
+from services.registry.errors import Conflict, NotFound
+from services.registry.outbox import OutboxPublisher
+from services.registry.runtime import ALIAS_MOVES, RegistryRuntime
+from services.registry.settings import RegistrySettings
+
+SERVICE = "registry"
+log = logging.getLogger("lmesh.registry")
+
+
+def build_app(
+    settings: RegistrySettings | None = None, kafka: KafkaSettings | None = None
+) -> FastAPI:
+    settings = settings or RegistrySettings()
+    kafka = kafka or KafkaSettings()
+    broker = create_broker(SERVICE, kafka)
+    runtime = RegistryRuntime(settings)
+
+    def on(topic: str):  # type: ignore[no-untyped-def]
+        return subscribe(
+            broker,
+            topic,
+            group_id=settings.consumer_group,
+            settings=kafka,
+            auto_offset_reset=settings.consume_from,
+        )
+
+    @on("training.completed.v1")
+    async def training_completed(event: TrainingCompleted) -> None:
+        await handlers.on_training_completed(event, runtime)
+
+    @on("dataset.prepared.v1")
+    async def dataset_prepared(event: DatasetPrepared) -> None:
+        await handlers.on_dataset_prepared(event, runtime)
+
+    @on("training.failed.v1")
+    async def training_failed(event: TrainingFailed) -> None:
+        await handlers.on_training_failed(event, runtime)
+
+    async def publish_event(event: BaseModel) -> None:
+        await publish(broker, event)
+        if isinstance(event, ModelPromoted):
+            kind = "policy" if event.actor == policy.POLICY_ACTOR else "manual"
+            ALIAS_MOVES.labels(event.alias, kind).inc()
+
+    async def startup(app: FastAPI) -> None:
+        engine = make_engine(settings.database_url)
+        instrument_sqlalchemy(engine)
+        await asyncio.to_thread(migrate, engine)
+        runtime.engine = engine
+        runtime.outbox = OutboxPublisher(engine, publish_event)
+        app.state.runtime = runtime
+        await broker.connect()
+        if sent := await runtime.outbox.flush():
+            log.info("published %d event(s) left pending by the last run", sent)
+
+    async def shutdown(app: FastAPI) -> None:
+        if runtime.engine is not None:
+            runtime.engine.dispose()
+
+    app = create_app(
+        SERVICE,
+        broker,
+        title="lepton-mesh registry",
+        on_startup=startup,
+        on_shutdown=shutdown,
+        description="Model versions with lineage, aliases, promotion policy and rollback.",
+    )
+    app.state.settings = settings
+    app.state.runtime = runtime
+    app.include_router(datasets.router)
+    app.include_router(models.router)
+    app.include_router(aliases.router)
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Conflict)
+    async def conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    return app

@@ -1,0 +1,59 @@
+"""Thin event handlers: one transaction, then publish what it enqueued."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from contracts.events import DatasetPrepared, TrainingCompleted, TrainingFailed
+from services.registry import operations
+from services.registry.database import write_session
+from services.registry.runtime import RETRAINS_REQUESTED, VERSIONS_REGISTERED, RegistryRuntime
+
+log = logging.getLogger("lmesh.registry")
+
+
+async def on_training_completed(event: TrainingCompleted, rt: RegistryRuntime) -> None:
+    engine, outbox = rt.require()
+    s = rt.settings
+
+    def register() -> tuple[int, list[str]] | None:
+        with write_session(engine) as session:
+            mv = operations.register_model_version(
+                session, event, metric=s.promotion_metric, margin=s.promotion_margin
+            )
+            return (mv.version, mv.flags) if mv else None
+
+    registered = await asyncio.to_thread(register)
+    if registered is None:
+        log.info("run %s is already registered: nothing new", event.run_id)
+    else:
+        VERSIONS_REGISTERED.labels(str(bool(registered[1])).lower()).inc()
+        log.info("registered %s v%d (run %s)", event.model_name, registered[0], event.run_id)
+    await outbox.flush()
+
+
+async def on_dataset_prepared(event: DatasetPrepared, rt: RegistryRuntime) -> None:
+    engine, outbox = rt.require()
+
+    def record() -> str | None:
+        with write_session(engine) as session:
+            request = operations.record_prepared_dataset(
+                session, event, auto_retrain=rt.settings.auto_retrain
+            )
+            return request.run_id if request else None
+
+    if run_id := await asyncio.to_thread(record):
+        RETRAINS_REQUESTED.inc()
+        log.info("auto-retrain: requested run %s for %s", run_id, event.prepared.dataset)
+    await outbox.flush()
+
+
+async def on_training_failed(event: TrainingFailed, rt: RegistryRuntime) -> None:
+    engine, _ = rt.require()
+
+    def record() -> bool:
+        with write_session(engine) as session:
+            return operations.record_failed_run(session, event)
+
+    await asyncio.to_thread(record)

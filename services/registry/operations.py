@@ -1,0 +1,301 @@
+"""Write operations, each inside one transaction given by the caller
+(:func:`services.registry.database.write_session`).
+
+Every change that other services must hear about is written to the outbox in the same
+transaction (:func:`enqueue`) and published after commit (services/registry/outbox.py).
+Writers lock the model's ``registered_model`` row first, so concurrent registrations
+number versions without collisions and concurrent alias moves serialize.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import and_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from contracts.events import (
+    ArtifactRef,
+    DatasetPrepared,
+    Hyperparameters,
+    ModelPromoted,
+    ModelRegistered,
+    ModelSpec,
+    TrainingCompleted,
+    TrainingFailed,
+    TrainingRequested,
+)
+from contracts.topics import topic_for
+from services.registry import policy
+from services.registry.errors import Conflict, NotFound
+from services.registry.tables import (
+    AliasHistory,
+    DatasetVersion,
+    ModelAlias,
+    ModelVersion,
+    OutboxEvent,
+    RegisteredModel,
+    TrainingRun,
+    utcnow,
+)
+
+
+def enqueue(session: Session, event: BaseModel) -> None:
+    session.add(
+        OutboxEvent(topic=topic_for(type(event)).name, payload=event.model_dump_json(by_alias=True))
+    )
+
+
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def lock_model(session: Session, name: str, *, create: bool = False) -> RegisteredModel:
+    """The model's row, locked until the transaction ends (``SELECT ... FOR UPDATE``)."""
+    if create:
+        stmt = (
+            _insert(session)(RegisteredModel)
+            .values(name=name, latest_version=0, created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        session.execute(stmt)
+    model = session.exec(
+        select(RegisteredModel).where(RegisteredModel.name == name).with_for_update()
+    ).first()
+    if model is None:
+        raise NotFound(f"model {name!r} is not registered")
+    return model
+
+
+def _version(session: Session, name: str, version: int) -> ModelVersion:
+    mv = session.exec(
+        select(ModelVersion).where(ModelVersion.model_name == name, ModelVersion.version == version)
+    ).first()
+    if mv is None:
+        raise NotFound(f"model {name!r} has no version {version}")
+    return mv
+
+
+def move_alias(
+    session: Session, target: ModelVersion, alias: str, *, actor: str, reason: str
+) -> ModelPromoted | None:
+    """Point ``alias`` at ``target``, record it in the history and enqueue model.promoted.v1.
+    The caller holds the model lock. Returns None when the alias already points there."""
+    row = session.exec(
+        select(ModelAlias).where(
+            ModelAlias.model_name == target.model_name, ModelAlias.alias == alias
+        )
+    ).first()
+    previous = row.version if row else None
+    if previous == target.version:
+        return None
+    if row is None:
+        session.add(ModelAlias(model_name=target.model_name, alias=alias, version=target.version))
+    else:
+        row.version = target.version
+        row.updated_at = utcnow()
+        session.add(row)
+    reason = reason or f"moved to version {target.version}"
+    session.add(
+        AliasHistory(
+            model_name=target.model_name,
+            alias=alias,
+            version=target.version,
+            previous_version=previous,
+            actor=actor,
+            reason=reason,
+        )
+    )
+    event = ModelPromoted(
+        model_name=target.model_name,
+        version=target.version,
+        alias=alias,
+        previous_version=previous,
+        reason=reason,
+        actor=actor,
+        weights=ArtifactRef.model_validate(target.weights),
+        card=ArtifactRef.model_validate(target.card),
+        variants={k: ArtifactRef.model_validate(v) for k, v in target.variants.items()},
+    )
+    enqueue(session, event)
+    return event
+
+
+def register_model_version(
+    session: Session, event: TrainingCompleted, *, metric: str, margin: float
+) -> ModelVersion | None:
+    """Record the run, register the next version of its model, apply the promotion policy.
+    Idempotent on run id: a run already registered returns None and enqueues nothing."""
+    model = lock_model(session, event.model_name, create=True)
+    if session.exec(select(ModelVersion).where(ModelVersion.run_id == event.run_id)).first():
+        return None
+    session.merge(
+        TrainingRun(
+            run_id=event.run_id,
+            model_name=event.model_name,
+            dataset=event.dataset,
+            dataset_version=event.dataset_version,
+            status="completed",
+            training_seconds=event.training_seconds,
+            worker=event.worker,
+            code_version=event.code_version,
+            model_spec=event.model.model_dump(mode="json"),
+            hyperparameters=event.hyperparameters.model_dump(mode="json"),
+            metrics=event.metrics,
+        )
+    )
+    known = session.exec(
+        select(DatasetVersion.id).where(
+            DatasetVersion.dataset == event.dataset, DatasetVersion.version == event.dataset_version
+        )
+    ).first()
+    flags = [] if known else [policy.UNKNOWN_DATASET]
+    model.latest_version += 1
+    session.add(model)
+    mv = ModelVersion(
+        model_name=event.model_name,
+        version=model.latest_version,
+        run_id=event.run_id,
+        dataset=event.dataset,
+        dataset_version=event.dataset_version,
+        metrics=event.metrics,
+        weights=event.weights.model_dump(mode="json"),
+        card=event.card.model_dump(mode="json"),
+        variants={k: v.model_dump(mode="json") for k, v in event.variants.items()},
+        flags=flags,
+    )
+    session.add(mv)
+    session.flush()
+    enqueue(
+        session,
+        ModelRegistered(
+            model_name=mv.model_name,
+            version=mv.version,
+            run_id=mv.run_id,
+            dataset=mv.dataset,
+            dataset_version=mv.dataset_version,
+            metrics=mv.metrics,
+            weights=event.weights,
+            card=event.card,
+            variants=event.variants,
+            flags=flags,
+        ),
+    )
+    holder = session.exec(
+        select(ModelVersion)
+        .join(
+            ModelAlias,
+            and_(
+                col(ModelAlias.model_name) == col(ModelVersion.model_name),
+                col(ModelAlias.version) == col(ModelVersion.version),
+            ),
+        )
+        .where(ModelAlias.model_name == mv.model_name, ModelAlias.alias == policy.PRODUCTION)
+    ).first()
+    decision = policy.decide_promotion(
+        metrics=mv.metrics,
+        flags=flags,
+        production_metrics=holder.metrics if holder else None,
+        metric=metric,
+        margin=margin,
+    )
+    move_alias(session, mv, decision.alias, actor=policy.POLICY_ACTOR, reason=decision.reason)
+    return mv
+
+
+def promote_alias(
+    session: Session, name: str, alias: str, version: int, *, actor: str, reason: str
+) -> tuple[ModelVersion, ModelPromoted | None]:
+    lock_model(session, name)
+    target = _version(session, name, version)
+    return target, move_alias(
+        session, target, alias, actor=actor, reason=reason or "manual promotion"
+    )
+
+
+def rollback_alias(
+    session: Session, name: str, alias: str, *, actor: str, reason: str
+) -> tuple[ModelVersion, ModelPromoted | None]:
+    """Move ``alias`` back to the version that held it before its last move."""
+    lock_model(session, name)
+    last = session.exec(
+        select(AliasHistory)
+        .where(AliasHistory.model_name == name, AliasHistory.alias == alias)
+        .order_by(col(AliasHistory.id).desc())
+    ).first()
+    if last is None:
+        raise NotFound(f"alias {alias!r} of model {name!r} was never set")
+    if last.previous_version is None:
+        raise Conflict(
+            f"alias {alias!r} of model {name!r} has no previous holder "
+            f"(version {last.version} was its first)"
+        )
+    target = _version(session, name, last.previous_version)
+    why = f"rollback from version {last.version}" + (f": {reason}" if reason else "")
+    return target, move_alias(session, target, alias, actor=actor, reason=why)
+
+
+def record_prepared_dataset(
+    session: Session, event: DatasetPrepared, *, auto_retrain: bool
+) -> TrainingRequested | None:
+    """Record a prepared dataset version (idempotent on dataset + version) and, when it is
+    new and the dataset already has a completed run, enqueue the auto-retrain request."""
+    p = event.prepared
+    inserted = session.execute(
+        _insert(session)(DatasetVersion)
+        .values(
+            dataset=p.dataset,
+            version=p.version,
+            counts=p.counts,
+            source_sha256=event.source_sha256,
+            tensors=p.tensors.model_dump(mode="json"),
+            stats=p.stats.model_dump(mode="json"),
+            dataset_schema=p.schema_.model_dump(mode="json"),
+            preprocessing=p.preprocessing.model_dump(mode="json"),
+            event_id=str(event.event_id),
+            recorded_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["dataset", "version"])
+        .returning(DatasetVersion.id)  # type: ignore[arg-type]
+    )
+    is_new = inserted.first() is not None
+    run = session.exec(
+        select(TrainingRun)
+        .where(TrainingRun.dataset == p.dataset, TrainingRun.status == "completed")
+        .order_by(col(TrainingRun.recorded_at).desc())
+    ).first()
+    last = (
+        policy.LastRun(
+            run_id=run.run_id,
+            model_name=run.model_name,
+            dataset_version=run.dataset_version or 0,
+            model=ModelSpec.model_validate(run.model_spec or {}),
+            hyperparameters=Hyperparameters.model_validate(run.hyperparameters or {}),
+        )
+        if run is not None
+        else None
+    )
+    request = policy.plan_retrain(p, is_new_version=is_new, last_run=last, enabled=auto_retrain)
+    if request is not None:
+        enqueue(session, request)
+    return request
+
+
+def record_failed_run(session: Session, event: TrainingFailed) -> bool:
+    """Record a failed run; a run already recorded as completed is left alone."""
+    run = session.get(TrainingRun, event.run_id, with_for_update=True)
+    if run is not None and run.status == "completed":
+        return False
+    session.merge(
+        TrainingRun(
+            run_id=event.run_id,
+            dataset=event.dataset or (run.dataset if run else None),
+            status="failed",
+            worker=event.worker,
+            reason=event.reason,
+            error_type=event.error_type,
+        )
+    )
+    return True

@@ -1,0 +1,55 @@
+"""Registry settings (env prefix ``REGISTRY_``; the database URL also from ``DATABASE_URL``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from libs.service import ServiceSettings
+
+#: Tokens that mean "nobody set one": refused unless ``REGISTRY_DEV_MODE=true``.
+PLACEHOLDER_TOKENS = frozenset(
+    {"", "changeme", "change-me", "changethis", "dev-token", "secret", "token"}
+)
+
+
+class RegistrySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", populate_by_name=True)
+
+    http_port: int = 8104
+    database_url: str = Field(
+        default="sqlite:///./.lmesh/registry.db",
+        validation_alias=AliasChoices("REGISTRY_DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="sqlite:///path.db or postgresql+psycopg://user:pass@host:5432/db",
+    )
+    token: SecretStr = Field(
+        default=SecretStr(""), description="Bearer token for mutating endpoints"
+    )
+    dev_mode: bool = Field(default=False, description="Allow an empty/placeholder token")
+    promotion_metric: str = "val_accuracy"
+    promotion_margin: float = Field(
+        default=0.0, ge=0.0, description="A challenger must beat production by more than this"
+    )
+    auto_retrain: bool = Field(
+        default=True,
+        description="Request training when a new version of an already-trained dataset is prepared",
+    )
+    consumer_group: str = "registry"
+    consume_from: Literal["earliest", "latest"] = Field(
+        default="earliest", description="Where a consumer group without committed offsets starts"
+    )
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_token(self) -> RegistrySettings:
+        if (
+            not self.dev_mode
+            and self.token.get_secret_value().strip().lower() in PLACEHOLDER_TOKENS
+        ):
+            raise ValueError(
+                "REGISTRY_TOKEN is empty or a placeholder: set a real secret "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`) "
+                "or REGISTRY_DEV_MODE=true for local development"
+            )
+        return self
