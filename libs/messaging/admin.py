@@ -58,11 +58,15 @@ async def create_topics(
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(name=t.name, num_partitions=t.partitions, replication_factor=1)
+            NewTopic(
+                name=t.name,
+                num_partitions=t.partitions,
+                replication_factor=settings.topic_replication_factor,
+            )
             for t in wanted
             if t.name not in existing
         ] + [
-            NewTopic(name=n, num_partitions=1, replication_factor=1)
+            NewTopic(name=n, num_partitions=1, replication_factor=settings.topic_replication_factor)
             for n in extra
             if n not in existing
         ]

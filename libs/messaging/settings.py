@@ -32,6 +32,9 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = Field(default=2000, ge=1000)
     heartbeat_interval_ms: int = Field(default=500, ge=100)
     connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Replicas of each topic that `python -m libs.messaging.admin` creates: 1 for a single
+    # broker; 3 on managed/multi-broker Kafka (some providers refuse anything else).
+    topic_replication_factor: int = Field(default=1, ge=1)
 
     def client_kwargs(self) -> dict[str, Any]:
         """Security keyword arguments understood by aiokafka clients (and FastStream)."""
