@@ -30,7 +30,12 @@ class RegistrySettings(ServiceSettings):
     dev_mode: bool = Field(default=False, description="Allow an empty/placeholder token")
     promotion_metric: str = "val_accuracy"
     promotion_margin: float = Field(
-        default=0.0, ge=0.0, description="A challenger must beat production by more than this"
+        default=0.0,
+        ge=-1.0,
+        le=1.0,
+        description="A challenger must beat production by more than this; a negative value "
+        "tolerates a slightly worse challenger (e.g. retrains on new data, whose validation "
+        "split differs from the champion's)",
     )
     auto_retrain: bool = Field(
         default=True,

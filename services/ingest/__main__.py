@@ -1,0 +1,18 @@
+"""``python -m services.ingest``: serve the ingest service."""
+
+from __future__ import annotations
+
+from libs.messaging import KafkaSettings
+from libs.service import serve
+from services.ingest.app import build_app
+from services.ingest.settings import IngestSettings
+
+
+def main() -> None:
+    settings = IngestSettings()
+    kafka = KafkaSettings()
+    serve(build_app(settings, kafka), settings, kafka)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""The ingest service: HTTP uploads and upstream Kafka records in, dataset versions out.
+
+Composition root: the broker and its batch subscriber on ``ingest.records.v1``, the
+background tasks that close record batches (by count or window) and commit offsets, and
+the ``/datasets`` router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+from typing import Any
+
+from aiokafka import TopicPartition
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
+from prometheus_client import Counter
+from starlette.datastructures import UploadFile
+
+from contracts.events import DatasetSchema, validate_name
+from libs.messaging import KafkaSettings, create_broker
+from libs.service import create_app
+from libs.storage import open_store
+from libs.telemetry.metrics import REGISTRY
+from services.ingest import handlers
+from services.ingest.batching import ClosedBatch, RecordBatcher
+from services.ingest.catalog import Catalog, SchemaConflict
+from services.ingest.formats import DatasetFormatError
+from services.ingest.ingestion import DatasetIngestor
+from services.ingest.settings import IngestSettings
+from services.ingest.validation import SchemaMismatch
+
+log = logging.getLogger("lmesh.ingest")
+
+RECORDS = Counter(
+    "lmesh_ingest_records_total", "Upstream records by outcome", ["outcome"], registry=REGISTRY
+)
+BATCHES = Counter(
+    "lmesh_ingest_batches_total",
+    "Record batches closed and stored, by whether their content made a new version",
+    ["result"],
+    registry=REGISTRY,
+)
+VERSIONS = Counter(
+    "lmesh_ingest_versions_total", "Dataset versions announced", ["source"], registry=REGISTRY
+)
+
+
+class IngestRuntime:
+    """Everything the handlers share inside one process."""
+
+    def __init__(self, settings: IngestSettings, broker: KafkaBroker) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.store = open_store()
+        self.catalog = Catalog(settings.data_dir / "catalog.sqlite")
+        self.ingestor = DatasetIngestor(self.store, self.catalog)
+        self.batcher = RecordBatcher(settings.batch_max_records, settings.batch_window_s)
+        self.schemas: dict[str, DatasetSchema] = {}
+        self.flush_queue: asyncio.Queue[ClosedBatch] = asyncio.Queue()
+        self.consumer: Any = None
+        self._committed: dict[int, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def count_records(self, *, accepted: int, rejected: int) -> None:
+        RECORDS.labels("accepted").inc(accepted)
+        RECORDS.labels("rejected").inc(rejected)
+
+    def count_batch(self, *, new_version: bool) -> None:
+        BATCHES.labels("new_version" if new_version else "same_content").inc()
+
+    def count_version(self, source: str) -> None:
+        VERSIONS.labels(source).inc()
+
+    async def commit(self) -> None:
+        """Commit every partition up to the oldest record not yet stored and announced."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        assigned = consumer.assignment()
+        offsets = {
+            TopicPartition(handlers.RECORDS_TOPIC, p): o
+            for p, o in self.batcher.committable().items()
+            if self._committed.get(p) != o and TopicPartition(handlers.RECORDS_TOPIC, p) in assigned
+        }
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except Exception as exc:  # rebalance in progress: the next commit catches up
+            log.warning("offset commit skipped (%s: %s)", type(exc).__name__, exc)
+            return
+        self._committed.update({tp.partition: o for tp, o in offsets.items()})
+
+    # ------------------------------------------------------------------ background tasks
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._flusher()), asyncio.create_task(self._ticker())]
+
+    async def stop(self) -> None:
+        # Open buffers are dropped on purpose: their offsets are not committed, so the
+        # records come back on restart and close into the same versions they would have.
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    async def _flusher(self) -> None:
+        while True:
+            batch = await self.flush_queue.get()
+            for attempt in range(1, 6):
+                try:
+                    await handlers.store_closed_batch(self, batch)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception(
+                        "storing %s batch %d failed (attempt %d)",
+                        batch.dataset,
+                        batch.batch_id,
+                        attempt,
+                    )
+                    await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+            else:  # offsets stay uncommitted: the records are redelivered after a restart
+                log.error(
+                    "giving up on %s batch %d; its records stay uncommitted",
+                    batch.dataset,
+                    batch.batch_id,
+                )
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_commit = loop.time()
+        while True:
+            wait = self.batcher.next_deadline()
+            await asyncio.sleep(0.5 if wait is None else min(0.5, max(0.02, wait)))
+            for batch in self.batcher.due():
+                self.flush_queue.put_nowait(batch)
+            if loop.time() - last_commit >= 1.0:
+                last_commit = loop.time()
+                await self.commit()
+
+
+async def _batch_decoder(msg: StreamMessage[Any]) -> list[bytes]:
+    """Raw values of one poll batch; the batch id makes the mesh idempotency key unique."""
+    raws = msg.raw_message
+    bodies = _Batch(r.value or b"" for r in raws)
+    bodies.event_id = hashlib.blake2b(
+        ",".join(f"{r.partition}:{r.offset}" for r in raws).encode(), digest_size=16
+    ).hexdigest()
+    return bodies
+
+
+class _Batch(list):  # type: ignore[type-arg]
+    event_id: str
+
+
+def build_app(
+    settings: IngestSettings | None = None, kafka: KafkaSettings | None = None
+) -> FastAPI:
+    settings = settings or IngestSettings()
+    kafka = kafka or KafkaSettings()
+    broker = create_broker("ingest", kafka)
+    rt = IngestRuntime(settings, broker)
+
+    @broker.subscriber(
+        handlers.RECORDS_TOPIC,
+        group_id="ingest",
+        batch=True,
+        max_records=settings.poll_max_records,
+        batch_timeout_ms=100,
+        max_partition_fetch_bytes=settings.fetch_partition_bytes,
+        decoder=_batch_decoder,
+        ack_policy=AckPolicy.MANUAL,  # offsets are committed once records are stored
+        auto_offset_reset="earliest",
+        title=f"{handlers.RECORDS_TOPIC}:ingest",
+        description="Labelled records from upstream systems",
+        **kafka.group_kwargs(),
+    )
+    async def on_upstream_records(bodies: list[bytes], message: KafkaMessage) -> None:
+        await handlers.on_upstream_records(rt, bodies, message)
+
+    async def startup(app: FastAPI) -> None:
+        app.state.ingest = rt
+        rt.start()
+
+    async def shutdown(app: FastAPI) -> None:
+        await rt.stop()
+
+    app = create_app(
+        "ingest", broker, on_startup=startup, on_shutdown=shutdown, lag_group="ingest", kafka=kafka
+    )
+    app.include_router(datasets_router(rt))
+    return app
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def _name(name: str) -> str:
+    try:
+        return validate_name(name)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def datasets_router(rt: IngestRuntime) -> APIRouter:
+    router = APIRouter(prefix="/datasets", tags=["datasets"])
+    settings = rt.settings
+
+    def require_token(request: Request) -> None:
+        if settings.token is None:
+            raise HTTPException(503, "uploads are disabled: the service has no INGEST_TOKEN set")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            given.encode(), settings.token.get_secret_value().encode()
+        ):
+            raise HTTPException(
+                401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"}
+            )
+
+    auth = [Depends(require_token)]
+
+    @router.get("")
+    async def list_datasets() -> list[dict[str, Any]]:
+        """Every dataset with its version count, latest version and schema."""
+        return await asyncio.to_thread(rt.catalog.datasets)
+
+    @router.get("/{name:path}/versions")
+    async def list_versions(name: str) -> list[dict[str, Any]]:
+        """The versions of one dataset, oldest first."""
+        name = _name(name)
+        if not await asyncio.to_thread(rt.catalog.known, name):
+            raise HTTPException(404, f"unknown dataset {name!r}")
+        return [v.public() for v in await asyncio.to_thread(rt.catalog.versions, name)]
+
+    @router.put("/{name:path}/schema", dependencies=auth)
+    async def declare_schema(
+        name: str, schema: DatasetSchema, replace: bool = False
+    ) -> dict[str, Any]:
+        """Declare what a dataset's records look like (needed before upstream records
+        without a ``schema`` field). 409 when a different schema is declared already."""
+        name = _name(name)
+        try:
+            changed = await asyncio.to_thread(
+                rt.catalog.declare_schema, name, schema, replace=replace
+            )
+        except SchemaConflict as exc:
+            raise HTTPException(409, f"{exc}; pass ?replace=true to change it") from None
+        rt.schemas[name] = schema
+        return {"dataset": name, "schema": schema.model_dump(), "changed": changed}
+
+    @router.post(
+        "/{name:path}/upload",
+        dependencies=auth,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "files": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                }
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def upload(name: str, request: Request) -> dict[str, Any]:
+        """Upload one CSV or NPZ file, or IDX files (train images+labels, optional t10k/test),
+        as multipart form fields (any field names). Same content => same version."""
+        name = _name(name)
+        limit = settings.max_upload_bytes
+        length = request.headers.get("content-length")
+        if length is None:
+            raise HTTPException(
+                411, "send a Content-Length header (chunked uploads are not accepted)"
+            )
+        if int(length) > limit:
+            raise HTTPException(
+                413,
+                f"upload of {int(length)} bytes is over the limit of {limit} bytes (INGEST_MAX_UPLOAD_BYTES)",
+            )
+        form = await request.form(max_files=8, max_fields=8)
+        try:
+            files = {}
+            for _, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    files[value.filename or f"file{len(files)}"] = await value.read()
+        finally:
+            await form.close()
+        if not files:
+            raise HTTPException(
+                400, "no file in the upload: send multipart form-data with the file(s)"
+            )
+        try:
+            version, event = await asyncio.to_thread(rt.ingestor.ingest_files, name, files)
+        except (DatasetFormatError, SchemaMismatch) as exc:
+            raise HTTPException(400, str(exc)) from None
+        if event is not None:
+            await handlers.announce(rt, event)
+        return {**version.public(), "created": version.created, "announced": event is not None}
+
+    return router

@@ -1,0 +1,297 @@
+"""Decoding dataset files: IDX (MNIST format, gzip or raw), CSV and NPZ, and the one NPZ
+layout every stored dataset version uses. Pure logic: no web or broker imports.
+
+Every failure raises :class:`DatasetFormatError` with a message meant for the uploader.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import re
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "DatasetFormatError",
+    "RawDataset",
+    "decode_csv",
+    "decode_files",
+    "decode_idx",
+    "decode_npz",
+    "idx_role",
+    "pack_npz",
+]
+
+#: IDX type codes (third byte of the magic number) and their big-endian dtypes.
+IDX_DTYPES: dict[int, str] = {
+    0x08: ">u1",
+    0x09: ">i1",
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
+
+#: Names like ``train-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte``, ``test-images.idx3``.
+_IDX_NAME = re.compile(
+    r"^(?P<split>train|t10k|test)[-_.](?P<kind>images|labels)[-_.]?.*idx\d.*$", re.IGNORECASE
+)
+
+
+class DatasetFormatError(ValueError):
+    """The bytes are not a readable dataset file; the message says why."""
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """Decoded arrays: features ``[N, *feature_shape]`` and integer labels ``[N]``."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+    @property
+    def split_counts(self) -> dict[str, int]:
+        counts = {"train": len(self.y_train)}
+        if self.y_test is not None:
+            counts["test"] = len(self.y_test)
+        return counts
+
+    @property
+    def record_count(self) -> int:
+        return sum(self.split_counts.values())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"x_train": self.x_train, "y_train": self.y_train}
+        if self.x_test is not None and self.y_test is not None:
+            out |= {"x_test": self.x_test, "y_test": self.y_test}
+        return out
+
+
+# --------------------------------------------------------------------------- IDX
+
+
+def _gunzip(data: bytes, name: str) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except EOFError:
+        raise DatasetFormatError(
+            f"{name}: truncated gzip stream (the file ends before the compressed data does)"
+        ) from None
+    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise DatasetFormatError(f"{name}: corrupt gzip data ({exc})") from None
+
+
+def _maybe_gunzip(data: bytes, name: str) -> bytes:
+    return _gunzip(data, name) if data[:2] == b"\x1f\x8b" else data
+
+
+def decode_idx(data: bytes, name: str = "IDX file") -> np.ndarray:
+    """One IDX array (gzip or raw). Checks the magic number and that the size matches."""
+    data = _maybe_gunzip(data, name)
+    if len(data) < 4:
+        raise DatasetFormatError(f"{name}: too short for an IDX header ({len(data)} bytes)")
+    zero, code, ndim = int.from_bytes(data[:2], "big"), data[2], data[3]
+    if zero != 0 or code not in IDX_DTYPES or not 1 <= ndim <= 8:
+        raise DatasetFormatError(
+            f"{name}: wrong IDX magic number 0x{data[:4].hex()} (expected 0x0000TTNN with "
+            f"type TT in {{08,09,0B,0C,0D,0E}} and 1-8 dimensions NN, e.g. 0x00000803 for images)"
+        )
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetFormatError(f"{name}: truncated IDX header")
+    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    dtype = np.dtype(IDX_DTYPES[code])
+    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        raise DatasetFormatError(
+            f"{name}: IDX header says shape {list(dims)} ({expected} bytes) but the file has "
+            f"{len(data)} bytes ({'truncated' if len(data) < expected else 'trailing data'})"
+        )
+    arr = np.frombuffer(data, dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="), copy=False)
+
+
+def idx_role(filename: str) -> tuple[str, str] | None:
+    """``("train"|"test", "images"|"labels")`` from an IDX file name, or None."""
+    m = _IDX_NAME.match(filename.rsplit("/", 1)[-1])
+    if not m:
+        return None
+    split = "train" if m["split"].lower() == "train" else "test"
+    return split, m["kind"].lower()
+
+
+def decode_idx_files(files: Mapping[str, bytes]) -> RawDataset:
+    roles: dict[tuple[str, str], tuple[str, bytes]] = {}
+    for filename, data in files.items():
+        role = idx_role(filename)
+        if role is None:
+            raise DatasetFormatError(
+                f"{filename}: not an IDX split file; expected names like train-images-idx3-ubyte.gz, "
+                "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"
+            )
+        if role in roles:
+            raise DatasetFormatError(
+                f"two files for {role[0]} {role[1]}: {roles[role][0]}, {filename}"
+            )
+        roles[role] = (filename, data)
+    split_arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split in ("train", "test"):
+        have = {kind for (s, kind) in roles if s == split}
+        if not have:
+            continue
+        if have != {"images", "labels"}:
+            missing = ({"images", "labels"} - have).pop()
+            raise DatasetFormatError(f"{split} split: the {missing} file is missing")
+        img_name, img_data = roles[(split, "images")]
+        lab_name, lab_data = roles[(split, "labels")]
+        x = decode_idx(img_data, img_name)
+        y = decode_idx(lab_data, lab_name)
+        if y.ndim != 1:
+            raise DatasetFormatError(
+                f"{lab_name}: labels must be 1-dimensional, got shape {list(y.shape)}"
+            )
+        if x.ndim < 2:
+            raise DatasetFormatError(f"{img_name}: images need at least 2 dimensions")
+        if len(x) != len(y):
+            raise DatasetFormatError(
+                f"{split} split: {len(x)} images but {len(y)} labels ({img_name}, {lab_name})"
+            )
+        split_arrays[split] = (x, _labels(y, lab_name))
+    if "train" not in split_arrays:
+        raise DatasetFormatError("no train split: upload train-images and train-labels IDX files")
+    x_test, y_test = split_arrays.get("test", (None, None))
+    return RawDataset(*split_arrays["train"], x_test, y_test)
+
+
+# --------------------------------------------------------------------------- CSV / NPZ
+
+
+def _labels(y: np.ndarray, name: str) -> np.ndarray:
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(np.mod(y, 1) == 0):
+            raise DatasetFormatError(f"{name}: labels must be integers")
+    elif y.dtype.kind not in "iu":
+        raise DatasetFormatError(f"{name}: labels must be integers, got dtype {y.dtype}")
+    return y.astype(np.int64)
+
+
+def decode_csv(data: bytes, name: str = "CSV file", label_column: str = "label") -> RawDataset:
+    """A CSV with a header row naming a ``label`` column (else the first column is the label)
+    and numeric feature columns. Every row becomes a train record."""
+    data = _maybe_gunzip(data, name)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DatasetFormatError(f"{name}: not UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text))
+    try:
+        first = next(reader)
+    except StopIteration:
+        raise DatasetFormatError(f"{name}: empty CSV") from None
+    header = not all(_is_number(c) for c in first)
+    label_idx = 0
+    if header:
+        names = [c.strip().lower() for c in first]
+        label_idx = names.index(label_column) if label_column in names else 0
+    try:
+        table = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1 if header else 0, ndmin=2)
+    except ValueError as exc:
+        raise DatasetFormatError(f"{name}: every value must be numeric ({exc})") from None
+    if table.shape[0] == 0:
+        raise DatasetFormatError(f"{name}: no data rows")
+    if table.shape[1] < 2:
+        raise DatasetFormatError(f"{name}: need a label column and at least one feature column")
+    y = _labels(table[:, label_idx], f"{name} label column")
+    x = np.delete(table, label_idx, axis=1)
+    return RawDataset(x, y)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def decode_npz(data: bytes, name: str = "NPZ file") -> RawDataset:
+    """An NPZ with ``x``/``y`` or ``x_train``/``y_train`` (+ optional ``x_test``/``y_test``).
+    Object arrays are refused (``allow_pickle=False``)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except ValueError as exc:
+        raise DatasetFormatError(f"{name}: unreadable NPZ ({exc})") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DatasetFormatError(f"{name}: not an NPZ archive ({exc})") from None
+    if "x" in arrays and "y" in arrays and "x_train" not in arrays:
+        arrays["x_train"], arrays["y_train"] = arrays.pop("x"), arrays.pop("y")
+    if "x_train" not in arrays or "y_train" not in arrays:
+        raise DatasetFormatError(
+            f"{name}: needs arrays x and y (or x_train and y_train), has {sorted(arrays)}"
+        )
+    splits = {}
+    for split in ("train", "test"):
+        x, y = arrays.get(f"x_{split}"), arrays.get(f"y_{split}")
+        if x is None and y is None:
+            continue
+        if x is None or y is None:
+            raise DatasetFormatError(f"{name}: x_{split} and y_{split} must come together")
+        if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+            raise DatasetFormatError(
+                f"{name}: x_{split} must be [N, ...] and y_{split} [N]; got {list(x.shape)} and {list(y.shape)}"
+            )
+        if x.dtype.kind not in "iuf":
+            raise DatasetFormatError(f"{name}: x_{split} must be numeric, got dtype {x.dtype}")
+        splits[split] = (x, _labels(y, f"{name} y_{split}"))
+    x_test, y_test = splits.get("test", (None, None))
+    return RawDataset(*splits["train"], x_test, y_test)
+
+
+def decode_files(files: Mapping[str, bytes]) -> RawDataset:
+    """An upload: one CSV or NPZ file, or IDX files (train images+labels, optional test)."""
+    if not files:
+        raise DatasetFormatError("no file uploaded")
+    if len(files) == 1:
+        ((filename, data),) = files.items()
+        lower = filename.lower()
+        if lower.endswith(".npz") or data[:4] == b"PK\x03\x04":
+            return decode_npz(data, filename)
+        if lower.endswith((".csv", ".csv.gz")):
+            return decode_csv(data, filename)
+        if idx_role(filename) is None:
+            raise DatasetFormatError(
+                f"{filename}: unknown format; upload a .csv, a .npz, or IDX files "
+                "(train-images-idx3-ubyte[.gz] with train-labels-idx1-ubyte[.gz])"
+            )
+    return decode_idx_files(files)
+
+
+# --------------------------------------------------------------------------- storage layout
+
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def pack_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Deterministic NPZ bytes (fixed zip timestamps, sorted names, uncompressed): the same
+    arrays always give the same bytes, hence the same sha256 and the same dataset version."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_EPOCH)
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+    return buf.getvalue()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
