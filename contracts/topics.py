@@ -76,6 +76,16 @@ _TOPICS = [
 TOPICS: dict[str, Topic] = {t.name: t for t in _TOPICS}
 
 
+#: Who consumes what as a consumer group (predictors subscribe to model.promoted.v1 as a
+#: broadcast, without a group). Used for consumer-lag reporting and deployment checks.
+CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
+    "ingest": ("ingest.records.v1",),
+    "preprocess": ("dataset.ingested.v1",),
+    "trainer": ("training.requested.v1",),
+    "registry": ("dataset.prepared.v1", "training.completed.v1", "training.failed.v1"),
+}
+
+
 def topic_for(event_type: type[BaseModel]) -> Topic:
     """The (non-DLQ) topic an event type travels on."""
     for t in _TOPICS:

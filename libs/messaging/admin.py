@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from contracts.topics import TOPICS, Topic
+from contracts.topics import CONSUMER_GROUPS, TOPICS, Topic
 from libs.messaging.errors import BrokerUnreachable
 from libs.messaging.settings import KafkaSettings
 
@@ -91,32 +91,43 @@ class PartitionLag:
         return self.end - (self.committed or 0)
 
 
-async def consumer_lag(settings: KafkaSettings, group: str) -> list[PartitionLag]:
-    """Committed offset and log end of every partition a group has committed on."""
-    admin = await _admin(settings, settings.connect_timeout_s)
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    if not offsets:
-        return []
+async def consumer_lag(
+    settings: KafkaSettings, group: str, topics: Iterable[str] | None = None
+) -> list[PartitionLag]:
+    """Committed offset and log end of every partition of the topics a group consumes.
+
+    Reads committed offsets with OffsetFetch through a consumer that never joins the group
+    (Tansu does not answer the admin client's ListConsumerGroupOffsets).
+    """
+    names = list(topics if topics is not None else CONSUMER_GROUPS.get(group, ()))
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
+        group_id=group,
         enable_auto_commit=False,
+        request_timeout_ms=int(settings.connect_timeout_s * 1000),
         **settings.client_kwargs(),
     )
-    await consumer.start()
     try:
-        ends = await consumer.end_offsets(list(offsets))
+        await asyncio.wait_for(consumer.start(), settings.connect_timeout_s)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await consumer.stop()
+        raise BrokerUnreachable(settings.bootstrap_servers, type(exc).__name__) from None
+    try:
+        partitions = [
+            TopicPartition(name, p)
+            for name in names
+            for p in sorted(consumer.partitions_for_topic(name) or ())
+        ]
+        if not partitions:
+            return []
+        ends = await consumer.end_offsets(partitions)
+        out = []
+        for tp in partitions:
+            committed = await consumer.committed(tp)
+            out.append(PartitionLag(group, tp.topic, tp.partition, committed, ends[tp]))
+        return out
     finally:
         await consumer.stop()
-    return [
-        PartitionLag(
-            group, tp.topic, tp.partition, meta.offset if meta.offset >= 0 else None, ends[tp]
-        )
-        for tp, meta in sorted(offsets.items(), key=lambda kv: (kv[0].topic, kv[0].partition))
-        if isinstance(tp, TopicPartition)
-    ]
 
 
 def main() -> None:

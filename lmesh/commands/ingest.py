@@ -2,30 +2,57 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
 
+from libs.idx import find_idx_files
 from lmesh import state
 from lmesh.app import app
 
-#: train-images-idx3-ubyte, t10k-labels-idx1-ubyte.gz, ...
-IDX_FILE = re.compile(r"^(train|t10k|test)-(images|labels)-idx\d-ubyte(\.gz)?$")
+
+class UploadError(RuntimeError):
+    pass
 
 
 def idx_files(directory: Path) -> list[Path]:
-    """The IDX split files in a directory (raw wins over nothing; gzip wins over raw)."""
-    found: dict[tuple[str, str], Path] = {}
-    for p in sorted(directory.iterdir()):
-        m = IDX_FILE.match(p.name)
-        if m and p.is_file():
-            key = (m[1], m[2])
-            if key not in found or p.suffix == ".gz":
-                found[key] = p
-    return sorted(found.values())
+    """The IDX split files in a directory (a gzip file wins over a raw one)."""
+    return sorted(find_idx_files(directory).values())
+
+
+def upload_files(
+    base_url: str, name: str, files: list[Path], *, token: str | None, timeout: float = 600.0
+) -> dict[str, Any]:
+    """POST files to the ingest service; returns its answer (dataset, version, counts, sha256)."""
+    url = f"{base_url}/datasets/{name}/upload"
+    handles = [f.open("rb") for f in files]
+    try:
+        response = httpx.post(
+            url,
+            files=[
+                ("files", (f.name, h, "application/octet-stream"))
+                for f, h in zip(files, handles, strict=True)
+            ],
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        raise UploadError(
+            f"ingest service not reachable at {url} ({type(exc).__name__}: {exc}); is the mesh up (`lmesh up`)?"
+        ) from None
+    finally:
+        for h in handles:
+            h.close()
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise UploadError(f"upload refused ({response.status_code}): {detail}")
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def _fail(message: str) -> None:
@@ -51,32 +78,12 @@ def ingest(
             )
     else:
         files = [path]
-    url = f"{state.service_url('ingest')}/datasets/{name}/upload"
-    handles = [f.open("rb") for f in files]
     try:
-        response = httpx.post(
-            url,
-            files=[
-                ("files", (f.name, h, "application/octet-stream"))
-                for f, h in zip(files, handles, strict=True)
-            ],
-            headers=state.auth_headers(),
-            timeout=timeout,
+        body = upload_files(
+            state.service_url("ingest"), name, files, token=state.token(), timeout=timeout
         )
-    except httpx.HTTPError as exc:
-        _fail(
-            f"ingest service not reachable at {url} ({type(exc).__name__}: {exc}); is the mesh up (`lmesh up`)?"
-        )
-    finally:
-        for h in handles:
-            h.close()
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        _fail(f"upload refused ({response.status_code}): {detail}")
-    body = response.json()
+    except UploadError as exc:
+        _fail(str(exc))
     counts = ", ".join(f"{k} {v}" for k, v in body["split_counts"].items())
     note = "new version" if body.get("created") else "same content as an existing version"
     typer.echo(

@@ -7,16 +7,16 @@ Every failure raises :class:`DatasetFormatError` with a message meant for the up
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import io
-import re
 import zipfile
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from libs.idx import IdxFormatError, idx_role, maybe_gunzip
+from libs.idx import decode_idx as _decode_idx
 
 __all__ = [
     "DatasetFormatError",
@@ -28,21 +28,6 @@ __all__ = [
     "idx_role",
     "pack_npz",
 ]
-
-#: IDX type codes (third byte of the magic number) and their big-endian dtypes.
-IDX_DTYPES: dict[int, str] = {
-    0x08: ">u1",
-    0x09: ">i1",
-    0x0B: ">i2",
-    0x0C: ">i4",
-    0x0D: ">f4",
-    0x0E: ">f8",
-}
-
-#: Names like ``train-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte``, ``test-images.idx3``.
-_IDX_NAME = re.compile(
-    r"^(?P<split>train|t10k|test)[-_.](?P<kind>images|labels)[-_.]?.*idx\d.*$", re.IGNORECASE
-)
 
 
 class DatasetFormatError(ValueError):
@@ -79,54 +64,19 @@ class RawDataset:
 # --------------------------------------------------------------------------- IDX
 
 
-def _gunzip(data: bytes, name: str) -> bytes:
-    try:
-        return gzip.decompress(data)
-    except EOFError:
-        raise DatasetFormatError(
-            f"{name}: truncated gzip stream (the file ends before the compressed data does)"
-        ) from None
-    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
-        raise DatasetFormatError(f"{name}: corrupt gzip data ({exc})") from None
-
-
 def _maybe_gunzip(data: bytes, name: str) -> bytes:
-    return _gunzip(data, name) if data[:2] == b"\x1f\x8b" else data
+    try:
+        return maybe_gunzip(data, name)
+    except IdxFormatError as exc:
+        raise DatasetFormatError(str(exc)) from None
 
 
 def decode_idx(data: bytes, name: str = "IDX file") -> np.ndarray:
-    """One IDX array (gzip or raw). Checks the magic number and that the size matches."""
-    data = _maybe_gunzip(data, name)
-    if len(data) < 4:
-        raise DatasetFormatError(f"{name}: too short for an IDX header ({len(data)} bytes)")
-    zero, code, ndim = int.from_bytes(data[:2], "big"), data[2], data[3]
-    if zero != 0 or code not in IDX_DTYPES or not 1 <= ndim <= 8:
-        raise DatasetFormatError(
-            f"{name}: wrong IDX magic number 0x{data[:4].hex()} (expected 0x0000TTNN with "
-            f"type TT in {{08,09,0B,0C,0D,0E}} and 1-8 dimensions NN, e.g. 0x00000803 for images)"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetFormatError(f"{name}: truncated IDX header")
-    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    dtype = np.dtype(IDX_DTYPES[code])
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        raise DatasetFormatError(
-            f"{name}: IDX header says shape {list(dims)} ({expected} bytes) but the file has "
-            f"{len(data)} bytes ({'truncated' if len(data) < expected else 'trailing data'})"
-        )
-    arr = np.frombuffer(data, dtype, offset=header).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="), copy=False)
-
-
-def idx_role(filename: str) -> tuple[str, str] | None:
-    """``("train"|"test", "images"|"labels")`` from an IDX file name, or None."""
-    m = _IDX_NAME.match(filename.rsplit("/", 1)[-1])
-    if not m:
-        return None
-    split = "train" if m["split"].lower() == "train" else "test"
-    return split, m["kind"].lower()
+    """One IDX array (gzip or raw), checked (see libs.idx.decode_idx)."""
+    try:
+        return _decode_idx(data, name)
+    except IdxFormatError as exc:
+        raise DatasetFormatError(str(exc)) from None
 
 
 def decode_idx_files(files: Mapping[str, bytes]) -> RawDataset:
