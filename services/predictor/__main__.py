@@ -1,0 +1,41 @@
+"""``python -m services.predictor``: one process, or PREDICTOR_WORKERS uvicorn workers."""
+
+from __future__ import annotations
+
+import logging
+
+from libs.messaging.settings import KafkaSettings
+from libs.service import check_broker, serve
+from services.predictor.app import build_app
+from services.predictor.settings import PredictorSettings
+
+
+def main() -> None:
+    settings = PredictorSettings()
+    kafka = KafkaSettings()
+    if settings.workers == 1:
+        serve(build_app(settings, kafka), settings, kafka)
+        return
+    import uvicorn
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    check_broker(kafka)
+    # Each worker builds its own app from the environment (factory), loads the models and
+    # subscribes to model.promoted.v1 as a broadcast consumer of its own.
+    uvicorn.run(
+        "services.predictor.app:build_app",
+        factory=True,
+        workers=settings.workers,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

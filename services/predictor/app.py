@@ -1,0 +1,191 @@
+"""Composition root of the predictor: broker + broadcast subscriber, runtime, HTTP.
+
+The process serves one ASGI app, :class:`PredictorApp`: inference requests go straight to
+the bare ASGI :class:`~services.predictor.endpoint.InferenceEndpoint` (the hot path); every
+other request (health, metadata, /metrics, /healthz) and the lifespan go to a FastAPI app
+built by :func:`libs.service.create_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from contracts.events import ModelPromoted, PredictionLogged
+from libs import telemetry
+from libs.messaging import create_broker, publish, subscribe
+from libs.messaging.settings import KafkaSettings
+from libs.service import create_app
+from libs.storage import StoreSettings
+from services.predictor import handlers
+from services.predictor.endpoint import InferenceEndpoint, is_infer_path
+from services.predictor.model import LoadedModel
+from services.predictor.runtime import PredictorRuntime
+from services.predictor.settings import PredictorSettings
+
+log = logging.getLogger("lmesh.predictor")
+
+SERVICE = "predictor"
+SERVER_NAME = "lepton-mesh-predictor"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class PredictorApp:
+    """ASGI: ``/v2/models/.../infer`` to the lean endpoint, the rest to FastAPI."""
+
+    def __init__(
+        self, api: FastAPI, endpoint: InferenceEndpoint, runtime: PredictorRuntime
+    ) -> None:
+        self.api = api
+        self.endpoint = endpoint
+        self.runtime = runtime
+        self.state = api.state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if is_infer_path(scope):
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+async def _wait_positioned(subscriber: Any, runtime: PredictorRuntime) -> None:
+    """Ready only once the broadcast consumer knows where 'latest' is: from then on no
+    promotion can slip past between start-up and the first fetch."""
+    # FastStream offers no event for "consumer assigned": poll it (start-up only).
+    while getattr(subscriber, "consumer", None) is None or not subscriber.consumer.assignment():  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    consumer = subscriber.consumer
+    for tp in list(consumer.assignment()):
+        await consumer.position(tp)
+    runtime.events_ready = True
+
+
+def build_app(
+    settings: PredictorSettings | None = None, kafka: KafkaSettings | None = None
+) -> PredictorApp:
+    settings = settings or PredictorSettings()
+    kafka = kafka or KafkaSettings()
+    broker = create_broker(SERVICE, kafka)
+    runtime = PredictorRuntime(settings, store_url=StoreSettings().url)
+    runtime.events_ready = False  # until the promotion consumer is positioned
+    background: set[asyncio.Task[Any]] = set()
+
+    promotions = subscribe(
+        broker, "model.promoted.v1", group_id=None, settings=kafka, auto_offset_reset="latest"
+    )
+
+    @promotions
+    async def model_promoted(event: ModelPromoted) -> None:
+        await handlers.on_model_promoted(event, runtime)
+
+    def log_prediction(model: LoadedModel, request_id: str, labels: np.ndarray, ms: float) -> None:
+        event = PredictionLogged(
+            model_name=model.name,
+            version=model.version,
+            request_id=request_id,
+            predictions=labels.tolist(),
+            latency_ms=round(ms, 3),
+        )
+        task = asyncio.get_running_loop().create_task(publish(broker, event))
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    async def on_startup(app: FastAPI) -> None:
+        torch.set_num_threads(settings.torch_threads)
+        runtime.start()
+
+        async def positioned() -> None:
+            await _wait_positioned(promotions, runtime)
+
+        task = asyncio.get_running_loop().create_task(positioned())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    async def on_shutdown(app: FastAPI) -> None:
+        await runtime.stop()
+        for task in list(background):
+            task.cancel()
+
+    api = create_app(SERVICE, broker, on_startup=on_startup, on_shutdown=on_shutdown)
+    api.state.runtime = runtime
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, str(exc.errors()))
+
+    def ready() -> bool:
+        return runtime.table.ready() and runtime.events_ready
+
+    @api.get("/v2", tags=["inference"])
+    async def server_metadata() -> dict[str, Any]:
+        return {
+            "name": SERVER_NAME,
+            "version": telemetry._package_version(),
+            "extensions": ["binary_tensor_data"],
+        }
+
+    @api.get("/v2/health/live", tags=["inference"])
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready", tags=["inference"])
+    async def server_ready() -> JSONResponse:
+        ok = ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 400)
+
+    def model_or_error(name: str, version: str | None) -> LoadedModel | JSONResponse:
+        holder = runtime.table.holder(name)
+        if holder is None or holder.current is None:
+            return _error(404, f"unknown model {name!r} (or not loaded yet)")
+        if version is None:
+            return holder.current
+        model = holder.get(int(version)) if version.isdigit() else None
+        if model is None:
+            return _error(404, f"version {version} of model {name!r} is not served")
+        return model
+
+    @api.get("/v2/models/{name}", tags=["inference"], response_model=None)
+    async def model_metadata(name: str) -> Any:
+        model = model_or_error(name, None)
+        if isinstance(model, JSONResponse):
+            return model
+        return model.metadata(runtime.table.holders[name].versions())
+
+    @api.get("/v2/models/{name}/versions/{version}", tags=["inference"], response_model=None)
+    async def model_version_metadata(name: str, version: str) -> Any:
+        model = model_or_error(name, version)
+        if isinstance(model, JSONResponse):
+            return model
+        return model.metadata(runtime.table.holders[name].versions())
+
+    @api.get("/v2/models/{name}/ready", tags=["inference"], response_model=None)
+    async def model_ready(name: str) -> Any:
+        if runtime.table.holder(name) is None and not (runtime.names and name in runtime.names):
+            return _error(404, f"unknown model {name!r}")
+        ok = runtime.table.get(name) is not None
+        return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 400)
+
+    @api.get("/v2/models/{name}/versions/{version}/ready", tags=["inference"], response_model=None)
+    async def model_version_ready(name: str, version: str) -> Any:
+        model = model_or_error(name, version)
+        if isinstance(model, JSONResponse):
+            return model
+        return {"name": name, "ready": True}
+
+    endpoint = InferenceEndpoint(
+        runtime.table,
+        max_body_bytes=settings.max_body_bytes,
+        sample_rate=settings.log_sample_rate,
+        on_prediction=log_prediction,
+    )
+    return PredictorApp(api, endpoint, runtime)

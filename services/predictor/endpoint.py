@@ -1,0 +1,197 @@
+"""The inference route as a bare ASGI callable: the lean hot path.
+
+``POST /v2/models/{name}[/versions/{version}]/infer`` - no framework routing, no request
+objects, no pydantic: headers are scanned once, the body is read with a size limit, decoded
+by :mod:`services.predictor.oip` straight into numpy, batched, and the response serialized
+with orjson. Every failure is ``{"error": "..."}`` with 400/404/405/413 (500 only when the
+model itself fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from services.predictor import metrics
+from services.predictor.holder import ModelTable
+from services.predictor.model import LoadedModel
+from services.predictor.oip import OIPError, decode_request, encode_response, error_body
+
+log = logging.getLogger("lmesh.predictor")
+
+PredictionSink = Callable[[LoadedModel, str, np.ndarray, float], None]
+_JSON = [(b"content-type", b"application/json")]
+
+
+def is_infer_path(scope: dict[str, Any]) -> bool:
+    path: str = scope.get("path", "")
+    return scope["type"] == "http" and path.startswith("/v2/models/") and path.endswith("/infer")
+
+
+class InferenceEndpoint:
+    def __init__(
+        self,
+        table: ModelTable,
+        *,
+        max_body_bytes: int,
+        sample_rate: float = 0.0,
+        on_prediction: PredictionSink | None = None,
+    ) -> None:
+        self.table = table
+        self.max_body_bytes = max_body_bytes
+        self.sample_rate = sample_rate
+        self.on_prediction = on_prediction
+        self._status = {s: metrics.REQUESTS.labels(str(s)) for s in (200, 400, 404, 405, 413, 500)}
+        self._latency: dict[str, Any] = {}
+
+    async def _reply(
+        self,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]] = _JSON,
+    ) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        counter = self._status.get(status)
+        (counter or metrics.REQUESTS.labels(str(status))).inc()
+
+    async def _error(self, send: Any, status: int, message: str) -> None:
+        await self._reply(send, status, error_body(message))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.perf_counter()
+        if scope["method"] != "POST":
+            await self._error(send, 405, "use POST for inference")
+            return
+        parts = scope["path"].split("/")  # '', v2, models, name, [versions, v,] infer
+        version: int | None = None
+        if len(parts) == 5:
+            name = parts[3]
+        elif len(parts) == 7 and parts[4] == "versions":
+            name = parts[3]
+            if not parts[5].isdigit():
+                await self._error(send, 404, f"unknown version {parts[5]!r} of model {name!r}")
+                return
+            version = int(parts[5])
+        else:
+            await self._error(send, 404, f"no such inference path {scope['path']!r}")
+            return
+        model = self.table.get(name, version)
+        if model is None:
+            holder = self.table.holder(name)
+            if holder is None or holder.current is None:
+                await self._error(send, 404, f"unknown model {name!r} (or not loaded yet)")
+            else:
+                served = ", ".join(holder.versions())
+                await self._error(
+                    send,
+                    404,
+                    f"version {version} of model {name!r} is not served (serving: {served})",
+                )
+            return
+
+        content_length: int | None = None
+        header_length: int | None = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                content_length = int(value) if value.isdigit() else None
+            elif key == b"inference-header-content-length":
+                if not value.strip().isdigit():
+                    await self._error(
+                        send, 400, "Inference-Header-Content-Length must be an integer"
+                    )
+                    return
+                header_length = int(value)
+        limit = self.max_body_bytes
+        if content_length is not None and content_length > limit:
+            await self._error(send, 413, f"request body of {content_length} bytes exceeds {limit}")
+            return
+
+        batcher = model.batcher
+        assert batcher is not None
+        batcher.arriving += 1
+        try:
+            message = await receive()
+            body: bytes = message.get("body", b"")
+            if message.get("more_body", False):
+                chunks = [body]
+                size = len(body)
+                while message.get("more_body", False):
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        await self._error(send, 413, f"request body exceeds {limit} bytes")
+                        return
+                    chunks.append(chunk)
+                body = b"".join(chunks)
+            elif message["type"] == "http.disconnect":
+                return
+            if len(body) > limit:
+                await self._error(send, 413, f"request body exceeds {limit} bytes")
+                return
+            request = decode_request(body, header_length)
+            rows = model.rows(request)
+            model.check_outputs(request)
+        except OIPError as exc:
+            await self._error(send, exc.status, exc.message)
+            return
+        except Exception as exc:  # malformed input we did not foresee: still the client's
+            log.debug("bad inference request", exc_info=True)
+            await self._error(send, 400, f"bad inference request: {exc}")
+            return
+        finally:
+            batcher.arriving -= 1
+
+        try:
+            probabilities, labels = await batcher.submit(rows)
+            payload, json_length = encode_response(
+                model.name,
+                model.version_str,
+                request,
+                model.outputs(request, probabilities, labels),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("inference failed on %s version %s", model.name, model.version)
+            await self._error(send, 500, f"inference failed: {exc}")
+            return
+        if json_length is None:
+            await self._reply(send, 200, payload)
+        else:
+            await self._reply(
+                send,
+                200,
+                payload,
+                [
+                    (b"content-type", b"application/octet-stream"),
+                    (b"inference-header-content-length", str(json_length).encode()),
+                ],
+            )
+        elapsed = time.perf_counter() - started
+        hist = self._latency.get(model.name)
+        if hist is None:
+            hist = self._latency[model.name] = metrics.REQUEST_LATENCY.labels(model.name)
+        hist.observe(elapsed)
+        if (
+            self.sample_rate
+            and self.on_prediction is not None
+            and random.random() < self.sample_rate
+        ):
+            self.on_prediction(model, request.id or "", labels, elapsed * 1000)

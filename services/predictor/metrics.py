@@ -1,0 +1,38 @@
+"""The predictor's Prometheus metrics (on the shared registry, served at /metrics).
+
+With several worker processes each keeps its own values: a scrape sees the worker that
+answered it (run one worker per pod where exact totals matter).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from libs.telemetry.metrics import REGISTRY
+
+REQUEST_LATENCY = Histogram(
+    "lmesh_predictor_request_latency_seconds",
+    "Inference request latency, body read to response sent",
+    ["model"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "lmesh_predictor_batch_size",
+    "Rows per forward pass",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
+MODEL_VERSION = Gauge(
+    "lmesh_predictor_model_version", "Version serving now", ["model"], registry=REGISTRY
+)
+SWAPS = Counter(
+    "lmesh_predictor_swaps_total", "Hot swaps to a new version", ["model"], registry=REGISTRY
+)
+REQUESTS = Counter(
+    "lmesh_predictor_requests_total",
+    "Inference requests by HTTP status",
+    ["status"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,172 @@
+"""The predictor's state and how it changes: find production versions in the registry,
+fetch their artifacts from the store (sha256 checked), load them off the event loop and
+swap them in. No web framework, no broker: the app wires events and HTTP to these methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import httpx
+
+from contracts.events import ArtifactRef, validate_name
+from libs.storage import open_store
+from services.predictor import metrics
+from services.predictor.batching import MicroBatcher
+from services.predictor.holder import ModelTable
+from services.predictor.model import LoadedModel, load_model, resolve_device
+from services.predictor.settings import PredictorSettings
+
+log = logging.getLogger("lmesh.predictor")
+
+
+class RegistryUnavailable(RuntimeError):
+    pass
+
+
+class PredictorRuntime:
+    def __init__(self, settings: PredictorSettings, store_url: str | None = None) -> None:
+        self.settings = settings
+        self.store = open_store(store_url)
+        self.names = settings.model_names()
+        for n in self.names:
+            validate_name(n)
+        self.table = ModelTable(keep_previous=settings.keep_previous, on_install=self._installed)
+        self._device = resolve_device(settings.device)
+        self._mode: Any = settings.batch_execution
+        if self._mode == "auto":
+            self._mode = "thread" if self._device.type == "cuda" else "inline"
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: the app clears it until its broadcast consumer is positioned (readiness)
+        self.events_ready = True
+        self._loads: dict[tuple[str, int], asyncio.Future[LoadedModel]] = {}
+
+    # ------------------------------------------------------------------ loading
+
+    def wants(self, name: str) -> bool:
+        return not self.names or name in self.names
+
+    def _build(
+        self, name: str, version: int, weights: ArtifactRef, card: ArtifactRef
+    ) -> LoadedModel:
+        """Blocking: fetch (sha256-checked by the store) and rebuild; runs in a thread."""
+        weights_bytes = self.store.get(weights, verify=True)
+        card_bytes = self.store.get(card, verify=True)
+        model = load_model(
+            name,
+            version,
+            weights_bytes,
+            card_bytes,
+            variant=self.settings.variant,
+            device=str(self._device),
+            noop=self.settings.noop_forward,
+        )
+        model.batcher = MicroBatcher(
+            model.forward,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_s=self.settings.max_wait_ms / 1000,
+            mode=self._mode,
+            on_batch=metrics.BATCH_SIZE.labels(name).observe,
+        )
+        return model
+
+    async def load(self, name: str, version: int, weights: ArtifactRef, card: ArtifactRef) -> bool:
+        """Load a version in the background and swap it in; True if it now serves."""
+        ticket = self.table.ticket()
+        current = self.table.get(name)
+        if current is not None and current.version == version:
+            return False
+        key = (name, version)
+        pending = self._loads.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(
+                asyncio.to_thread(self._build, name, version, weights, card)
+            )
+            self._loads[key] = pending
+            pending.add_done_callback(lambda _f: self._loads.pop(key, None))
+        model = await pending
+        return self.table.install(model, ticket)
+
+    def _installed(self, model: LoadedModel, old: LoadedModel | None) -> None:
+        metrics.MODEL_VERSION.labels(model.name).set(model.version)
+        metrics.SWAPS.labels(model.name).inc()
+        log.info(
+            "serving %s version %s (%s, %s)%s",
+            model.name,
+            model.version,
+            model.variant,
+            model.device,
+            f", was {old.version}" if old else "",
+        )
+
+    # ------------------------------------------------------------------ registry
+
+    async def production_versions(self, client: httpx.AsyncClient) -> list[dict[str, Any]]:
+        """ModelVersionPublic of each wanted model's production version."""
+        base = self.settings.registry_url.rstrip("/")
+        try:
+            resp = await client.get(f"{base}/models")
+            resp.raise_for_status()
+            names = [
+                m["model_name"]
+                for m in resp.json()
+                if self.wants(m["model_name"]) and (m.get("aliases") or {}).get("production")
+            ]
+            found = []
+            for name in names:
+                r = await client.get(f"{base}/models/{name}/aliases/production")
+                if r.status_code == 404:
+                    continue
+                r.raise_for_status()
+                found.append(r.json())
+            return found
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise RegistryUnavailable(f"registry at {base}: {exc!r}") from exc
+
+    async def sync_from_registry(self, client: httpx.AsyncClient) -> int:
+        """Load every production version not served yet; the number of models swapped."""
+        swapped = 0
+        for mv in await self.production_versions(client):
+            ok = await self.load(
+                mv["model_name"],
+                int(mv["version"]),
+                ArtifactRef.model_validate(mv["weights"]),
+                ArtifactRef.model_validate(mv["card"]),
+            )
+            swapped += ok
+        return swapped
+
+    async def follow_registry(self) -> None:
+        """At start: retry the registry with capped exponential backoff until a model serves
+        (or every wanted model does); then re-read it every ``reconcile_interval_s``."""
+        delay = 0.2
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            while True:
+                try:
+                    await self.sync_from_registry(client)
+                except Exception as exc:
+                    log.warning("cannot load production models yet: %s", exc)
+                ready = self.table.ready() and all(self.table.get(n) for n in self.names)
+                if ready:
+                    break
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.settings.registry_retry_max_s)
+            while self.settings.reconcile_interval_s > 0:
+                await asyncio.sleep(self.settings.reconcile_interval_s)
+                try:
+                    await self.sync_from_registry(client)
+                except Exception as exc:
+                    log.warning("registry reconcile failed: %s", exc)
+
+    def start(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.follow_registry())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,52 @@
+"""Predictor settings (env prefix ``PREDICTOR_``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.service import ServiceSettings
+
+
+class PredictorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="PREDICTOR_", extra="ignore")
+
+    http_port: int = 8105
+    registry_url: str = "http://127.0.0.1:8104"
+    models: str = Field(
+        default="",
+        description="Comma-separated model names to serve; empty: every model with a production version",
+    )
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes (one per core)")
+    torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads per worker")
+    variant: Literal["fp32", "int8"] = "fp32"
+    device: str = Field(default="cpu", description="cpu | cuda | cuda:N | auto")
+    max_batch_size: int = Field(default=32, ge=1, description="rows in one forward pass")
+    max_wait_ms: float = Field(
+        default=1.0, ge=0.0, le=2.0, description="longest a batch waits for requests still arriving"
+    )
+    batch_execution: Literal["auto", "inline", "thread"] = Field(
+        default="auto",
+        description="inline: forward pass on the event loop (cheap CPU models); thread: in a "
+        "dedicated thread (GPU, large models); auto: thread on CUDA, inline on CPU",
+    )
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    keep_previous: bool = Field(
+        default=True, description="keep the previous production version warm (versioned infer)"
+    )
+    log_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="prediction.logged.v1")
+    registry_retry_max_s: float = Field(default=10.0, gt=0, description="backoff cap at start")
+    reconcile_interval_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        description="re-read production aliases (0: never); heals missed events",
+    )
+    noop_forward: bool = Field(
+        default=False,
+        description="benchmark only: skip the network and answer a fixed output (the HTTP ceiling)",
+    )
+
+    def model_names(self) -> list[str]:
+        return [n.strip() for n in self.models.split(",") if n.strip()]

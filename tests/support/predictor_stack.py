@@ -1,0 +1,41 @@
+"""A running predictor for integration tests: real store, real broker, real HTTP, and the
+registry stand-in (tests/support/registry_stub.py) that answers its start-up look-ups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from libs.messaging.settings import KafkaSettings
+from libs.storage import open_store
+from tests.support.registry_stub import RegistryStub
+from tests.support.servers import serve_app
+
+
+@dataclass
+class PredictorStack:
+    url: str
+    registry_url: str
+    stub: RegistryStub
+    store: Any
+    app: Any
+
+
+@contextmanager
+def running_predictor(
+    kafka: KafkaSettings, store_url: str, stub: RegistryStub, **settings: Any
+) -> Iterator[PredictorStack]:
+    from services.predictor.app import build_app
+    from services.predictor.settings import PredictorSettings
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORE_URL", store_url)
+        with serve_app(stub.app()) as registry_url:
+            cfg = PredictorSettings(registry_url=registry_url, reconcile_interval_s=0, **settings)
+            app = build_app(cfg, kafka)
+            with serve_app(app) as url:
+                yield PredictorStack(url, registry_url, stub, open_store(store_url), app)
