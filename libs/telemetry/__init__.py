@@ -24,6 +24,7 @@ from libs.telemetry.spanfile import JsonLinesSpanExporter
 
 __all__ = [
     "current_trace_id",
+    "exporting",
     "instrument_fastapi",
     "instrument_httpx",
     "instrument_sqlalchemy",
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 _provider: TracerProvider | None = None
+_exporting = False
 
 
 def setup(
@@ -52,8 +54,10 @@ def setup(
         }
     )
     provider = TracerProvider(resource=resource)
+    global _exporting
     for exporter in [*_exporters_from_env(service_name), *(exporters or [])]:
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+        _exporting = True
     trace.set_tracer_provider(provider)
     propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator()]))
     _provider = provider
@@ -64,6 +68,11 @@ def shutdown() -> None:
     """Flush and stop exporters (call on service shutdown)."""
     if _provider is not None:
         _provider.shutdown()
+
+
+def exporting() -> bool:
+    """Whether spans go anywhere. Hot paths skip optional spans when they do not."""
+    return _exporting
 
 
 def tracer(name: str) -> trace.Tracer:

@@ -17,7 +17,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+from opentelemetry import propagate, trace
 
+from libs import telemetry
 from services.predictor import metrics
 from services.predictor.holder import ModelTable
 from services.predictor.model import LoadedModel
@@ -49,6 +51,7 @@ class InferenceEndpoint:
         self.on_prediction = on_prediction
         self._status = {s: metrics.REQUESTS.labels(str(s)) for s in (200, 400, 404, 405, 413, 500)}
         self._latency: dict[str, Any] = {}
+        self._tracer = telemetry.tracer("lmesh.predictor")
 
     async def _reply(
         self,
@@ -72,6 +75,25 @@ class InferenceEndpoint:
         await self._reply(send, status, error_body(message))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if not telemetry.exporting():
+            await self._handle(scope, receive, send, None)
+            return
+        # Each prediction is its own trace (or continues the caller's traceparent), linked
+        # to the span that loaded the model version that answered.
+        carrier = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope["headers"]
+            if k in (b"traceparent", b"tracestate")
+        }
+        span = self._tracer.start_span(
+            "predictor infer", context=propagate.extract(carrier), kind=trace.SpanKind.SERVER
+        )
+        try:
+            await self._handle(scope, receive, send, span)
+        finally:
+            span.end()
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, span: Any) -> None:
         started = time.perf_counter()
         if scope["method"] != "POST":
             await self._error(send, 405, "use POST for inference")
@@ -120,6 +142,11 @@ class InferenceEndpoint:
             await self._error(send, 413, f"request body of {content_length} bytes exceeds {limit}")
             return
 
+        if span is not None:
+            span.set_attribute("lmesh.model_name", model.name)
+            span.set_attribute("lmesh.version", model.version)
+            if model.load_span is not None:
+                span.add_link(model.load_span, {"lmesh.link": "model load"})
         batcher = model.batcher
         assert batcher is not None
         batcher.arriving += 1

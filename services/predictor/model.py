@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from opentelemetry.trace import SpanContext
 from safetensors.torch import load as load_safetensors
 
 from contracts.model_card import ModelCard
@@ -45,6 +46,8 @@ class LoadedModel:
     variant: str = "fp32"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batcher: MicroBatcher | None = None
+    #: the span that loaded this version; each prediction's span links to it
+    load_span: SpanContext | None = None
 
     def __post_init__(self) -> None:
         self.version_str = str(self.version)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from contracts.events import ArtifactRef, validate_name
+from libs import telemetry
 from libs.storage import open_store
 from services.predictor import metrics
 from services.predictor.batching import MicroBatcher
@@ -80,15 +81,27 @@ class PredictorRuntime:
         if current is not None and current.version == version:
             return False
         key = (name, version)
-        pending = self._loads.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(
-                asyncio.to_thread(self._build, name, version, weights, card)
-            )
-            self._loads[key] = pending
-            pending.add_done_callback(lambda _f: self._loads.pop(key, None))
-        model = await pending
-        return self.table.install(model, ticket)
+        with telemetry.tracer("lmesh.predictor").start_as_current_span(
+            "predictor load model",
+            attributes={
+                "lmesh.model_name": name,
+                "lmesh.version": version,
+                "lmesh.variant": self.settings.variant,
+            },
+        ) as span:
+            pending = self._loads.get(key)
+            if pending is None:
+                pending = asyncio.ensure_future(
+                    asyncio.to_thread(self._build, name, version, weights, card)
+                )
+                self._loads[key] = pending
+                pending.add_done_callback(lambda _f: self._loads.pop(key, None))
+            model = await pending
+            if model.load_span is None:
+                model.load_span = span.get_span_context()
+            installed = self.table.install(model, ticket)
+            span.set_attribute("lmesh.installed", installed)
+            return installed
 
     def _installed(self, model: LoadedModel, old: LoadedModel | None) -> None:
         metrics.MODEL_VERSION.labels(model.name).set(model.version)
