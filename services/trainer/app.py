@@ -1,0 +1,101 @@
+"""Composition root of the trainer: broker, the training.requested.v1 subscriber (group
+``trainer``, one job at a time, offset committed after the job), HTTP health/metrics/status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from fastapi import FastAPI
+
+from contracts.events import TrainingRequested
+from libs.messaging import KafkaSettings, create_broker, subscribe
+from libs.service import create_app
+from services.trainer.handlers import on_training_requested
+from services.trainer.jobs import TrainingJob, WorkerConfig
+from services.trainer.settings import TrainerSettings
+
+SERVICE = "trainer"
+
+
+class AssignmentTracker(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Which partitions of training.requested.v1 this worker holds (shown at /status).
+
+    With ``pin_start=True`` (auto_offset_reset=latest) a partition the group has never
+    committed gets its current position committed on assignment, so that a request
+    published after that is never skipped by the next owner if this worker dies first.
+    """
+
+    def __init__(self, pin_start: bool = False) -> None:
+        self.assigned: set[TopicPartition] = set()
+        self.pin_start = pin_start
+        self.subscriber: Any = None
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.assigned -= set(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = getattr(self.subscriber, "consumer", None)
+        if self.pin_start and consumer is not None:
+            offsets = {}
+            for tp in assigned:
+                if await consumer.committed(tp) is None:
+                    offsets[tp] = await consumer.position(tp)
+            if offsets:
+                await consumer.commit(offsets)
+        self.assigned = set(assigned)
+
+
+def build_app(
+    settings: TrainerSettings | None = None, kafka: KafkaSettings | None = None
+) -> FastAPI:
+    settings = settings or TrainerSettings()
+    kafka = kafka or KafkaSettings()
+    broker = create_broker(SERVICE, kafka)
+    tracker = AssignmentTracker(pin_start=settings.auto_offset_reset == "latest")
+    state: dict[str, Any] = {"job": None, "current_run": None}
+    subscriber = subscribe(
+        broker,
+        "training.requested.v1",
+        group_id=settings.group_id,
+        settings=kafka,
+        auto_offset_reset=settings.auto_offset_reset,
+        max_poll_records=1,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        listener=tracker,
+    )
+    tracker.subscriber = subscriber
+
+    @subscriber
+    async def training_requested(event: TrainingRequested) -> None:
+        state["current_run"] = event.run_id
+        try:
+            await on_training_requested(event, broker, state["job"])
+        finally:
+            state["current_run"] = None
+
+    async def startup(app: FastAPI) -> None:
+        # Opening the store and picking the device happen here, not at import time.
+        config = WorkerConfig(
+            store_url=settings.store_url,
+            registry_url=settings.registry_url,
+            worker=settings.worker_id,
+            device=settings.device,
+            threads=settings.threads,
+        )
+        state["job"] = TrainingJob(config)
+
+    app = create_app(SERVICE, broker, on_startup=startup)
+
+    @app.get("/status", tags=["health"])
+    async def status() -> dict[str, Any]:
+        """This worker: its id, the run it is training, the partitions it holds."""
+        job: TrainingJob | None = state["job"]
+        return {
+            "worker": settings.worker_id,
+            "device": str(job.device) if job else None,
+            "current_run": state["current_run"],
+            "assigned_partitions": sorted(tp.partition for tp in tracker.assigned),
+        }
+
+    return app
