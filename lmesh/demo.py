@@ -60,7 +60,7 @@ def check_data_dir(data: Path) -> dict[tuple[str, str], Path]:
 class DemoOptions:
     data: Path = DEFAULT_DATA
     name: str = "fashion-mnist"
-    epochs: int = 8
+    epochs: int = 10
     retrain: bool = True
     keep: bool = False
     batch: int = 1000
@@ -123,6 +123,19 @@ class Demo:
         if result.__class__.__name__ == "TrainingFailed":
             raise RuntimeError(f"training {run_id} failed: {result.reason}")
         return result
+
+    def registered(self, model: str, run_id: str) -> dict[str, Any]:
+        """Wait until the registry has registered this run; its version (with aliases)."""
+        url = f"{self.mesh.url('registry')}/models/{model}/versions"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            r = self.http.get(url, params={"limit": 100})
+            if r.status_code == 200:
+                for v in r.json()["items"]:
+                    if v["run_id"] == run_id and v["aliases"]:
+                        return dict(v)
+            time.sleep(0.1)
+        raise RuntimeError(f"run {run_id} was not registered as {model} within 60s")
 
     def production_version(self, model: str, run_id: str) -> int:
         """Wait until the registry's production alias points at this run's version."""
@@ -316,8 +329,7 @@ def _retrain(demo: Demo, files: dict[tuple[str, str], Path], x_test: np.ndarray,
     run_id = asyncio.run(_wait_auto_retrain(demo.bootstrap, demo.opt.name, version, demo.opt.timeout_s))
     c.print(f"registry requested run {run_id} with the last spec")
     done = demo.follow(run_id)
-    registry = demo.http.get(f"{demo.mesh.url('registry')}/models/{done.model_name}/versions").json()
-    mine = next(v for v in registry["items"] if v["run_id"] == run_id)
+    mine = demo.registered(done.model_name, run_id)
     if "production" not in mine["aliases"]:
         c.print(f"version {mine['version']} went to {mine['aliases']} (it did not beat production)")
         return {"dataset_version": version, "model_version": mine["version"], "promoted": False, "aliases": mine["aliases"]}

@@ -17,7 +17,7 @@ from lmesh.demo import DEFAULT_DATA, DemoInputError, DemoOptions, check_data_dir
 def demo(
     data: Annotated[Path, typer.Option(help="A directory of IDX files (train + t10k)")] = DEFAULT_DATA,
     name: Annotated[str, typer.Option(help="Dataset name")] = "fashion-mnist",
-    epochs: Annotated[int, typer.Option(help="Training epochs of the seed MLP")] = 8,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the seed MLP")] = 10,
     retrain: Annotated[bool, typer.Option("--retrain/--no-retrain", help="Show the auto-retrain path")] = True,
     keep: Annotated[bool, typer.Option("--keep", help="Leave the mesh running afterwards")] = False,
 ) -> None:

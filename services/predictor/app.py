@@ -186,6 +186,7 @@ def build_app(
         runtime.table,
         max_body_bytes=settings.max_body_bytes,
         sample_rate=settings.log_sample_rate,
+        trace_sample_ratio=settings.trace_sample_ratio,
         on_prediction=log_prediction,
     )
     return PredictorApp(api, endpoint, runtime)

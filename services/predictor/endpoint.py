@@ -43,8 +43,10 @@ class InferenceEndpoint:
         *,
         max_body_bytes: int,
         sample_rate: float = 0.0,
+        trace_sample_ratio: float = 1.0,
         on_prediction: PredictionSink | None = None,
     ) -> None:
+        self.trace_sample_ratio = trace_sample_ratio
         self.table = table
         self.max_body_bytes = max_body_bytes
         self.sample_rate = sample_rate
@@ -78,13 +80,18 @@ class InferenceEndpoint:
         if not telemetry.exporting():
             await self._handle(scope, receive, send, None)
             return
-        # Each prediction is its own trace (or continues the caller's traceparent), linked
-        # to the span that loaded the model version that answered.
         carrier = {
             k.decode("latin-1"): v.decode("latin-1")
             for k, v in scope["headers"]
             if k in (b"traceparent", b"tracestate")
         }
+        # Traced: requests that carry a trace context, and a sampled share of the others
+        # (head sampling keeps tracing's cost bounded at thousands of requests per second).
+        if not carrier and random.random() >= self.trace_sample_ratio:
+            await self._handle(scope, receive, send, None)
+            return
+        # Each prediction is its own trace (or continues the caller's traceparent), linked
+        # to the span that loaded the model version that answered.
         span = self._tracer.start_span(
             "predictor infer", context=propagate.extract(carrier), kind=trace.SpanKind.SERVER
         )

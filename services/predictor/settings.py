@@ -37,6 +37,13 @@ class PredictorSettings(ServiceSettings):
         default=True, description="keep the previous production version warm (versioned infer)"
     )
     log_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="prediction.logged.v1")
+    trace_sample_ratio: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Share of prediction requests traced (when exporting); a request that "
+        "carries a traceparent is always traced",
+    )
     registry_retry_max_s: float = Field(default=10.0, gt=0, description="backoff cap at start")
     reconcile_interval_s: float = Field(
         default=60.0,

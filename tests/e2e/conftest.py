@@ -51,6 +51,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, otlp: tuple[str, object]) -> 
             # comparison itself is tested in the registry suite).
             "REGISTRY_PROMOTION_MARGIN": "-1",
             "TRAINER_THREADS": "1",
+            "PREDICTOR_TRACE_SAMPLE_RATIO": "1.0",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
         },
     )
