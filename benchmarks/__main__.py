@@ -56,7 +56,15 @@ def main() -> None:
         except ValueError:
             result = {"raw": proc.stdout[-2000:]}
         results[name] = result
-        print(json.dumps({"benchmark": name, "wall_s": round(time.monotonic() - started, 1), "result": result}))
+        print(
+            json.dumps(
+                {
+                    "benchmark": name,
+                    "wall_s": round(time.monotonic() - started, 1),
+                    "result": result,
+                }
+            )
+        )
     out = ROOT / ".bench" / "results.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

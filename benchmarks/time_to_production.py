@@ -41,7 +41,9 @@ HOPS = (
 async def _events(bootstrap: str) -> list[tuple[str, dict[str, Any]]]:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(*HOPS, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        *HOPS, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     out: list[tuple[str, dict[str, Any]]] = []
     try:
@@ -58,7 +60,14 @@ def _ts(event: dict[str, Any]) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from lmesh.demo import Demo, DemoOptions, changed_copy, check_data_dir, read_idx, _wait_auto_retrain
+    from lmesh.demo import (
+        Demo,
+        DemoOptions,
+        _wait_auto_retrain,
+        changed_copy,
+        check_data_dir,
+        read_idx,
+    )
     from lmesh.mesh import Mesh, MeshConfig
 
     files = check_data_dir(Path(args.data))
@@ -73,7 +82,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ref, headers = demo.prepared(int(up["version"]))
         request = demo.request_training(ref, headers)
         first = demo.follow(request.run_id)
-        demo.first_served(first.model_name, demo.production_version(first.model_name, request.run_id), x_test[:1])
+        demo.first_served(
+            first.model_name, demo.production_version(first.model_name, request.run_id), x_test[:1]
+        )
         # measured: a new version through the mesh with no human step
         with tempfile.TemporaryDirectory() as tmp:
             up2 = demo.upload(changed_copy(files, Path(tmp)))
@@ -93,13 +104,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     progress1 = find("training.progress.v1", lambda e: e["run_id"] == run_id and e["epoch"] == 1)
     completed = find("training.completed.v1", lambda e: e["run_id"] == run_id)
     registered = find("model.registered.v1", lambda e: e["run_id"] == run_id)
-    promoted = find("model.promoted.v1", lambda e: e["version"] == served_version and e["alias"] == "production")
+    promoted = find(
+        "model.promoted.v1", lambda e: e["version"] == served_version and e["alias"] == "production"
+    )
     train_start = _ts(progress1) - progress1["elapsed_s"]
     total = t_served - _ts(ingested)
     training = completed["training_seconds"]
     return {
         "benchmark": "time_to_production",
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+        },
         "settings": {"data": args.data, "epochs": args.epochs, "model": "mlp 784-500-10"},
         "total_s": round(total, 2),
         "training_s": round(training, 2),

@@ -52,7 +52,9 @@ def check_data_dir(data: Path) -> dict[tuple[str, str], Path]:
     for path in files.values():  # cheap header check, so a wrong file fails here, not later
         head = path.read_bytes()[:4] if path.suffix != ".gz" else b""
         if head and (head[:2] != b"\0\0" or head[3] == 0):
-            raise DemoInputError(f"--data {data}: {path.name} is not an IDX file (bad magic number)")
+            raise DemoInputError(
+                f"--data {data}: {path.name} is not an IDX file (bad magic number)"
+            )
     return files
 
 
@@ -84,13 +86,17 @@ class Demo:
 
     def prepared(self, version: int) -> tuple[PreparedDatasetRef, dict[str, str]]:
         """Wait for dataset.prepared.v1 of this version; its Kafka headers carry the trace."""
-        return asyncio.run(_wait_prepared(self.bootstrap, self.opt.name, version, self.opt.timeout_s))
+        return asyncio.run(
+            _wait_prepared(self.bootstrap, self.opt.name, version, self.opt.timeout_s)
+        )
 
-    def request_training(self, ref: PreparedDatasetRef, headers: dict[str, str]) -> TrainingRequested:
+    def request_training(
+        self, ref: PreparedDatasetRef, headers: dict[str, str]
+    ) -> TrainingRequested:
         from opentelemetry import propagate
 
-        from lmesh.commands.train import RECIPE, request_training
         from libs import telemetry
+        from lmesh.commands.train import RECIPE, request_training
 
         event = TrainingRequested(
             run_id=f"{ref.dataset}-mlp-demo-{uuid.uuid4().hex[:6]}",
@@ -111,7 +117,9 @@ class Demo:
         )
         # Continue the dataset's trace: upload → ingest → preprocess → (this request) → training.
         tracer = telemetry.tracer("lmesh.demo")
-        with tracer.start_as_current_span("demo request training", context=propagate.extract(headers)) as span:
+        with tracer.start_as_current_span(
+            "demo request training", context=propagate.extract(headers)
+        ) as span:
             span.set_attribute("lmesh.run_id", event.run_id)
             asyncio.run(request_training(self.bootstrap, event))
         return event
@@ -161,7 +169,14 @@ class Demo:
     def infer(self, model: str, x: np.ndarray, *, check: bool = True) -> dict[str, Any] | None:
         payload = {
             "id": uuid.uuid4().hex,
-            "inputs": [{"name": self.input_name(model), "shape": list(x.shape), "datatype": "UINT8", "data": x.ravel().tolist()}],
+            "inputs": [
+                {
+                    "name": self.input_name(model),
+                    "shape": list(x.shape),
+                    "datatype": "UINT8",
+                    "data": x.ravel().tolist(),
+                }
+            ],
             "outputs": [{"name": "label"}],
         }
         r = self.http.post(f"{self.mesh.url('predictor')}/v2/models/{model}/infer", json=payload)
@@ -177,7 +192,9 @@ class Demo:
     def input_name(self, model: str) -> str:
         if model not in self._input_names:
             r = self.http.get(f"{self.mesh.url('predictor')}/v2/models/{model}")
-            self._input_names[model] = r.json()["inputs"][0]["name"] if r.status_code == 200 else "input"
+            self._input_names[model] = (
+                r.json()["inputs"][0]["name"] if r.status_code == 200 else "input"
+            )
         return self._input_names[model]
 
     def evaluate(self, model: str, version: int, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -187,7 +204,9 @@ class Demo:
             body = self.infer(model, x[start : start + self.opt.batch])
             assert body is not None
             if str(body["model_version"]) != str(version):
-                raise RuntimeError(f"expected version {version}, the predictor answered with {body['model_version']}")
+                raise RuntimeError(
+                    f"expected version {version}, the predictor answered with {body['model_version']}"
+                )
             labels = next(o for o in body["outputs"] if o["name"] == "label")["data"]
             correct += int(np.sum(np.asarray(labels) == y[start : start + self.opt.batch]))
         return correct / len(y), len(y)
@@ -201,7 +220,10 @@ async def _wait_prepared(
     from contracts.events import DatasetPrepared, decode_event
 
     consumer = AIOKafkaConsumer(
-        "dataset.prepared.v1", bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        "dataset.prepared.v1",
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     try:
@@ -213,7 +235,9 @@ async def _wait_prepared(
                     if event.prepared.dataset == dataset and event.prepared.version == version:
                         headers = {k: v.decode() for k, v in record.headers or []}
                         return event.prepared, headers
-        raise TimeoutError(f"dataset {dataset} version {version} was not prepared within {timeout_s:.0f}s")
+        raise TimeoutError(
+            f"dataset {dataset} version {version} was not prepared within {timeout_s:.0f}s"
+        )
     finally:
         await consumer.stop()
 
@@ -223,7 +247,10 @@ async def _wait_auto_retrain(bootstrap: str, dataset: str, version: int, timeout
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        "training.requested.v1", bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        "training.requested.v1",
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     try:
@@ -234,12 +261,16 @@ async def _wait_auto_retrain(bootstrap: str, dataset: str, version: int, timeout
                     body = json.loads(record.value)
                     if body.get("dataset") == dataset and body.get("dataset_version") == version:
                         return str(body["run_id"])
-        raise TimeoutError(f"no retrain was requested for {dataset} version {version} within {timeout_s:.0f}s")
+        raise TimeoutError(
+            f"no retrain was requested for {dataset} version {version} within {timeout_s:.0f}s"
+        )
     finally:
         await consumer.stop()
 
 
-def changed_copy(files: dict[tuple[str, str], Path], directory: Path, withdraw: int = 3000, seed: int = 1) -> list[Path]:
+def changed_copy(
+    files: dict[tuple[str, str], Path], directory: Path, withdraw: int = 3000, seed: int = 1
+) -> list[Path]:
     """Version 2 of the data: the same splits with ``withdraw`` training records removed
     (as if an upstream system withdrew them), written as IDX files."""
     x, y = read_idx(files[("train", "images")]), read_idx(files[("train", "labels")])
@@ -249,7 +280,7 @@ def changed_copy(files: dict[tuple[str, str], Path], directory: Path, withdraw: 
         path = directory / name
         path.write_bytes(encode_idx(arr))
         out.append(path)
-    return out + [files[("test", "images")], files[("test", "labels")]]
+    return [*out, files["test", "images"], files["test", "labels"]]
 
 
 def run(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
@@ -265,7 +296,9 @@ def run(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
 
     os.environ.setdefault("LMESH_SPANS_DIR", str(config.home / "spans"))
     telemetry.setup("lmesh-cli")
-    console.print(f"[bold]starting the mesh[/bold] (embedded broker, SQLite registry, local store in {config.home})")
+    console.print(
+        f"[bold]starting the mesh[/bold] (embedded broker, SQLite registry, local store in {config.home})"
+    )
     mesh = Mesh(config)
     started = time.monotonic()
     mesh.start()
@@ -287,7 +320,9 @@ def run(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
     return summary
 
 
-def _first_model(demo: Demo, files: dict[tuple[str, str], Path], x_test: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
+def _first_model(
+    demo: Demo, files: dict[tuple[str, str], Path], x_test: np.ndarray, y_test: np.ndarray
+) -> dict[str, Any]:
     c, opt = demo.console, demo.opt
     t_ingest = time.time()
     up = demo.upload(sorted(files.values()))
@@ -301,7 +336,9 @@ def _first_model(demo: Demo, files: dict[tuple[str, str], Path], x_test: np.ndar
     t_served = demo.first_served(done.model_name, version, x_test[:1])
     accuracy, n = demo.evaluate(done.model_name, version, x_test, y_test)
     trace_id = headers.get("traceparent", "--").split("-")[1] if "traceparent" in headers else None
-    c.print(f"served {done.model_name} v{version}: test accuracy {accuracy:.4f} on {n} images over HTTP")
+    c.print(
+        f"served {done.model_name} v{version}: test accuracy {accuracy:.4f} on {n} images over HTTP"
+    )
     return {
         "dataset": ref.dataset,
         "dataset_version": ref.version,
@@ -318,21 +355,36 @@ def _first_model(demo: Demo, files: dict[tuple[str, str], Path], x_test: np.ndar
     }
 
 
-def _retrain(demo: Demo, files: dict[tuple[str, str], Path], x_test: np.ndarray, y_test: np.ndarray, first: dict[str, Any]) -> dict[str, Any]:
+def _retrain(
+    demo: Demo,
+    files: dict[tuple[str, str], Path],
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    first: dict[str, Any],
+) -> dict[str, Any]:
     c = demo.console
     c.print("[bold]auto-retrain[/bold]: uploading changed data (3,000 training records withdrawn)")
     with tempfile.TemporaryDirectory() as tmp:
         t_ingest = time.time()
         up = demo.upload(changed_copy(files, Path(tmp)))
     version = int(up["version"])
-    c.print(f"ingested version {version}: {up['split_counts']}; waiting for the registry's retrain request")
-    run_id = asyncio.run(_wait_auto_retrain(demo.bootstrap, demo.opt.name, version, demo.opt.timeout_s))
+    c.print(
+        f"ingested version {version}: {up['split_counts']}; waiting for the registry's retrain request"
+    )
+    run_id = asyncio.run(
+        _wait_auto_retrain(demo.bootstrap, demo.opt.name, version, demo.opt.timeout_s)
+    )
     c.print(f"registry requested run {run_id} with the last spec")
     done = demo.follow(run_id)
     mine = demo.registered(done.model_name, run_id)
     if "production" not in mine["aliases"]:
         c.print(f"version {mine['version']} went to {mine['aliases']} (it did not beat production)")
-        return {"dataset_version": version, "model_version": mine["version"], "promoted": False, "aliases": mine["aliases"]}
+        return {
+            "dataset_version": version,
+            "model_version": mine["version"],
+            "promoted": False,
+            "aliases": mine["aliases"],
+        }
     t_served = demo.first_served(done.model_name, mine["version"], x_test[:1])
     accuracy, _ = demo.evaluate(done.model_name, mine["version"], x_test, y_test)
     c.print(f"served {done.model_name} v{mine['version']}: test accuracy {accuracy:.4f}")

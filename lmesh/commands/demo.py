@@ -15,10 +15,14 @@ from lmesh.demo import DEFAULT_DATA, DemoInputError, DemoOptions, check_data_dir
 
 @app.command()
 def demo(
-    data: Annotated[Path, typer.Option(help="A directory of IDX files (train + t10k)")] = DEFAULT_DATA,
+    data: Annotated[
+        Path, typer.Option(help="A directory of IDX files (train + t10k)")
+    ] = DEFAULT_DATA,
     name: Annotated[str, typer.Option(help="Dataset name")] = "fashion-mnist",
     epochs: Annotated[int, typer.Option(help="Training epochs of the seed MLP")] = 10,
-    retrain: Annotated[bool, typer.Option("--retrain/--no-retrain", help="Show the auto-retrain path")] = True,
+    retrain: Annotated[
+        bool, typer.Option("--retrain/--no-retrain", help="Show the auto-retrain path")
+    ] = True,
     keep: Annotated[bool, typer.Option("--keep", help="Leave the mesh running afterwards")] = False,
 ) -> None:
     """Run the seed experiment through the whole mesh and print what it achieved (last line: JSON)."""
@@ -27,5 +31,7 @@ def demo(
     except DemoInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    summary = run(DemoOptions(data=data, name=name, epochs=epochs, retrain=retrain, keep=keep), Console())
+    summary = run(
+        DemoOptions(data=data, name=name, epochs=epochs, retrain=retrain, keep=keep), Console()
+    )
     print(json.dumps(summary))

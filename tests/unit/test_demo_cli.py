@@ -18,7 +18,12 @@ def test_bad_data_dir_fails_fast_with_one_line(tmp_path: Path, kind: str) -> Non
         data.mkdir()
         (data / "notes.txt").write_text("not a dataset")
     if kind == "bad-magic":
-        for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        for name in (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ):
             (data / name).write_bytes(b"PK\x03\x04 definitely not IDX")
     home = tmp_path / "mesh"
     proc = subprocess.run(
