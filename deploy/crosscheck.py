@@ -39,13 +39,6 @@ PROMETHEUS_FILE = ROOT / "compose" / "prometheus.yml"
 DOCKERFILE = ROOT / "compose" / "Dockerfile"
 K8S_DIRS = (ROOT / "deploy" / "k8s" / "base", ROOT / "deploy" / "k8s" / "dev-infra")
 
-DEFAULT_PORTS = {
-    "ingest": 8101,
-    "preprocess": 8102,
-    "trainer": 8103,
-    "registry": 8104,
-    "predictor": 8105,
-}
 IMAGE_RE = re.compile(r"^(?:[\w.-]+(?::\d+)?/)*lepton-mesh/(?P<service>[\w-]+)(?::[\w.${}:-]+)?$")
 TOPIC_RE = re.compile(r"(?<![\w./-])[a-z][a-z0-9_-]*(?:\.[a-z0-9_-]+)*\.v\d+(?![\w.-])")
 
@@ -103,6 +96,15 @@ def settings_classes(service: str) -> list[type]:
         and issubclass(obj, BaseSettings)
         and obj.__module__ == module.__name__
     ]
+
+
+def default_port(service: str) -> int | None:
+    """The service's HTTP port, as its settings class declares it."""
+    for cls in settings_classes(service):
+        field = cls.model_fields.get("http_port")  # type: ignore[attr-defined]
+        if field is not None:
+            return int(field.default)
+    return None
 
 
 def env_names(cls: type) -> set[str]:
@@ -327,7 +329,7 @@ def check_containers(
                     f"{c.origin}: {name} is not a setting of {c.service} "
                     f"(services/{c.service}/settings.py), KafkaSettings, StoreSettings or a standard variable"
                 )
-        port = DEFAULT_PORTS.get(c.service)
+        port = default_port(c.service)
         declared = c.env.get(f"{c.service.upper()}_HTTP_PORT")
         if not c.job and declared and int(declared) != port:
             problems.append(
@@ -416,13 +418,9 @@ def check_prometheus(prometheus: dict[str, Any], compose: dict[str, Any]) -> lis
     problems = []
     for name, svc in compose.get("services", {}).items():
         service = ((svc.get("build") or {}).get("args") or {}).get("SERVICE")
-        if (
-            service
-            and svc.get("restart") != "no"
-            and (name, DEFAULT_PORTS.get(service)) not in targets
-        ):
+        if service and svc.get("restart") != "no" and (name, default_port(service)) not in targets:
             problems.append(
-                f"compose/prometheus.yml does not scrape {name}:{DEFAULT_PORTS.get(service)}"
+                f"compose/prometheus.yml does not scrape {name}:{default_port(service)}"
             )
     return problems
 

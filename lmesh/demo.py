@@ -212,45 +212,15 @@ class Demo:
         return correct / len(y), len(y)
 
 
-async def _wait_prepared(
-    bootstrap: str, dataset: str, version: int, timeout_s: float
-) -> tuple[PreparedDatasetRef, dict[str, str]]:
-    from aiokafka import AIOKafkaConsumer
-
-    from contracts.events import DatasetPrepared, decode_event
-
-    consumer = AIOKafkaConsumer(
-        "dataset.prepared.v1",
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for record in records:
-                    event = decode_event(DatasetPrepared, record.value)
-                    if event.prepared.dataset == dataset and event.prepared.version == version:
-                        headers = {k: v.decode() for k, v in record.headers or []}
-                        return event.prepared, headers
-        raise TimeoutError(
-            f"dataset {dataset} version {version} was not prepared within {timeout_s:.0f}s"
-        )
-    finally:
-        await consumer.stop()
-
-
-async def _wait_auto_retrain(bootstrap: str, dataset: str, version: int, timeout_s: float) -> str:
-    """The run id the registry's auto-retrain policy requested for this dataset version."""
+async def _first_event(
+    bootstrap: str, topic: str, match: Any, timeout_s: float, what: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The first event on ``topic`` (read from the beginning) for which ``match(body)``;
+    returns its body and Kafka headers."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        "training.requested.v1",
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
     try:
@@ -259,13 +229,38 @@ async def _wait_auto_retrain(bootstrap: str, dataset: str, version: int, timeout
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 for record in records:
                     body = json.loads(record.value)
-                    if body.get("dataset") == dataset and body.get("dataset_version") == version:
-                        return str(body["run_id"])
-        raise TimeoutError(
-            f"no retrain was requested for {dataset} version {version} within {timeout_s:.0f}s"
-        )
+                    if match(body):
+                        return body, {k: v.decode() for k, v in record.headers or []}
+        raise TimeoutError(f"{what} within {timeout_s:.0f}s")
     finally:
         await consumer.stop()
+
+
+async def _wait_prepared(
+    bootstrap: str, dataset: str, version: int, timeout_s: float
+) -> tuple[PreparedDatasetRef, dict[str, str]]:
+    from contracts.events import DatasetPrepared, decode_event
+
+    body, headers = await _first_event(
+        bootstrap,
+        "dataset.prepared.v1",
+        lambda b: b["prepared"]["dataset"] == dataset and b["prepared"]["version"] == version,
+        timeout_s,
+        f"dataset {dataset} version {version} was not prepared",
+    )
+    return decode_event(DatasetPrepared, body).prepared, headers
+
+
+async def _wait_auto_retrain(bootstrap: str, dataset: str, version: int, timeout_s: float) -> str:
+    """The run id the registry's auto-retrain policy requested for this dataset version."""
+    body, _ = await _first_event(
+        bootstrap,
+        "training.requested.v1",
+        lambda b: b.get("dataset") == dataset and b.get("dataset_version") == version,
+        timeout_s,
+        f"no retrain was requested for {dataset} version {version}",
+    )
+    return str(body["run_id"])
 
 
 def changed_copy(

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import random
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lmesh.mesh import Mesh, MeshConfig
-
-
-def free_base_port() -> int:
-    for _ in range(100):
-        base = random.randrange(20000, 40000, 10)
-        try:
-            for i in range(1, 6):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range")
+from tests.support.ports import free_base_port
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -14,32 +13,18 @@ from pathlib import Path
 import pytest
 
 from lmesh.mesh import _alive
+from tests.support.ports import free_base_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 LMESH = [sys.executable, "-m", "lmesh"]
 
 
-def _free_base_port() -> int:
-    import socket
-
-    for _ in range(50):
-        base = random.randrange(20000, 40000, 10)
-        try:
-            for i in range(1, 6):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range")
-
-
 def test_up_status_down(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "LMESH_HOME": str(tmp_path / "mesh"),
-        "LMESH_BASE_PORT": str(_free_base_port()),
+        "LMESH_BASE_PORT": str(free_base_port()),
     }
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     started = time.monotonic()
