@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -205,6 +207,37 @@ def test_one_trace_from_upload_to_model_load(mesh: Mesh, otlp: tuple[str, Any]) 
     assert 0.0 <= epoch.attributes["val.accuracy"] <= 1.0
     load = next(s for s in spans if s.name == "predictor load model")
     assert load.attributes["lmesh.model_name"] == f"{dataset}-mlp"
+
+    # `lmesh trace RUN_ID` prints the same trace from the spans the services wrote locally.
+    def printed() -> str | None:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lmesh",
+                "trace",
+                f"{dataset}-run",
+                "--spans-dir",
+                str(mesh.home / "spans"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return (
+            proc.stdout if proc.returncode == 0 and "predictor load model" in proc.stdout else None
+        )
+
+    tree = wait_for(printed, timeout=15, interval=0.5, what="lmesh trace to show the model load")
+    assert tree.startswith(f"trace {trace_id}")
+    for line in (
+        "ingest: POST /datasets",
+        "preprocess: dataset.ingested.v1 process",
+        "trainer: train epoch 2",
+        "registry: training.completed.v1 process",
+    ):
+        assert line in tree, (line, tree)
+    assert " ms" in tree
 
     # A prediction is its own trace, linked to the load span of the version that answered.
     with httpx.Client(timeout=10) as client:
