@@ -39,6 +39,7 @@ format: $(STAMP)
 
 contracts: $(STAMP)
 	$(BIN)/python -m contracts.export
+	$(BIN)/python -m services.openapi
 
 clean:
 	rm -rf $(VENV) .lmesh .pytest_cache .mypy_cache .ruff_cache
