@@ -39,7 +39,11 @@ class TracingUI:
 
 
 def start_phoenix(home: Path, timeout_s: float = 90.0) -> TracingUI:
-    exe = shutil.which("phoenix") or str(Path(sys.executable).parent / "phoenix")
+    exe = (
+        os.environ.get("LMESH_PHOENIX_BIN")
+        or shutil.which("phoenix")
+        or str(Path(sys.executable).parent / "phoenix")
+    )
     if not os.path.exists(exe):
         raise SystemExit(
             "error: the tracing UI needs Arize Phoenix: pip install 'lepton-mesh[traces]' "

@@ -111,7 +111,10 @@ def instrument_fastapi(app: Any) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=_provider, excluded_urls="/metrics,/healthz,/v2/health/.*"
+        app,
+        tracer_provider=_provider,
+        excluded_urls="/metrics,/healthz,/v2/health/.*",
+        exclude_spans=["receive", "send"],  # one span per request, not one per body chunk
     )
 
 
