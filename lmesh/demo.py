@@ -341,6 +341,7 @@ def _first_model(
         "model_version": version,
         "run_id": request.run_id,
         "test_accuracy": round(accuracy, 4),
+        "trainer_test_accuracy": round(done.metrics.get("test_accuracy", float("nan")), 4),
         "test_images": n,
         "train_samples_per_sec": round(done.metrics.get("samples_per_sec", 0.0), 1),
         "training_seconds": round(done.training_seconds, 2),
