@@ -132,38 +132,70 @@ class MeshMiddleware(BaseMiddleware):
         reason = _reason(exc)
         log.error("dead-lettering message from %s after %d attempt(s): %s", topic, attempts, reason)
         body: bytes = msg.body if isinstance(msg.body, bytes) else str(msg.body).encode()
-        encoding: Literal["utf-8", "base64"] = "utf-8"
-        try:
-            payload = body.decode("utf-8")
-        except UnicodeDecodeError:
-            payload, encoding = base64.b64encode(body).decode("ascii"), "base64"
-        raw = msg.raw_message
-        raw_key = getattr(raw, "key", None)
-        letter = DeadLetter(
-            service=f.service,
-            source_topic=topic,
-            partition=getattr(raw, "partition", None),
-            offset=getattr(raw, "offset", None),
-            key=raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else raw_key,
-            reason=reason,
-            error_type=type(exc).__name__,
-            attempts=attempts,
-            payload=payload,
-            payload_encoding=encoding,
+        letter = dead_letter_from_record(
+            f.service,
+            msg.raw_message,
+            reason,
+            type(exc).__name__,
+            attempts,
+            topic=topic,
+            value=body,
             headers={
                 k: v if isinstance(v, str) else repr(v) for k, v in (msg.headers or {}).items()
             },
         )
-        metrics.EVENTS_DEAD_LETTERED.labels(f.service, topic).inc()
         if f.broker is None:  # pragma: no cover - wiring error
+            metrics.EVENTS_DEAD_LETTERED.labels(f.service, topic).inc()
             log.error("no broker to dead-letter with: %s", letter.model_dump_json())
             return
-        await f.broker.publish(
-            letter.model_dump_json().encode(),
-            topic=dlq_topic(f.service),
-            key=topic.encode(),
-            headers={"content-type": "application/json", "event-type": "DeadLetter"},
-        )
+        await publish_dead_letter(f.broker, letter)
+
+
+def dead_letter_from_record(
+    service: str,
+    record: Any,
+    reason: str,
+    error_type: str,
+    attempts: int,
+    *,
+    topic: str | None = None,
+    value: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> DeadLetter:
+    """The dead letter of one consumed Kafka record (an aiokafka ``ConsumerRecord``: its
+    ``value``, ``topic``, ``partition``, ``offset``, ``key``; missing ones are left out).
+    ``topic``/``value`` override the record's. The payload is UTF-8 text, else base64."""
+    body: bytes = value if value is not None else (getattr(record, "value", None) or b"")
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+    try:
+        payload = body.decode("utf-8")
+    except UnicodeDecodeError:
+        payload, encoding = base64.b64encode(body).decode("ascii"), "base64"
+    raw_key = getattr(record, "key", None)
+    return DeadLetter(
+        service=service,
+        source_topic=topic or str(getattr(record, "topic", None) or "unknown"),
+        partition=getattr(record, "partition", None),
+        offset=getattr(record, "offset", None),
+        key=raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else raw_key,
+        reason=reason,
+        error_type=error_type,
+        attempts=attempts,
+        payload=payload,
+        payload_encoding=encoding,
+        headers=headers or {},
+    )
+
+
+async def publish_dead_letter(broker: KafkaBroker, letter: DeadLetter) -> None:
+    """Send a dead letter to ``<service>.dlq.v1`` (key: the source topic) and count it."""
+    metrics.EVENTS_DEAD_LETTERED.labels(letter.service, letter.source_topic).inc()
+    await broker.publish(
+        letter.model_dump_json().encode(),
+        topic=dlq_topic(letter.service),
+        key=letter.source_topic.encode(),
+        headers={"content-type": "application/json", "event-type": "DeadLetter"},
+    )
 
 
 DOMAIN_IDS = ("dataset", "version", "dataset_version", "run_id", "model_name", "alias", "event_id")

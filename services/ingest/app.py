@@ -1,6 +1,7 @@
 """The ingest service: HTTP uploads and upstream Kafka records in, dataset versions out.
 
-Composition root: the broker and its batch subscriber on ``ingest.records.v1``, the
+Composition root: the broker (publishing), the consumer of ``ingest.records.v1``
+(services/ingest/consumer.py: a plain aiokafka group consumer, group ``ingest``), the
 background tasks that close record batches (by count or window) and commit offsets, and
 the ``/datasets`` router.
 """
@@ -9,17 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 from typing import Any
 
 from aiokafka import TopicPartition
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
-from faststream.message import StreamMessage
 from prometheus_client import Counter
 from starlette.datastructures import UploadFile
 
@@ -31,6 +28,7 @@ from libs.telemetry.metrics import REGISTRY
 from services.ingest import handlers
 from services.ingest.batching import ClosedBatch, RecordBatcher
 from services.ingest.catalog import Catalog, SchemaConflict
+from services.ingest.consumer import RecordsConsumer
 from services.ingest.formats import DatasetFormatError
 from services.ingest.ingestion import DatasetIngestor
 from services.ingest.settings import IngestSettings
@@ -55,9 +53,10 @@ VERSIONS = Counter(
 class IngestRuntime:
     """Everything the handlers share inside one process."""
 
-    def __init__(self, settings: IngestSettings, broker: KafkaBroker) -> None:
+    def __init__(self, settings: IngestSettings, broker: KafkaBroker, kafka: KafkaSettings) -> None:
         self.settings = settings
         self.broker = broker
+        self.records = RecordsConsumer(self, kafka)
         self.store = open_store()
         self.catalog = Catalog(settings.data_dir / "catalog.sqlite")
         self.ingestor = DatasetIngestor(self.store, self.catalog)
@@ -101,11 +100,13 @@ class IngestRuntime:
     # ------------------------------------------------------------------ background tasks
 
     def start(self) -> None:
+        self.records.start()
         self._tasks = [asyncio.create_task(self._flusher()), asyncio.create_task(self._ticker())]
 
     async def stop(self) -> None:
         # Open buffers are dropped on purpose: their offsets are not committed, so the
         # records come back on restart and close into the same versions they would have.
+        await self.records.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -149,44 +150,13 @@ class IngestRuntime:
                 await self.commit()
 
 
-async def _batch_decoder(msg: StreamMessage[Any]) -> list[bytes]:
-    """Raw values of one poll batch; the batch id makes the mesh idempotency key unique."""
-    raws = msg.raw_message
-    bodies = _Batch(r.value or b"" for r in raws)
-    bodies.event_id = hashlib.blake2b(
-        ",".join(f"{r.partition}:{r.offset}" for r in raws).encode(), digest_size=16
-    ).hexdigest()
-    return bodies
-
-
-class _Batch(list):  # type: ignore[type-arg]
-    event_id: str
-
-
 def build_app(
     settings: IngestSettings | None = None, kafka: KafkaSettings | None = None
 ) -> FastAPI:
     settings = settings or IngestSettings()
     kafka = kafka or KafkaSettings()
     broker = create_broker("ingest", kafka)
-    rt = IngestRuntime(settings, broker)
-
-    @broker.subscriber(
-        handlers.RECORDS_TOPIC,
-        group_id="ingest",
-        batch=True,
-        max_records=settings.poll_max_records,
-        batch_timeout_ms=100,
-        max_partition_fetch_bytes=settings.fetch_partition_bytes,
-        decoder=_batch_decoder,
-        ack_policy=AckPolicy.MANUAL,  # offsets are committed once records are stored
-        auto_offset_reset="earliest",
-        title=f"{handlers.RECORDS_TOPIC}:ingest",
-        description="Labelled records from upstream systems",
-        **kafka.group_kwargs(),
-    )
-    async def on_upstream_records(bodies: list[bytes], message: KafkaMessage) -> None:
-        await handlers.on_upstream_records(rt, bodies, message)
+    rt = IngestRuntime(settings, broker, kafka)
 
     async def startup(app: FastAPI) -> None:
         app.state.ingest = rt

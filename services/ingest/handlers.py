@@ -1,21 +1,24 @@
-"""Thin handlers: one poll batch of upstream records, one closed batch to store and
-announce, one dead letter. The runtime state lives in :class:`IngestRuntime` (app.py)."""
+"""Thin handlers: one poll batch of upstream records (from :mod:`services.ingest.consumer`),
+one closed batch to store and announce, one dead letter. The runtime state lives in
+:class:`IngestRuntime` (app.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from aiokafka import ConsumerRecord
 
-from contracts.events import DatasetIngested, DeadLetter
-from contracts.topics import dlq_topic
+from contracts.events import DatasetIngested
+from libs import telemetry
 from libs.messaging import publish
-from libs.telemetry import metrics
+from libs.messaging.middleware import dead_letter_from_record, publish_dead_letter
 from services.ingest.batching import ClosedBatch
-from services.ingest.ingestion import Rejected, sort_records
+from services.ingest.ingestion import sort_records
 
 if TYPE_CHECKING:
     from services.ingest.app import IngestRuntime
@@ -25,55 +28,42 @@ log = logging.getLogger("lmesh.ingest")
 RECORDS_TOPIC = "ingest.records.v1"
 
 
-async def on_upstream_records(rt: IngestRuntime, bodies: list[bytes], message: Any) -> None:
+async def on_upstream_records(
+    rt: IngestRuntime, records: Sequence[ConsumerRecord[Any, Any]]
+) -> None:
     """Sort one poll batch: good records into the batcher, bad ones to ingest.dlq.v1."""
-    raws = message.raw_message
-    rt.consumer = message.consumer
-    partitions = np.fromiter((r.partition for r in raws), np.int64, len(raws))
-    offsets = np.fromiter((r.offset for r in raws), np.int64, len(raws))
+    n = len(records)
+    bodies = [r.value or b"" for r in records]
+    partitions = np.fromiter((r.partition for r in records), np.int64, n)
+    offsets = np.fromiter((r.offset for r in records), np.int64, n)
     result = sort_records(bodies, partitions, offsets, rt.catalog, rt.batcher, rt.schemas)
     if result.rejected:
-        await asyncio.gather(*(dead_letter(rt, raws[r.index], r) for r in result.rejected))
+        await asyncio.gather(
+            *(dead_letter(rt, records[r.index], r.reason, r.error_type) for r in result.rejected)
+        )
     rt.count_records(accepted=result.accepted, rejected=len(result.rejected))
     for batch in result.closed:
         rt.flush_queue.put_nowait(batch)
 
 
-async def dead_letter(rt: IngestRuntime, raw: Any, rejected: Rejected) -> None:
-    value: bytes = raw.value or b""
-    try:
-        payload, encoding = value.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        import base64
-
-        payload, encoding = base64.b64encode(value).decode("ascii"), "base64"
-    letter = DeadLetter(
-        service="ingest",
-        source_topic=raw.topic,
-        partition=raw.partition,
-        offset=raw.offset,
-        key=raw.key.decode("utf-8", "replace") if raw.key else None,
-        reason=rejected.reason,
-        error_type=rejected.error_type,
-        attempts=1,
-        payload=payload,
-        payload_encoding=encoding,  # type: ignore[arg-type]
-    )
-    await rt.broker.publish(
-        letter.model_dump_json().encode(),
-        topic=dlq_topic("ingest"),
-        key=raw.topic.encode(),
-        headers={"content-type": "application/json", "event-type": "DeadLetter"},
-    )
-    metrics.EVENTS_DEAD_LETTERED.labels("ingest", raw.topic).inc()
+async def dead_letter(
+    rt: IngestRuntime, record: ConsumerRecord[Any, Any], reason: str, error_type: str
+) -> None:
+    letter = dead_letter_from_record("ingest", record, reason, error_type, attempts=1)
+    await publish_dead_letter(rt.broker, letter)
 
 
 async def store_closed_batch(rt: IngestRuntime, batch: ClosedBatch) -> None:
     """Store a closed batch as a version, announce it, then let its offsets be committed."""
     started = time.perf_counter()
-    version, event = await asyncio.to_thread(rt.ingestor.store_batch, batch)
-    if event is not None:
-        await announce(rt, event)
+    with telemetry.tracer("lmesh.ingest").start_as_current_span(
+        "ingest store version",
+        attributes={"lmesh.dataset": batch.dataset, "lmesh.record_count": len(batch.offsets)},
+    ) as span:
+        version, event = await asyncio.to_thread(rt.ingestor.store_batch, batch)
+        span.set_attribute("lmesh.version", version.version)
+        if event is not None:
+            await announce(rt, event)
     rt.batcher.done(batch)
     rt.count_batch(new_version=event is not None)
     log.info(

@@ -9,17 +9,33 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, NotRequired
+from uuid import UUID
 
 import numpy as np
+import orjson
 from pydantic import TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
-from contracts.events import DatasetIngested, DatasetSchema, UpstreamRecord, decode_event
+from contracts.events import (
+    DatasetIngested,
+    DatasetSchema,
+    UpstreamRecord,
+    decode_event,
+    validate_name,
+)
 from libs.messaging.middleware import _reason as reason_of
 from libs.storage import ArtifactStore
 from services.ingest.batching import ClosedBatch, RecordBatcher
 from services.ingest.catalog import Catalog, DatasetVersion, SchemaConflict
 from services.ingest.formats import RawDataset, decode_files, pack_npz
-from services.ingest.validation import check_records, conform, infer_schema
+from services.ingest.validation import (
+    check_feature_matrix,
+    check_records,
+    conform,
+    infer_schema,
+)
 
 __all__ = ["DatasetIngestor", "Rejected", "SortedBatch", "sort_records"]
 
@@ -114,6 +130,10 @@ def sort_records(
     ``schemas`` caches declared schemas between calls."""
     out = SortedBatch()
     batcher.observe(partitions, offsets)
+    fast = _decode_columns(bodies)
+    if fast is not None:
+        _sort_columns(fast, partitions, offsets, catalog, batcher, schemas, out)
+        return out
     groups: dict[str, list[tuple[int, UpstreamRecord]]] = {}
     for i, rec in enumerate(_decode_all(bodies)):
         if isinstance(rec, ValidationError):
@@ -121,10 +141,12 @@ def sort_records(
         else:
             groups.setdefault(rec.dataset, []).append((i, rec))
     for dataset, items in groups.items():
-        schema = _schema_for(dataset, items, catalog, schemas, out)
+        schema = _schema_for(
+            dataset, [i for i, _ in items], _declared(items), catalog, schemas, out
+        )
         if schema is None:
             continue
-        kept = [(i, r) for i, r in items if not _schema_clash(dataset, i, r, schema, out)]
+        kept = [(i, r) for i, r in items if not _schema_clash(dataset, i, r.schema_, schema, out)]
         if len(kept) < len(items):
             batcher.reject(dataset, len(items) - len(kept))
         items = kept
@@ -142,6 +164,10 @@ def sort_records(
             dataset, schema, verdicts.features, verdicts.labels, test, partitions[idx], offsets[idx]
         )
     return out
+
+
+def _declared(items: list[tuple[int, UpstreamRecord]]) -> DatasetSchema | None:
+    return next((r.schema_ for _, r in items if r.schema_ is not None), None)
 
 
 _BATCH = TypeAdapter(list[UpstreamRecord])
@@ -166,18 +192,135 @@ def _decode_all(bodies: Sequence[bytes]) -> list[UpstreamRecord | ValidationErro
     return out
 
 
+# ----------------------------------------------------------------- fast path: columns
+
+
+class _Envelope(TypedDict):
+    """``UpstreamRecord`` without its features (validated as one array instead) and with
+    ``dataset`` as plain text (checked once per distinct name). Keep in step with the contract:
+    tests/unit/test_ingest_records.py checks both paths agree."""
+
+    event_id: NotRequired[UUID]
+    occurred_at: NotRequired[datetime]
+    dataset: str
+    label: int
+    split: NotRequired[Literal["train", "test"]]
+    schema: NotRequired[DatasetSchema | None]
+
+
+_ENVELOPES = TypeAdapter(list[_Envelope])
+
+
+@dataclass
+class _Columns:
+    """A poll batch of valid records as columns, grouped by dataset."""
+
+    groups: dict[str, tuple[np.ndarray, np.ndarray]]  # dataset -> (record indices, features)
+    labels: np.ndarray  # [n] int64
+    test: np.ndarray  # [n] bool
+    declared: dict[int, DatasetSchema]  # record index -> the schema it declares
+
+
+def _decode_columns(bodies: Sequence[bytes]) -> _Columns | None:
+    """The common case in a few vectorized steps: every value is a valid record and each
+    dataset's records have the same number of numeric features. None when anything is off;
+    the caller then decodes record by record with the contract model, which tells exactly
+    what is wrong."""
+    if not bodies:
+        return None
+    try:
+        items = orjson.loads(b"[" + b",".join(bodies) + b"]")
+        if len(items) != len(bodies):  # a value holding several objects
+            return None
+        envelopes = _ENVELOPES.validate_python(items)
+        if any("schema_" in item for item in items):  # the contract's field name: rare
+            return None
+        rows = [item["features"] for item in items]
+        names = [e["dataset"] for e in envelopes]
+        first = names[0]
+        members: dict[str, Sequence[int]]
+        if all(name == first for name in names):  # the usual poll batch: one dataset
+            members = {first: range(len(names))}
+        else:
+            lists: dict[str, list[int]] = {}
+            for i, name in enumerate(names):
+                lists.setdefault(name, []).append(i)
+            members = dict(lists)
+        groups = {}
+        for name, idx in members.items():
+            validate_name(name)
+            x = np.array(rows if len(idx) == len(rows) else [rows[i] for i in idx])
+            if x.ndim != 2 or x.dtype.kind not in "biuf":  # not lists of numbers
+                return None
+            groups[name] = (np.asarray(idx, np.int64), x)
+        labels = np.fromiter((e["label"] for e in envelopes), np.int64, len(envelopes))
+    except (
+        orjson.JSONDecodeError,
+        ValidationError,
+        KeyError,
+        TypeError,
+        ValueError,
+        OverflowError,
+    ):
+        return None  # ValueError: ragged features or an invalid name
+    return _Columns(
+        groups=groups,
+        labels=labels,
+        test=np.fromiter((e.get("split") == "test" for e in envelopes), bool, len(envelopes)),
+        declared={i: s for i, e in enumerate(envelopes) if (s := e.get("schema")) is not None},
+    )
+
+
+def _sort_columns(
+    cols: _Columns,
+    partitions: np.ndarray,
+    offsets: np.ndarray,
+    catalog: Catalog,
+    batcher: RecordBatcher,
+    schemas: dict[str, DatasetSchema],
+    out: SortedBatch,
+) -> None:
+    for dataset, (idx, x) in cols.groups.items():
+        declared = {i: cols.declared[i] for i in idx.tolist() if i in cols.declared}
+        first_declared = declared[min(declared)] if declared else None
+        schema = _schema_for(dataset, idx.tolist(), first_declared, catalog, schemas, out)
+        if schema is None:
+            continue
+        clash = [i for i, s in declared.items() if _schema_clash(dataset, i, s, schema, out)]
+        if clash:
+            batcher.reject(dataset, len(clash))
+            keep = ~np.isin(idx, clash)
+            idx, x = idx[keep], x[keep]
+        verdicts = check_feature_matrix(x, cols.labels[idx], schema)
+        for j, why in verdicts.rejected.items():
+            out.rejected.append(Rejected(int(idx[j]), dataset, why, "PermanentError"))
+        if len(verdicts.rejected):
+            batcher.reject(dataset, len(verdicts.rejected))
+        kept = idx[verdicts.accepted]
+        out.accepted += len(kept)
+        out.closed += batcher.add(
+            dataset,
+            schema,
+            verdicts.features,
+            verdicts.labels,
+            cols.test[kept],
+            partitions[kept],
+            offsets[kept],
+        )
+
+
 def _schema_for(
     dataset: str,
-    items: list[tuple[int, UpstreamRecord]],
+    indices: list[int],
+    declared: DatasetSchema | None,
     catalog: Catalog,
     schemas: dict[str, DatasetSchema],
     out: SortedBatch,
 ) -> DatasetSchema | None:
     schema = schemas.get(dataset) or catalog.schema(dataset)
     if schema is None:
-        declared = next((r.schema_ for _, r in items if r.schema_ is not None), None)
         if declared is None:
-            for i, _ in items:
+            for i in indices:
                 out.rejected.append(
                     Rejected(
                         i,
@@ -196,15 +339,19 @@ def _schema_for(
 
 
 def _schema_clash(
-    dataset: str, index: int, rec: UpstreamRecord, schema: DatasetSchema, out: SortedBatch
+    dataset: str,
+    index: int,
+    declared: DatasetSchema | None,
+    schema: DatasetSchema,
+    out: SortedBatch,
 ) -> bool:
-    if rec.schema_ is None or rec.schema_ == schema:
+    if declared is None or declared == schema:
         return False
     out.rejected.append(
         Rejected(
             index,
             dataset,
-            f"record declares schema {rec.schema_.model_dump_json()} but dataset {dataset!r} "
+            f"record declares schema {declared.model_dump_json()} but dataset {dataset!r} "
             f"has {schema.model_dump_json()}",
             "PermanentError",
         )

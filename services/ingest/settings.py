@@ -29,7 +29,7 @@ class IngestSettings(ServiceSettings):
         default=30.0, gt=0, description="... or this long after the first record, whichever first"
     )
     poll_max_records: int = Field(
-        default=5000, ge=1, description="Records read from Kafka per handler call"
+        default=5000, ge=1, description="Records read from Kafka per poll batch"
     )
     fetch_partition_bytes: int = Field(
         default=8 << 20, ge=1 << 16, description="Kafka fetch size per partition (bytes)"

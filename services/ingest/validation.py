@@ -11,10 +11,18 @@ import numpy as np
 from contracts.events import DatasetSchema
 from services.ingest.formats import RawDataset
 
-__all__ = ["RecordVerdicts", "SchemaMismatch", "check_records", "conform", "infer_schema"]
+__all__ = [
+    "RecordVerdicts",
+    "SchemaMismatch",
+    "check_feature_matrix",
+    "check_records",
+    "conform",
+    "infer_schema",
+]
 
 _DTYPE_OF_KIND = {"u": "int64", "i": "int64", "f": "float32"}
 _INT_RANGES = {"uint8": (0, 255)}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class SchemaMismatch(ValueError):
@@ -108,21 +116,53 @@ def check_records(
             rejected[i] = (
                 f"wrong feature count: got {len(f)}, schema {schema.feature_shape} needs {n}"
             )
+        elif not _INT64_MIN <= labels[i] <= _INT64_MAX:  # would not fit the label array
+            rejected[i] = f"label {labels[i]} out of range [0, {schema.num_classes - 1}]"
         else:
             ok_idx.append(i)
     idx = np.asarray(ok_idx, dtype=np.int64)
     x = np.asarray([features[i] for i in ok_idx], dtype=np.float64).reshape(len(ok_idx), n)
     y = np.asarray([labels[i] for i in ok_idx], dtype=np.int64)
+    return _check_values(idx, x, y, schema, rejected)
+
+
+def check_feature_matrix(
+    x: np.ndarray, labels: np.ndarray, schema: DatasetSchema
+) -> RecordVerdicts:
+    """:func:`check_records` for records whose features already form one ``[records, k]``
+    numeric array (every record has ``k`` features)."""
+    m, k = x.shape
+    n = schema.feature_count
+    if k != n:
+        reason = f"wrong feature count: got {k}, schema {schema.feature_shape} needs {n}"
+        return RecordVerdicts(
+            features=np.empty((0, n), np.dtype(schema.dtype)),
+            labels=np.empty(0, np.int64),
+            accepted=np.empty(0, np.int64),
+            rejected=dict.fromkeys(range(m), reason),
+        )
+    return _check_values(np.arange(m), x, labels.astype(np.int64, copy=False), schema, {})
+
+
+def _check_values(
+    idx: np.ndarray, x: np.ndarray, y: np.ndarray, schema: DatasetSchema, rejected: dict[int, str]
+) -> RecordVerdicts:
+    """Label range and dtype range of the rows ``x`` (records ``idx`` of the input)."""
     good = (y >= 0) & (y < schema.num_classes)
-    for i in idx[~good]:
-        rejected[int(i)] = f"label {labels[i]} out of range [0, {schema.num_classes - 1}]"
+    for j in np.flatnonzero(~good):
+        rejected[int(idx[j])] = f"label {y[j]} out of range [0, {schema.num_classes - 1}]"
     target = np.dtype(schema.dtype)
     if target.kind in "iu" and len(x):
         lo, hi = _INT_RANGES.get(schema.dtype, (np.iinfo(target).min, np.iinfo(target).max))
         with np.errstate(invalid="ignore"):
-            in_range = np.all((x >= lo) & (x <= hi) & (np.mod(x, 1) == 0), axis=1)
-        for i in idx[good & ~in_range]:
-            rejected[int(i)] = f"features must be integers in [{lo}, {hi}] for dtype {schema.dtype}"
+            in_range = (x >= lo) & (x <= hi)
+            if x.dtype.kind == "f":  # integer arrays are integral already
+                in_range &= np.mod(x, 1) == 0
+            in_range = np.all(in_range, axis=1)
+        for j in np.flatnonzero(good & ~in_range):
+            rejected[int(idx[j])] = (
+                f"features must be integers in [{lo}, {hi}] for dtype {schema.dtype}"
+            )
         good &= in_range
     return RecordVerdicts(
         features=x[good].astype(target), labels=y[good], accepted=idx[good], rejected=rejected

@@ -16,6 +16,7 @@ import pytest
 from safetensors.numpy import load
 
 from libs.messaging import KafkaSettings
+from libs.messaging.admin import consumer_lag
 from libs.storage import open_store
 from services.ingest.app import build_app as build_ingest
 from services.ingest.settings import IngestSettings
@@ -320,8 +321,12 @@ async def _more_same_content(http: httpx.AsyncClient, before: float) -> bool:
     return await _same_content_batches(http) > before
 
 
+async def _committed(kafka: KafkaSettings) -> dict[int, int]:
+    return {p.partition: p.committed or 0 for p in await consumer_lag(kafka, "ingest", [RECORDS])}
+
+
 async def test_ten_thousand_upstream_records_make_one_prepared_dataset(
-    plane, kafka_bootstrap: str, unique: str
+    plane, kafka_bootstrap: str, kafka_settings: KafkaSettings, unique: str
 ) -> None:  # type: ignore[no-untyped-def]
     name = f"upstream-{unique}"
     rng = np.random.default_rng(5)
@@ -340,9 +345,20 @@ async def test_ten_thousand_upstream_records_make_one_prepared_dataset(
         for i in range(10_000)
     ]
     async with TopicReader(kafka_bootstrap, "dataset.prepared.v1") as reader:
-        with plane(batch_window_s=120.0, batch_max_records=10_000):
+        with plane(batch_window_s=120.0, batch_max_records=10_000) as url:
+            before = await _committed(kafka_settings)
             await produce(kafka_bootstrap, RECORDS, values, key=name.encode())
             prepared = await reader.wait_for(of(name, prepared=True), timeout=120)
+
+            async def committed_all() -> bool:  # stored and announced => offsets committed
+                after = await _committed(kafka_settings)
+                return any(after[p] - before.get(p, 0) >= 10_000 for p in after)
+
+            await eventually(committed_all, timeout=30, what="ingest commits")
+            async with httpx.AsyncClient(base_url=url) as http:
+                text = (await http.get("/metrics")).text
+            assert 'lmesh_ingest_records_total{outcome="accepted"}' in text
+            assert 'lmesh_events_handled_total{service="ingest",topic="ingest.records.v1"}' in text
             counts = prepared["prepared"]["counts"]
             train_y = y[split == "train"]
             _, val_idx = stratified_split(train_y, 0.1, seed=1)
