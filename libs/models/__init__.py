@@ -2,7 +2,8 @@
 rebuilds them from a model card). Pure torch: no broker, no HTTP.
 
 - ``mlp``: the seed's 784-500-10 ReLU network by default (``hidden_sizes`` configurable);
-- ``cnn``: a small two-convolution network.
+- ``cnn``: a small two-convolution network by default (``channels`` [32, 64]); a longer
+  ``channels`` list adds convolutions (see ``SmallCNN``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Two conv blocks (conv-BN-ReLU-pool) and a linear head, for [C,]H,W images."""
+    """Conv blocks (conv-BN-ReLU, ..., max-pool) and a linear head, for [C,]H,W images.
+
+    ``channels`` lists one 3x3 convolution per entry. Up to two entries: the original
+    two-convolution network, each conv its own block (a shorter list is padded with 64s), so
+    the default ``[32, 64]`` and any card written before deeper nets existed rebuild as they
+    were. Three or more: consecutive equal entries form one block, e.g. ``[32, 32, 64, 64]`` is
+    two blocks of two convs. Every block ends in a 2x2 max-pool (while the map is >= 2x2).
+    """
 
     def __init__(
         self,
@@ -60,22 +68,22 @@ class SmallCNN(nn.Module):
             raise ValueError(
                 f"cnn needs an image input ([H, W] or [C, H, W]), got shape {list(input_shape)}"
             )
-        c1, c2 = ([*list(channels), 64, 64])[:2]
+        chans = list(channels) if len(channels) >= 2 else [*list(channels), 64, 64][:2]
         self.image_shape = (in_ch, h, w)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_ch, c1, 3, padding=1),
-            nn.BatchNorm2d(c1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1),
-            nn.BatchNorm2d(c2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
+        layers: list[nn.Module] = []
+        prev = in_ch
+        for i, c in enumerate(chans):
+            layers += [nn.Conv2d(prev, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
+            prev = c
+            block_ends = len(chans) == 2 or i + 1 == len(chans) or chans[i + 1] != c
+            if block_ends and h >= 2 and w >= 2:
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+        self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
-            nn.Linear(c2 * (h // 4) * (w // 4), num_classes),
+            nn.Linear(prev * h * w, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -205,6 +205,16 @@ def fit(
     n = len(y)
     bs = hp.batch_size
     steps_per_epoch = math.ceil(n / bs)
+    # On CPU, oneDNN convolutions run faster on channels-last (NHWC) weights and activations
+    # (~1.1-1.3x for the cnn here); the weights go back to the standard layout at the end.
+    # Not under DDP: the wrapper already holds the parameters.
+    channels_last = (
+        device.type == "cpu"
+        and forward_model is None
+        and any(isinstance(m, nn.Conv2d) for m in net.modules())
+    )
+    if channels_last:
+        net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = build_optimizer(list(net.parameters()), hp)
     scheduler = build_scheduler(optimizer, hp, steps_per_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
@@ -292,6 +302,8 @@ def fit(
             checkpointer.save(capture_state(net, optimizer, scheduler, epoch + 1, history))
         if on_epoch is not None:
             on_epoch(final)
+    if channels_last:
+        net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     return FitResult(
         history=history,
         resumed_from_epoch=start_epoch,
