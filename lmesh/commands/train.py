@@ -80,30 +80,41 @@ async def follow_run(
     await consumer.start()
     deadline = time.monotonic() + timeout_s if timeout_s else None
     seen_epochs: set[int] = set()
+    result: TrainingCompleted | TrainingFailed | None = None
+    drains = 0
     try:
-        while True:
-            if deadline is not None and time.monotonic() > deadline:
+        # Topics are not ordered with one another: a fetch can bring the result before the
+        # last progress events. Progress in a fetch is reported before its result, and
+        # once the result is in, two more short fetches pick up stragglers.
+        while result is None or drains < 2:
+            if result is not None:
+                drains += 1
+            elif deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"no result for run {run_id} within {timeout_s}s")
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for record in records:
-                    if record.key is not None and record.key.decode(errors="replace") != run_id:
-                        continue
-                    try:
-                        body = json.loads(record.value)
-                    except (TypeError, ValueError):
-                        continue
-                    if body.get("run_id") != run_id:
-                        continue
-                    if record.topic == "training.progress.v1":
-                        progress = decode_event(TrainingProgress, body)
-                        if progress.epoch not in seen_epochs and on_progress is not None:
-                            on_progress(progress)
-                        seen_epochs.add(progress.epoch)
-                    elif record.topic == "training.completed.v1":
-                        return decode_event(TrainingCompleted, body)
-                    else:
-                        return decode_event(TrainingFailed, body)
+            batches = await consumer.getmany(timeout_ms=200 if result is not None else 500)
+            records = sorted(
+                (r for rs in batches.values() for r in rs),
+                key=lambda r: r.topic != "training.progress.v1",
+            )
+            for record in records:
+                if record.key is not None and record.key.decode(errors="replace") != run_id:
+                    continue
+                try:
+                    body = json.loads(record.value)
+                except (TypeError, ValueError):
+                    continue
+                if body.get("run_id") != run_id:
+                    continue
+                if record.topic == "training.progress.v1":
+                    progress = decode_event(TrainingProgress, body)
+                    if progress.epoch not in seen_epochs and on_progress is not None:
+                        on_progress(progress)
+                    seen_epochs.add(progress.epoch)
+                elif result is None and record.topic == "training.completed.v1":
+                    result = decode_event(TrainingCompleted, body)
+                elif result is None and record.topic == "training.failed.v1":
+                    result = decode_event(TrainingFailed, body)
+        return result
     finally:
         await consumer.stop()
 
