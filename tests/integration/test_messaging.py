@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ from contracts import UpstreamRecord
 from libs.messaging import KafkaSettings, RetryPolicy, create_broker, publish, subscribe
 from libs.messaging.embedded import free_port
 from tests.support.kafka import TopicReader, produce
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.kafka
 
@@ -51,10 +51,7 @@ async def test_poison_messages_are_dead_lettered_and_the_next_message_is_handled
                 for m in letters
             )  # type: ignore[union-attr]
             assert all(m["offset"] is not None for m in letters)  # type: ignore[union-attr]
-            for _ in range(200):
-                if handled:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(lambda: handled, what="the valid message to be handled")
             assert [e.label for e in handled] == [1]
         finally:
             await broker.stop()
@@ -87,10 +84,7 @@ async def test_transient_errors_are_retried_then_dead_lettered_and_duplicates_sk
                 lambda m: unique in m.get("payload", "") and m["attempts"] == 3
             )
             assert letter["error_type"] == "ConnectionError"  # type: ignore[index]
-            for _ in range(200):
-                if 2 in calls:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(lambda: 2 in calls, what="the next message to be handled")
             assert calls.count(13) == 3
             assert calls.count(2) == 1
         finally:
@@ -148,11 +142,7 @@ async def test_malformed_or_missing_traceparent_starts_a_fresh_trace(
                 for uuid in _ids(1)
             ],
         )
-        for _ in range(200):
-            if len(traces) == 3:
-                break
-            await asyncio.sleep(0.05)
-        assert len(traces) == 3
+        await eventually(lambda: len(traces) == 3, what="three handled messages")
         assert all(t != "0" * 32 for t in traces)
         assert len(set(traces)) == 3, "each message without a valid parent starts its own trace"
     finally:
