@@ -1,6 +1,6 @@
-"""Entry point of the ``lmesh`` console script."""
+"""Entry point of the ``lmesh`` console script: every module in lmesh/commands registers
+its commands on the one typer app."""
 
-from lmesh import commands as _commands  # noqa: F401
 from lmesh.app import app
 from lmesh.commands import load_all
 

@@ -181,21 +181,6 @@ class Mesh:
                 return p.url
         raise KeyError(name)
 
-    def restart(self, name: str, timeout_s: float = 60.0) -> ServiceProcess:
-        """Stop one service process and start it again (used by tests)."""
-        for i, p in enumerate(self.processes):
-            if p.name == name:
-                _terminate(p.pid)
-                if p.process is not None:
-                    p.process.wait(15)
-                base, _, replica = name.partition("-")
-                new = self._spawn(base, int(replica or 0))
-                self.processes[i] = new
-                self._save()
-                self.wait_healthy(timeout_s)
-                return new
-        raise KeyError(name)
-
     def _save(self) -> None:
         state.save(
             {
