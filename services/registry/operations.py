@@ -30,6 +30,7 @@ from contracts.events import (
 from contracts.topics import topic_for
 from services.registry import policy
 from services.registry.errors import Conflict, NotFound
+from services.registry.queries import find_version
 from services.registry.tables import (
     AliasHistory,
     DatasetVersion,
@@ -67,15 +68,6 @@ def lock_model(session: Session, name: str, *, create: bool = False) -> Register
     if model is None:
         raise NotFound(f"model {name!r} is not registered")
     return model
-
-
-def _version(session: Session, name: str, version: int) -> ModelVersion:
-    mv = session.exec(
-        select(ModelVersion).where(ModelVersion.model_name == name, ModelVersion.version == version)
-    ).first()
-    if mv is None:
-        raise NotFound(f"model {name!r} has no version {version}")
-    return mv
 
 
 def move_alias(
@@ -209,7 +201,7 @@ def promote_alias(
     session: Session, name: str, alias: str, version: int, *, actor: str, reason: str
 ) -> tuple[ModelVersion, ModelPromoted | None]:
     lock_model(session, name)
-    target = _version(session, name, version)
+    target = find_version(session, name, version)
     return target, move_alias(
         session, target, alias, actor=actor, reason=reason or "manual promotion"
     )
@@ -232,7 +224,7 @@ def rollback_alias(
             f"alias {alias!r} of model {name!r} has no previous holder "
             f"(version {last.version} was its first)"
         )
-    target = _version(session, name, last.previous_version)
+    target = find_version(session, name, last.previous_version)
     why = f"rollback from version {last.version}" + (f": {reason}" if reason else "")
     return target, move_alias(session, target, alias, actor=actor, reason=why)
 

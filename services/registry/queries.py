@@ -114,14 +114,19 @@ def list_versions(session: Session, name: str, *, limit: int, offset: int) -> Mo
     return ModelVersionsPublic(items=[to_public(mv, aliases) for mv in rows], total=total)
 
 
-def _version(session: Session, name: str, version: int) -> ModelVersion:
-    _model(session, name)
+def find_version(session: Session, name: str, version: int) -> ModelVersion:
+    """One version of a model, or NotFound."""
     mv = session.exec(
         select(ModelVersion).where(ModelVersion.model_name == name, ModelVersion.version == version)
     ).first()
     if mv is None:
         raise NotFound(f"model {name!r} has no version {version}")
     return mv
+
+
+def _version(session: Session, name: str, version: int) -> ModelVersion:
+    _model(session, name)  # an unknown model says so, not "no version N"
+    return find_version(session, name, version)
 
 
 def get_version(session: Session, name: str, version: int) -> ModelVersionPublic:
