@@ -257,23 +257,19 @@ def _wrk(
     }
 
 
+def _client_cmd(url: str, body_path: Path, duration: float, connections: int) -> list[str]:
+    """This module's own load-generator process (closed loop, or open loop with --rate)."""
+    return [
+        sys.executable, "-m", "benchmarks.predictor_load", "--rate-client",
+        "--url", url, "--body", str(body_path),
+        "--duration", str(duration), "--connections", str(connections),
+    ]  # fmt: skip
+
+
 def _client(
     url: str, body_path: Path, duration: float, connections: int, rate: float = 0
 ) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.predictor_load",
-        "--rate-client",
-        "--url",
-        url,
-        "--body",
-        str(body_path),
-        "--duration",
-        str(duration),
-        "--connections",
-        str(connections),
-    ]
+    cmd = _client_cmd(url, body_path, duration, connections)
     if rate:
         cmd += ["--rate", str(rate)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=duration + 120)
@@ -289,20 +285,7 @@ def _client_many(
     """Closed-loop saturation from ``procs`` client processes (where one would be the limit)."""
     if procs <= 1:
         return _client(url, body_path, duration, connections)
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.predictor_load",
-        "--rate-client",
-        "--url",
-        url,
-        "--body",
-        str(body_path),
-        "--duration",
-        str(duration),
-        "--connections",
-        str(max(1, connections // procs)),
-    ]
+    cmd = _client_cmd(url, body_path, duration, max(1, connections // procs))
     running = [
         subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(procs)
     ]
