@@ -79,6 +79,7 @@ def build_app(
         config = WorkerConfig(
             store_url=settings.store_url,
             registry_url=settings.registry_url,
+            dataset_wait_s=settings.dataset_wait_s,
             worker=settings.worker_id,
             device=settings.device,
             threads=settings.threads,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import torch
 from safetensors.torch import load as load_safetensors
@@ -20,11 +22,18 @@ class BadDataset(ValueError):
 
 
 def resolve_dataset(
-    event: TrainingRequested, registry_url: str, *, timeout_s: float = 10.0
+    event: TrainingRequested,
+    registry_url: str,
+    *,
+    timeout_s: float = 10.0,
+    wait_s: float = 0.0,
 ) -> PreparedDatasetRef:
     """``event.prepared`` when the requester resolved it, else ask the registry.
 
-    Connection errors propagate (the message is retried); a 404 is a :class:`DatasetNotFound`.
+    The registry records ``dataset.prepared.v1`` asynchronously: a request sent right after
+    that event may reach the registry first. A 404 is therefore asked again for up to
+    ``wait_s`` seconds before it becomes a :class:`DatasetNotFound`. Connection errors
+    propagate (the message is retried).
     """
     if event.prepared is not None:
         if event.prepared.dataset != event.dataset:
@@ -35,7 +44,11 @@ def resolve_dataset(
         return event.prepared
     version = str(event.dataset_version) if event.dataset_version is not None else "latest"
     url = f"{registry_url.rstrip('/')}/datasets/{event.dataset}/versions/{version}"
+    deadline = time.monotonic() + wait_s
     response = httpx.get(url, timeout=timeout_s)
+    while response.status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.25)
+        response = httpx.get(url, timeout=timeout_s)
     if response.status_code == 404:
         what = f"version {version}" if version != "latest" else "any prepared version"
         raise DatasetNotFound(f"unknown dataset {event.dataset!r}: the registry has no {what}")

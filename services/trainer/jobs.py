@@ -73,6 +73,7 @@ class WorkerConfig:
     worker: str
     device: str = "auto"
     threads: int | None = None
+    dataset_wait_s: float = 0.0
 
 
 def completed_pointer(run_id: str) -> str:
@@ -166,7 +167,9 @@ class TrainingJob:
 
     def _resolve(self, event: TrainingRequested) -> tuple[PreparedDatasetRef, Splits]:
         try:
-            prepared = resolve_dataset(event, self.config.registry_url)
+            prepared = resolve_dataset(
+                event, self.config.registry_url, wait_s=self.config.dataset_wait_s
+            )
             splits = load_splits(self.store, prepared)
         except DatasetNotFound as exc:
             raise JobRejected([str(exc)], "UnknownDataset") from None

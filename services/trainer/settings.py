@@ -22,6 +22,12 @@ class TrainerSettings(ServiceSettings):
 
     http_port: int = 8103
     registry_url: str = "http://127.0.0.1:8104"
+    dataset_wait_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        description="How long an unknown dataset is looked up again before the run fails "
+        "(the registry records dataset.prepared.v1 asynchronously)",
+    )
     store_url: str = Field(
         default_factory=lambda: StoreSettings().url, description="default: STORE_URL"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -68,6 +69,7 @@ def env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             group_id=f"trainer-test-{uuid.uuid4().hex[:8]}",
             auto_offset_reset="latest",
             threads=1,
+            dataset_wait_s=0.5,
         )
         app = build_app(settings, KafkaSettings(bootstrap_servers=kafka_bootstrap))
         with serve_app(app) as url:
@@ -258,3 +260,26 @@ async def test_cnn_with_augmentation_trains_on_image_data(
         )
     assert done["_topic"] == "training.completed.v1", done
     assert done["metrics"]["val_accuracy"] > 0.5
+
+
+def test_a_dataset_the_registry_has_not_recorded_yet_is_waited_for(tmp_path: Path) -> None:
+    """The registry records dataset.prepared.v1 asynchronously: a 404 is asked again."""
+    from services.trainer.datasets import DatasetNotFound, resolve_dataset
+
+    store = open_store((tmp_path / "artifacts").as_uri())
+    ref = prepared_dataset(store, "late")
+    calls = {"n": 0}
+    late = FastAPI()
+
+    @late.get("/datasets/{name}/versions/{version}")
+    async def lookup(name: str, version: str) -> Any:
+        calls["n"] += 1
+        if name != "late" or calls["n"] < 3:
+            raise HTTPException(404, "not yet")
+        return ref.model_dump(mode="json", by_alias=True)
+
+    with serve_app(late) as registry:
+        found = resolve_dataset(TrainingRequested(run_id="r1", dataset="late"), registry, wait_s=5)
+        assert found == ref and calls["n"] == 3
+        with pytest.raises(DatasetNotFound, match="unknown dataset 'gone'"):
+            resolve_dataset(TrainingRequested(run_id="r2", dataset="gone"), registry, wait_s=0.3)
