@@ -84,8 +84,11 @@ class MeshMiddleware(BaseMiddleware):
             await self._dead_letter(msg, topic, exc, attempts=1)
             return None
         _annotate_span(event)
-        key = f"{topic}:{getattr(event, 'event_id', None) or msg.message_id}"
-        if f.idempotency.seen(key):
+        # Only events carry an idempotency key; anything else (a raw body) is never skipped:
+        # Kafka's message id (offset-timestamp) is not unique across partitions.
+        event_id = getattr(event, "event_id", None)
+        key = f"{topic}:{event_id}" if event_id is not None else None
+        if key is not None and f.idempotency.seen(key):
             metrics.EVENTS_DUPLICATE.labels(*labels).inc()
             log.info("skipping redelivered event %s", key)
             return None
@@ -100,13 +103,13 @@ class MeshMiddleware(BaseMiddleware):
             except PERMANENT as exc:
                 metrics.EVENTS_FAILED.labels(*labels).inc()
                 await self._dead_letter(msg, topic, exc, attempts=attempt)
-                f.idempotency.remember(key)
+                self._remember(key)
                 return None
             except Exception as exc:
                 metrics.EVENTS_FAILED.labels(*labels).inc()
                 if attempt >= f.retry.attempts:
                     await self._dead_letter(msg, topic, exc, attempts=attempt)
-                    f.idempotency.remember(key)
+                    self._remember(key)
                     return None
                 delay = f.retry.backoff(attempt)
                 log.warning(
@@ -122,8 +125,12 @@ class MeshMiddleware(BaseMiddleware):
             metrics.HANDLER_LATENCY.labels(*labels).observe(time.perf_counter() - started)
             metrics.EVENTS_HANDLED.labels(*labels).inc()
             metrics.LAST_EVENT_TS.labels(*labels).set(time.time())
-            f.idempotency.remember(key)
+            self._remember(key)
             return result
+
+    def _remember(self, key: str | None) -> None:
+        if key is not None:
+            self.factory.idempotency.remember(key)
 
     async def _dead_letter(
         self, msg: StreamMessage[Any], topic: str, exc: BaseException, *, attempts: int

@@ -140,10 +140,11 @@ class RecordsConsumer:
                 metrics.EVENTS_FAILED.labels(*labels).inc()
                 log.exception("sorting a poll batch of %d records failed", len(records))
                 reason, error_type = _reason(exc), type(exc).__name__
-                await asyncio.gather(
-                    *(handlers.dead_letter(self.rt, r, reason, error_type) for r in records),
-                    return_exceptions=True,
-                )
+                for r in records:  # one by one: a failed publish is logged, never swallowed
+                    try:
+                        await handlers.dead_letter(self.rt, r, reason, error_type)
+                    except Exception:
+                        log.exception("could not dead-letter offset %s of %s", r.offset, r.topic)
                 return
         metrics.HANDLER_LATENCY.labels(*labels).observe(time.perf_counter() - started)
         metrics.EVENTS_HANDLED.labels(*labels).inc()
