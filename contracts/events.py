@@ -24,13 +24,18 @@ __all__ = [
     "DeadLetter",
     "Event",
     "Hyperparameters",
+    "InferenceCompleted",
+    "InferenceRequested",
+    "InferenceTensor",
     "ModelPromoted",
     "ModelRegistered",
     "ModelSpec",
     "Name",
+    "PredictionLineage",
     "PredictionLogged",
     "PreparedDatasetRef",
     "PreprocessingSpec",
+    "RecordPosition",
     "TrainingCompleted",
     "TrainingFailed",
     "TrainingProgress",
@@ -312,6 +317,82 @@ class PredictionLogged(Event):
     request_id: str
     predictions: list[int]
     latency_ms: float
+
+
+#: Open Inference Protocol tensor datatypes (BYTES: UTF-8 strings, e.g. a label's name).
+TensorDatatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+
+
+class InferenceTensor(Contract):
+    """One tensor in the Open Inference Protocol's JSON form (as in ``/v2/.../infer``)."""
+
+    name: str = Field(min_length=1, max_length=128)
+    datatype: TensorDatatype
+    shape: list[Annotated[int, Field(ge=0)]] = Field(
+        min_length=1, description="First dimension: records in this tensor"
+    )
+    data: list[Any] = Field(description="Values in row-major order, flat or nested")
+
+
+class InferenceRequested(Event):
+    """Score records with a served model. Key: chosen by the caller (e.g. an entity id);
+    the answer carries the same key, so answers for one key stay in order."""
+
+    request_id: str = Field(
+        min_length=1, max_length=128, description="Caller's id, repeated in the answer"
+    )
+    model_name: Name
+    version: int | None = Field(default=None, ge=1, description="A version; None: the alias")
+    alias: Name = Field(default="production", description="Used when version is None")
+    inputs: list[InferenceTensor] = Field(min_length=1)
+    outputs: list[str] | None = Field(
+        default=None, description="Output names wanted; None: every output"
+    )
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecordPosition(Contract):
+    """Where a Kafka record was read."""
+
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+
+
+class PredictionLineage(Contract):
+    """Which training produced the model version that answered."""
+
+    run_id: str
+    dataset: str
+    dataset_version: int
+
+
+class InferenceCompleted(Event):
+    """The answer to one inference.requested.v1. Key: the request's key."""
+
+    request_id: str
+    model_name: Name
+    model_version: int = Field(ge=1)
+    outputs: list[InferenceTensor]
+    lineage: PredictionLineage
+    source: RecordPosition = Field(description="The request's topic, partition and offset")
+    latency_ms: float = Field(
+        ge=0, description="Request fetched by the stream worker -> answer handed to the producer"
+    )
 
 
 class DeadLetter(Event):

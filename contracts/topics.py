@@ -67,6 +67,21 @@ _TOPICS = [
     Topic("model.registered.v1", ev.ModelRegistered, 3, "model_name", "A new model version"),
     Topic("model.promoted.v1", ev.ModelPromoted, 3, "model_name", "An alias moved to a version"),
     Topic("prediction.logged.v1", ev.PredictionLogged, 3, "model_name", "Sampled predictions"),
+    Topic(
+        "inference.requested.v1",
+        ev.InferenceRequested,
+        4,
+        "caller's key (e.g. entity id)",
+        "Inference requests from upstream systems; predictor stream workers share them as "
+        "group 'predictor-stream'",
+    ),
+    Topic(
+        "inference.completed.v1",
+        ev.InferenceCompleted,
+        4,
+        "the request's key",
+        "Answers to inference.requested.v1 with the model version and lineage that made them",
+    ),
     *(
         Topic(dlq_topic(s), ev.DeadLetter, 1, "source_topic", f"Messages {s} could not handle")
         for s in SERVICES
@@ -83,6 +98,7 @@ CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
     "preprocess": ("dataset.ingested.v1",),
     "trainer": ("training.requested.v1",),
     "registry": ("dataset.prepared.v1", "training.completed.v1", "training.failed.v1"),
+    "predictor-stream": ("inference.requested.v1",),
 }
 
 
