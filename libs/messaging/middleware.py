@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from contracts.events import DeadLetter
 from contracts.topics import dlq_topic
+from libs.messaging.deadletters import REPLAY_HEADER
 from libs.messaging.errors import PermanentError
 from libs.messaging.idempotency import IdempotencyStore, InMemoryIdempotency
 from libs.telemetry import metrics
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from faststream.message import StreamMessage
 
 log = logging.getLogger("lmesh.messaging")
+
+#: Prefix of the idempotency key of an event that was dead-lettered (not handled): a
+#: redelivery is skipped, a deliberate replay is not.
+_DEAD = "dead-lettered:"
 
 PERMANENT: tuple[type[BaseException], ...] = (
     PermanentError,
@@ -88,7 +93,7 @@ class MeshMiddleware(BaseMiddleware):
         # Kafka's message id (offset-timestamp) is not unique across partitions.
         event_id = getattr(event, "event_id", None)
         key = f"{topic}:{event_id}" if event_id is not None else None
-        if key is not None and f.idempotency.seen(key):
+        if key is not None and self._already_answered(key, msg):
             metrics.EVENTS_DUPLICATE.labels(*labels).inc()
             log.info("skipping redelivered event %s", key)
             return None
@@ -103,13 +108,13 @@ class MeshMiddleware(BaseMiddleware):
             except PERMANENT as exc:
                 metrics.EVENTS_FAILED.labels(*labels).inc()
                 await self._dead_letter(msg, topic, exc, attempts=attempt)
-                self._remember(key)
+                self._remember(key, dead=True)
                 return None
             except Exception as exc:
                 metrics.EVENTS_FAILED.labels(*labels).inc()
                 if attempt >= f.retry.attempts:
                     await self._dead_letter(msg, topic, exc, attempts=attempt)
-                    self._remember(key)
+                    self._remember(key, dead=True)
                     return None
                 delay = f.retry.backoff(attempt)
                 log.warning(
@@ -128,9 +133,17 @@ class MeshMiddleware(BaseMiddleware):
             self._remember(key)
             return result
 
-    def _remember(self, key: str | None) -> None:
+    def _already_answered(self, key: str, msg: StreamMessage[Any]) -> bool:
+        """Handled already, or dead-lettered and not replayed on purpose (``lmesh dlq
+        replay`` marks a replay with the ``lmesh-replay-of`` header): skip it."""
+        store = self.factory.idempotency
+        if store.seen(key):
+            return True
+        return store.seen(_DEAD + key) and REPLAY_HEADER not in (msg.headers or {})
+
+    def _remember(self, key: str | None, *, dead: bool = False) -> None:
         if key is not None:
-            self.factory.idempotency.remember(key)
+            self.factory.idempotency.remember(_DEAD + key if dead else key)
 
     async def _dead_letter(
         self, msg: StreamMessage[Any], topic: str, exc: BaseException, *, attempts: int
