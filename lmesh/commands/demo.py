@@ -12,6 +12,12 @@ from rich.console import Console
 from lmesh.app import app
 from lmesh.demo import DEFAULT_DATA, DemoInputError, DemoOptions, check_data_dir, run
 
+DATA_HINT = (
+    "Fashion-MNIST comes from the Debian package dataset-fashion-mnist: run "
+    "`sudo apt-get install -y dataset-fashion-mnist` (make demo does where it may), "
+    "or pass --data DIR with any IDX directory (train-images-idx3-ubyte, ..., t10k-labels-idx1-ubyte)"
+)
+
 
 @app.command()
 def demo(
@@ -29,7 +35,8 @@ def demo(
     try:
         check_data_dir(data)
     except DemoInputError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        hint = f"; {DATA_HINT}" if data == DEFAULT_DATA and not data.exists() else ""
+        typer.echo(f"error: {exc}{hint}", err=True)
         raise typer.Exit(2) from None
     summary = run(
         DemoOptions(data=data, name=name, epochs=epochs, retrain=retrain, keep=keep), Console()
