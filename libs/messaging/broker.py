@@ -21,9 +21,11 @@ from pydantic import BaseModel
 
 from contracts.events import decode_event
 from contracts.topics import TOPICS, Topic, topic_for
+from libs.messaging.deliveries import DeliveryLog, StoreDeliveryLog
 from libs.messaging.idempotency import IdempotencyStore
-from libs.messaging.middleware import MeshMiddlewareFactory, RetryPolicy
+from libs.messaging.middleware import MeshMiddlewareFactory, PoisonAnswer, RetryPolicy
 from libs.messaging.settings import KafkaSettings
+from libs.storage import StoreSettings, open_store
 from libs.telemetry import metrics
 
 
@@ -33,10 +35,22 @@ def create_broker(
     *,
     retry: RetryPolicy | None = None,
     idempotency: IdempotencyStore | None = None,
+    deliveries: DeliveryLog | None = None,
+    poison_answer: PoisonAnswer | None = None,
     **kwargs: Any,
 ) -> KafkaBroker:
+    """``deliveries`` counts deliveries in flight (default: the artifact store at
+    ``STORE_URL``); ``poison_answer`` is the service's answer to an event that killed its
+    worker ``KAFKA_MAX_DELIVERIES`` times."""
     settings = settings or KafkaSettings()
-    mesh = MeshMiddlewareFactory(service, retry=retry, idempotency=idempotency)
+    mesh = MeshMiddlewareFactory(
+        service,
+        retry=retry or RetryPolicy.from_settings(settings),
+        idempotency=idempotency,
+        deliveries=deliveries or StoreDeliveryLog(lambda: open_store(StoreSettings().url)),
+        max_deliveries=settings.max_deliveries,
+        poison_answer=poison_answer,
+    )
     broker = KafkaBroker(
         settings.bootstrap_servers,
         client_id=f"lmesh-{service}",
@@ -51,6 +65,7 @@ def create_broker(
     )
     mesh.broker = broker
     broker.mesh_service = service  # type: ignore[attr-defined]
+    broker.mesh_middleware = mesh  # type: ignore[attr-defined]
     return broker
 
 
@@ -74,7 +89,17 @@ def subscribe(
     (every process receives every event, e.g. predictor replicas on model.promoted.v1)."""
     spec: Topic = TOPICS[topic]
     settings = settings or KafkaSettings()
-    group_kwargs = settings.group_kwargs() if group_id else {}
+    options: dict[str, Any] = {}
+    if group_id:
+        # A handler retrying a transient failure does not poll: keep the group membership.
+        options = {
+            **settings.group_kwargs(),
+            "max_poll_interval_ms": settings.retry_poll_interval_ms(),
+        }
+        mesh = getattr(broker, "mesh_middleware", None)
+        if mesh is not None:
+            mesh.groups[topic] = group_id
+    options.update(kwargs)
     return broker.subscriber(  # type: ignore[call-overload]
         topic,
         group_id=group_id,
@@ -83,8 +108,7 @@ def subscribe(
         ack_policy=AckPolicy.ACK if group_id else AckPolicy.ACK_FIRST,
         title=f"{topic}:{group_id or 'broadcast'}",
         description=spec.description,
-        **group_kwargs,
-        **kwargs,
+        **options,
     )
 
 

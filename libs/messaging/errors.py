@@ -15,3 +15,11 @@ class BrokerUnreachable(RuntimeError):
             msg += f" ({detail})"
         msg += "; start one with `lmesh up` or set KAFKA_BOOTSTRAP_SERVERS"
         super().__init__(msg)
+
+
+class TransientError(Exception):
+    """A dependency is down or overloaded: retry with backoff (see libs.messaging.retry)."""
+
+
+class PoisonEvent(PermanentError):
+    """An event whose worker died while handling it too often (see libs.messaging.deliveries)."""

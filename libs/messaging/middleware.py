@@ -1,7 +1,8 @@
-"""The mesh's consumer middleware: decode by contract, skip duplicates, retry with
-backoff, dead-letter poison messages, count everything. A consumer never dies on one
-message: whatever happens, the message is answered (handled, skipped or dead-lettered)
-and the next one is read.
+"""The mesh's consumer middleware: decode by contract, skip duplicates, contain events
+that killed their worker (:mod:`libs.messaging.deliveries`), retry by kind of failure
+(:mod:`libs.messaging.retry`), dead-letter what cannot be handled, count everything. A
+consumer never dies on one message: whatever happens, the message is answered (handled,
+skipped or dead-lettered) and the next one is read.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from faststream import BaseMiddleware
@@ -21,8 +21,10 @@ from pydantic import ValidationError
 from contracts.events import DeadLetter
 from contracts.topics import dlq_topic
 from libs.messaging.deadletters import REPLAY_HEADER
-from libs.messaging.errors import PermanentError
+from libs.messaging.deliveries import DeliveryLog, delivery_key
+from libs.messaging.errors import PoisonEvent
 from libs.messaging.idempotency import IdempotencyStore, InMemoryIdempotency
+from libs.messaging.retry import PERMANENT, RetryPolicy, classify, log_before_sleep
 from libs.telemetry import metrics
 
 if TYPE_CHECKING:
@@ -35,22 +37,11 @@ log = logging.getLogger("lmesh.messaging")
 #: redelivery is skipped, a deliberate replay is not.
 _DEAD = "dead-lettered:"
 
-PERMANENT: tuple[type[BaseException], ...] = (
-    PermanentError,
-    ValidationError,
-    ValueError,
-    TypeError,
-)
+__all__ = ["PERMANENT", "MeshMiddleware", "MeshMiddlewareFactory", "PoisonAnswer", "RetryPolicy"]
 
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 3
-    initial_backoff_s: float = 0.2
-    max_backoff_s: float = 5.0
-
-    def backoff(self, attempt: int) -> float:
-        return min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
+#: What a service answers for an event that killed its worker too often (the trainer:
+#: training.failed.v1): ``answer(broker, event, reason)``. Dead-lettering happens anyway.
+PoisonAnswer = Callable[["KafkaBroker", Any, str], Awaitable[None]]
 
 
 class MeshMiddlewareFactory:
@@ -62,11 +53,20 @@ class MeshMiddlewareFactory:
         *,
         retry: RetryPolicy | None = None,
         idempotency: IdempotencyStore | None = None,
+        deliveries: DeliveryLog | None = None,
+        max_deliveries: int = 2,
+        poison_answer: PoisonAnswer | None = None,
     ) -> None:
         self.service = service
         self.retry = retry or RetryPolicy()
         self.idempotency = idempotency or InMemoryIdempotency()
+        self.deliveries = deliveries
+        self.max_deliveries = max_deliveries
+        self.poison_answer = poison_answer
         self.broker: KafkaBroker | None = None
+        #: topic -> consumer group, filled by ``subscribe``; broadcast topics are absent
+        #: (every replica gets every event: there is no one delivery to count).
+        self.groups: dict[str, str] = {}
 
     def __call__(self, msg: Any, /, *, context: Any) -> MeshMiddleware:
         return MeshMiddleware(msg, context=context, factory=self)
@@ -97,41 +97,108 @@ class MeshMiddleware(BaseMiddleware):
             metrics.EVENTS_DUPLICATE.labels(*labels).inc()
             log.info("skipping redelivered event %s", key)
             return None
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.perf_counter()
-            try:
-                result = await call_next(msg)
-            except asyncio.CancelledError:
-                raise
-            except PERMANENT as exc:
-                metrics.EVENTS_FAILED.labels(*labels).inc()
-                await self._dead_letter(msg, topic, exc, attempts=attempt)
-                self._remember(key, dead=True)
-                return None
-            except Exception as exc:
-                metrics.EVENTS_FAILED.labels(*labels).inc()
-                if attempt >= f.retry.attempts:
-                    await self._dead_letter(msg, topic, exc, attempts=attempt)
+        delivery = self._delivery_key(msg, topic, event_id)
+        if delivery is not None:
+            prior = await self._begin(delivery)
+            if prior >= f.max_deliveries:
+                try:
+                    await self._contain(msg, topic, event, prior)
                     self._remember(key, dead=True)
-                    return None
-                delay = f.retry.backoff(attempt)
-                log.warning(
-                    "%s on %s (attempt %d), retrying in %.1fs: %s",
-                    type(exc).__name__,
-                    topic,
-                    attempt,
-                    delay,
-                    exc,
+                finally:
+                    await self._finish(delivery)
+                return None
+        try:
+            return await self._handle(call_next, msg, topic, key)
+        finally:  # not reached when the process dies: that is what the record counts
+            if delivery is not None:
+                await self._finish(delivery)
+
+    async def _handle(
+        self,
+        call_next: Callable[[Any], Awaitable[Any]],
+        msg: StreamMessage[Any],
+        topic: str,
+        key: str | None,
+    ) -> Any:
+        """Run the handler under the retry policy; dead-letter what it gives up on."""
+        f = self.factory
+        labels = (f.service, topic)
+        started = time.perf_counter()
+
+        async def attempt() -> Any:
+            nonlocal started
+            started = time.perf_counter()
+            return await call_next(msg)
+
+        def before_sleep(state: Any) -> None:
+            metrics.EVENTS_FAILED.labels(*labels).inc()
+            log_before_sleep(state)
+
+        retrying = f.retry.async_retrying(before_sleep=before_sleep)
+        try:
+            result: Any = await retrying(attempt)
+        except Exception as exc:
+            metrics.EVENTS_FAILED.labels(*labels).inc()
+            stats = retrying.statistics
+            attempts = int(stats.get("attempt_number", 1))
+            reason = None
+            if classify(exc) == "transient":
+                waited = float(stats.get("delay_since_first_attempt", 0.0))
+                reason = (
+                    f"dependency still failing after {attempts} attempts over {waited:.0f}s: "
+                    f"{_reason(exc)}"
                 )
-                await asyncio.sleep(delay)
-                continue
-            metrics.HANDLER_LATENCY.labels(*labels).observe(time.perf_counter() - started)
-            metrics.EVENTS_HANDLED.labels(*labels).inc()
-            metrics.LAST_EVENT_TS.labels(*labels).set(time.time())
-            self._remember(key)
-            return result
+            await self._dead_letter(msg, topic, exc, attempts=attempts, reason=reason)
+            self._remember(key, dead=True)
+            return None
+        metrics.HANDLER_LATENCY.labels(*labels).observe(time.perf_counter() - started)
+        metrics.EVENTS_HANDLED.labels(*labels).inc()
+        metrics.LAST_EVENT_TS.labels(*labels).set(time.time())
+        self._remember(key)
+        return result
+
+    # ------------------------------------------------------------------ poison containment
+
+    def _delivery_key(self, msg: StreamMessage[Any], topic: str, event_id: Any) -> str | None:
+        f = self.factory
+        group = f.groups.get(topic)
+        if f.deliveries is None or group is None:
+            return None
+        raw = msg.raw_message
+        ident = (
+            str(event_id)
+            if event_id is not None
+            else f"p{getattr(raw, 'partition', 'x')}-o{getattr(raw, 'offset', 'x')}"
+        )
+        return delivery_key(f.service, group, topic, ident)
+
+    async def _begin(self, delivery: str) -> int:
+        assert self.factory.deliveries is not None
+        try:
+            return await asyncio.to_thread(self.factory.deliveries.begin, delivery)
+        except Exception as exc:  # a safety net must not stop the consumer
+            log.warning("cannot record delivery %s (%s); handling it uncounted", delivery, exc)
+            return 0
+
+    async def _finish(self, delivery: str) -> None:
+        assert self.factory.deliveries is not None
+        try:
+            await asyncio.to_thread(self.factory.deliveries.finish, delivery)
+        except Exception as exc:
+            log.warning("cannot clear delivery %s (%s)", delivery, exc)
+
+    async def _contain(self, msg: StreamMessage[Any], topic: str, event: Any, prior: int) -> None:
+        """The event was in flight ``prior`` times when its worker died: answer it (the
+        service's hook), dead-letter it, and let the offset be committed."""
+        f = self.factory
+        reason = f"killed its worker {prior} times (in flight when its worker died)"
+        metrics.EVENTS_FAILED.labels(f.service, topic).inc()
+        if f.poison_answer is not None and f.broker is not None:
+            try:
+                await f.retry.async_retrying()(f.poison_answer, f.broker, event, reason)
+            except Exception:
+                log.exception("could not answer poison event on %s", topic)
+        await self._dead_letter(msg, topic, PoisonEvent(reason), attempts=prior + 1, reason=reason)
 
     def _already_answered(self, key: str, msg: StreamMessage[Any]) -> bool:
         """Handled already, or dead-lettered and not replayed on purpose (``lmesh dlq
@@ -146,10 +213,16 @@ class MeshMiddleware(BaseMiddleware):
             self.factory.idempotency.remember(_DEAD + key if dead else key)
 
     async def _dead_letter(
-        self, msg: StreamMessage[Any], topic: str, exc: BaseException, *, attempts: int
+        self,
+        msg: StreamMessage[Any],
+        topic: str,
+        exc: BaseException,
+        *,
+        attempts: int,
+        reason: str | None = None,
     ) -> None:
         f = self.factory
-        reason = _reason(exc)
+        reason = reason or _reason(exc)
         log.error("dead-lettering message from %s after %d attempt(s): %s", topic, attempts, reason)
         body: bytes = msg.body if isinstance(msg.body, bytes) else str(msg.body).encode()
         letter = dead_letter_from_record(

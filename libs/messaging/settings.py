@@ -35,6 +35,23 @@ class KafkaSettings(BaseSettings):
     # Replicas of each topic that `python -m libs.messaging.admin` creates: 1 for a single
     # broker; 3 on managed/multi-broker Kafka (some providers refuse anything else).
     topic_replication_factor: int = Field(default=1, ge=1)
+    # Failure handling of every consumer (libs.messaging.retry / libs.messaging.deliveries).
+    transient_retry_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a handler whose dependency is down is retried (backoff with "
+        "jitter) before its message is dead-lettered",
+    )
+    retry_max_backoff_s: float = Field(default=5.0, gt=0, description="Longest wait between two")
+    unexpected_attempts: int = Field(
+        default=3, ge=1, description="Attempts at a handler failing with an unclassified error"
+    )
+    max_deliveries: int = Field(
+        default=2,
+        ge=1,
+        description="An event found in flight this many times (its worker died handling it) "
+        "is answered and dead-lettered instead of handled again",
+    )
 
     def client_kwargs(self) -> dict[str, Any]:
         """Security keyword arguments understood by aiokafka clients (and FastStream)."""
@@ -84,3 +101,10 @@ class KafkaSettings(BaseSettings):
             "session_timeout_ms": self.session_timeout_ms,
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
         }
+
+    def retry_poll_interval_ms(self) -> int:
+        """``max_poll_interval_ms`` for a group consumer: a handler that retries a transient
+        failure does not poll, and aiokafka leaves the group after that long without a poll
+        (heartbeats alone do not keep it). Room for the whole retry budget plus five minutes
+        of handling."""
+        return int((self.transient_retry_s + 300.0) * 1000)

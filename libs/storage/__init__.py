@@ -61,6 +61,7 @@ class ArtifactStore(Protocol):
     def open(self, ref: ArtifactRef | str) -> IO[bytes]: ...
     def write_pointer(self, name: str, data: bytes) -> None: ...
     def read_pointer(self, name: str) -> bytes | None: ...
+    def delete_pointer(self, name: str) -> None: ...
 
 
 def _sha256_file(path: str | os.PathLike[str]) -> tuple[str, int]:
@@ -178,6 +179,9 @@ class LocalArtifactStore:
         path = self.root / "refs" / _check_pointer_name(name)
         return path.read_bytes() if path.exists() else None
 
+    def delete_pointer(self, name: str) -> None:
+        (self.root / "refs" / _check_pointer_name(name)).unlink(missing_ok=True)
+
 
 class FsspecArtifactStore:
     """The same layout on any fsspec filesystem (S3/MinIO via s3fs in production)."""
@@ -252,6 +256,11 @@ class FsspecArtifactStore:
     def read_pointer(self, name: str) -> bytes | None:
         path = f"{self.root}/refs/{_check_pointer_name(name)}"
         return self.fs.cat_file(path) if self.fs.exists(path) else None  # type: ignore[no-any-return]
+
+    def delete_pointer(self, name: str) -> None:
+        path = f"{self.root}/refs/{_check_pointer_name(name)}"
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
 
 
 def open_store(url: str | None = None) -> LocalArtifactStore | FsspecArtifactStore:

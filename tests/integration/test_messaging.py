@@ -20,7 +20,7 @@ async def test_poison_messages_are_dead_lettered_and_the_next_message_is_handled
     kafka_settings: KafkaSettings, unique: str
 ) -> None:
     broker = create_broker(
-        "ingest", kafka_settings, retry=RetryPolicy(attempts=2, initial_backoff_s=0.01)
+        "ingest", kafka_settings, retry=RetryPolicy(unexpected_attempts=2, initial_backoff_s=0.01)
     )
     handled: list[UpstreamRecord] = []
 
@@ -57,11 +57,13 @@ async def test_poison_messages_are_dead_lettered_and_the_next_message_is_handled
             await broker.stop()
 
 
-async def test_transient_errors_are_retried_then_dead_lettered_and_duplicates_skipped(
+async def test_transient_errors_are_retried_for_the_budget_then_dead_lettered_and_duplicates_skipped(
     kafka_settings: KafkaSettings, unique: str
 ) -> None:
     broker = create_broker(
-        "ingest", kafka_settings, retry=RetryPolicy(attempts=3, initial_backoff_s=0.01)
+        "ingest",
+        kafka_settings,
+        retry=RetryPolicy(transient_budget_s=1.0, initial_backoff_s=0.01, max_backoff_s=0.1),
     )
     calls: list[int] = []
 
@@ -80,12 +82,12 @@ async def test_transient_errors_are_retried_then_dead_lettered_and_duplicates_sk
             await publish(broker, UpstreamRecord(dataset=unique, features=[1.0], label=13))
             await publish(broker, ok)
             await publish(broker, ok)  # redelivery of the same event_id
-            letter = await dlq.wait_for(
-                lambda m: unique in m.get("payload", "") and m["attempts"] == 3
-            )
+            letter = await dlq.wait_for(lambda m: unique in m.get("payload", ""))
             assert letter["error_type"] == "ConnectionError"  # type: ignore[index]
+            assert letter["reason"].startswith("dependency still failing after")  # type: ignore[index]
             await eventually(lambda: 2 in calls, what="the next message to be handled")
-            assert calls.count(13) == 3
+            # retried for the whole budget (1 s with waits of at most 0.1 s), not 3 times
+            assert calls.count(13) == letter["attempts"] > 3  # type: ignore[index]
             assert calls.count(2) == 1
         finally:
             await broker.stop()
@@ -153,3 +155,47 @@ def _ids(n: int) -> list[object]:
     import uuid
 
     return [uuid.uuid4() for _ in range(n)]
+
+
+async def test_an_event_that_killed_its_worker_twice_is_answered_and_dead_lettered(
+    kafka_settings: KafkaSettings, unique: str, store_url: str
+) -> None:
+    """Two deliveries that never finished (their worker died) are on record: the third is
+    not handled but answered through the service's hook and dead-lettered; the next
+    event on the topic is handled."""
+    from libs.messaging.deliveries import StoreDeliveryLog, delivery_key
+    from libs.storage import open_store
+
+    deliveries = StoreDeliveryLog(lambda: open_store(store_url))
+    answers: list[tuple[str, str]] = []
+
+    async def answer(broker: object, event: UpstreamRecord, reason: str) -> None:
+        answers.append((str(event.event_id), reason))
+
+    broker = create_broker("ingest", kafka_settings, deliveries=deliveries, poison_answer=answer)
+    handled: list[int] = []
+    group = f"poison-{unique}"
+
+    @subscribe(broker, "ingest.records.v1", group_id=group, settings=kafka_settings)
+    async def on_record(event: UpstreamRecord) -> None:
+        if event.dataset == unique:
+            handled.append(event.label)
+
+    poison = UpstreamRecord(dataset=unique, features=[1.0], label=66)
+    key = delivery_key("ingest", group, "ingest.records.v1", str(poison.event_id))
+    deliveries.begin(key)  # two workers died handling it
+    deliveries.begin(key)
+    async with TopicReader(kafka_settings.bootstrap_servers, "ingest.dlq.v1") as dlq:
+        await broker.start()
+        try:
+            await publish(broker, poison)
+            await publish(broker, UpstreamRecord(dataset=unique, features=[1.0], label=1))
+            letter = await dlq.wait_for(lambda m: unique in m.get("payload", ""))
+            assert letter["error_type"] == "PoisonEvent"  # type: ignore[index]
+            assert letter["reason"].startswith("killed its worker 2 times")  # type: ignore[index]
+            await eventually(lambda: handled, what="the next event to be handled")
+            assert handled == [1]
+            assert answers == [(str(poison.event_id), letter["reason"])]  # type: ignore[index]
+            assert deliveries.begin(key) == 0, "the record was cleared once answered"
+        finally:
+            await broker.stop()
