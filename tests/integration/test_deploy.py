@@ -6,8 +6,9 @@
 - deploy/crosscheck.py finds no mismatch with services/*/settings.py and contracts/, and
   does report one when a settings field is renamed (or a topic, probe, secret... drifts).
 
-No Docker engine and no cluster needed. These tests install nothing: .ci/run installs the
-``docker-compose`` Debian package.
+No Docker engine and no cluster needed. These tests install nothing: ``make test`` installs
+the ``docker-compose`` Debian package (no PyPI package ships the Compose Specification's
+schema, and the real tool also checks interpolation and required secrets).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def _docker_compose(
     exe = shutil.which("docker-compose")
     if exe is None:
         pytest.fail(
-            "docker-compose is not installed: `apt-get install -y docker-compose` (Debian package)"
+            "docker-compose is not installed: `make test` installs it where apt-get may run; "
+            "else `sudo apt-get install -y docker-compose` (Debian package)"
         )
     if env_file is None:  # never read a developer's compose/.env
         env_file = tmp_path / "empty.env"
