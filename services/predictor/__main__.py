@@ -1,8 +1,10 @@
-"""``python -m services.predictor``: one process, or PREDICTOR_WORKERS uvicorn workers."""
+"""``python -m services.predictor``: one process, or PREDICTOR_WORKERS uvicorn workers;
+``python -m services.predictor stream``: the stream worker (inference.requested.v1)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 
 from libs.messaging.settings import KafkaSettings
 from libs.service import check_broker, serve
@@ -11,6 +13,11 @@ from services.predictor.settings import PredictorSettings
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["stream"]:
+        from services.predictor.stream import main as stream_main
+
+        stream_main()
+        return
     settings = PredictorSettings()
     kafka = KafkaSettings()
     if settings.workers == 1:

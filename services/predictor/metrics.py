@@ -36,3 +36,14 @@ REQUESTS = Counter(
     ["status"],
     registry=REGISTRY,
 )
+STREAM_REQUESTS = Counter(
+    "lmesh_predictor_stream_requests_total",
+    "inference.requested.v1 records by outcome (completed, dead_lettered, duplicate)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+STREAM_PAUSED = Gauge(
+    "lmesh_predictor_stream_paused",
+    "1 while the stream worker pauses fetching because publishing is behind",
+    registry=REGISTRY,
+)

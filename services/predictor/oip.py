@@ -35,6 +35,7 @@ __all__ = [
     "decode_request",
     "encode_response",
     "error_body",
+    "json_array",
 ]
 
 #: OIP datatype -> little-endian numpy dtype (BYTES handled separately).
@@ -108,7 +109,7 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _json_array(
+def json_array(
     data: Any, dtype: np.dtype[Any], datatype: str, count: int, where: str
 ) -> np.ndarray:
     if not isinstance(data, list):
@@ -213,7 +214,7 @@ def decode_request(body: bytes, json_length: int | None = None) -> InferenceRequ
         else:
             if "data" not in raw:
                 raise OIPError(f"{where}: 'data' is missing (or use binary_data_size)")
-            arr = _json_array(raw["data"], dtype, datatype, count, where)
+            arr = json_array(raw["data"], dtype, datatype, count, where)
         inputs.append(InputTensor(name, datatype, shape, arr.reshape(shape)))
     if offset != len(binary):
         raise OIPError(

@@ -55,5 +55,28 @@ class PredictorSettings(ServiceSettings):
         description="benchmark only: skip the network and answer a fixed output (the HTTP ceiling)",
     )
 
+    # ---- stream worker (``python -m services.predictor stream``)
+    stream_http_port: int = Field(default=8106, description="health and metrics of the worker")
+    stream_topic: str = "inference.requested.v1"
+    stream_completed_topic: str = "inference.completed.v1"
+    stream_group: str = "predictor-stream"
+    stream_poll_max_records: int = Field(default=1000, ge=1, description="records per poll batch")
+    stream_max_rows: int = Field(default=4096, ge=1, description="rows in one forward pass")
+    stream_max_request_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="larger request records are dead-lettered"
+    )
+    stream_model_wait_s: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="how long a request for a model with no version yet waits (then: dead letter)",
+    )
+    stream_max_in_flight: int = Field(
+        default=4, ge=1, description="poll batches published but not yet delivered; then pause"
+    )
+    stream_dedupe_window: int = Field(
+        default=100_000, ge=0, description="recent request ids answered once per worker"
+    )
+    stream_linger_ms: int = Field(default=2, ge=0, description="producer linger for answers")
+
     def model_names(self) -> list[str]:
         return [n.strip() for n in self.models.split(",") if n.strip()]

@@ -1,0 +1,477 @@
+"""The predictor's stream worker: ``inference.requested.v1`` in, ``inference.completed.v1`` out.
+
+``python -m services.predictor stream`` runs it as its own process (consumer group
+``predictor-stream``), so that it scales apart from the HTTP workers; it holds its models in
+the same :class:`~services.predictor.runtime.PredictorRuntime` (registry sync at start, hot
+swap on ``model.promoted.v1``) and serves ``/healthz`` and ``/metrics``.
+
+Three tasks around the pure steps of :mod:`services.predictor.streaming`:
+
+- *poll*: a plain aiokafka group consumer (``getmany``) into a small queue, so the next
+  fetch travels while a batch is worked on;
+- *work*: each poll batch is decoded, grouped per model version, run as one forward pass per
+  version, and its answers handed to the producer in record order (order per key holds:
+  a key's records share a partition, read in order); requests that cannot be answered are
+  dead-lettered to ``predictor.dlq.v1`` with the reason;
+- *settle*: awaits each batch's deliveries, in batch order, then commits its offsets
+  (at least once: nothing is committed before its answer is stored by the broker).
+
+Back-pressure: when ``stream_max_in_flight`` batches are published but not yet delivered,
+the worker pauses fetching on its partitions until the oldest settles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+from opentelemetry.trace import SpanKind
+
+from contracts.events import ModelPromoted, PredictionLogged
+from libs import telemetry
+from libs.messaging import create_broker, publish, subscribe
+from libs.messaging.middleware import dead_letter_from_record, publish_dead_letter
+from libs.messaging.settings import KafkaSettings
+from libs.service import create_app
+from libs.storage import StoreSettings
+from libs.telemetry import metrics as mesh_metrics
+from services.predictor import handlers, metrics, streaming
+from services.predictor.runtime import PredictorRuntime
+from services.predictor.settings import PredictorSettings
+
+log = logging.getLogger("lmesh.predictor.stream")
+
+SERVICE = "predictor-stream"
+DLQ_SERVICE = "predictor"  # dead letters go to predictor.dlq.v1
+PREFETCH_BATCHES = 2
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+
+
+@dataclass
+class _Pending:
+    """One poll batch whose answers are with the producer: commit once all are delivered."""
+
+    futures: list[asyncio.Future[Any]]
+    offsets: dict[TopicPartition, int]
+    messages: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]] = field(repr=False)
+
+
+class StreamWorker:
+    def __init__(
+        self,
+        runtime: PredictorRuntime,
+        broker: KafkaBroker,
+        settings: PredictorSettings,
+        kafka: KafkaSettings,
+    ) -> None:
+        self.runtime = runtime
+        self.broker = broker
+        self.settings = settings
+        self.kafka = kafka
+        self.topic = settings.stream_topic
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.seen = streaming.RecentIds(settings.stream_dedupe_window)
+        self.gave_up = streaming.RecentIds(1024)  # models waited for in vain
+        self.paused = False
+        self._queue: asyncio.Queue[tuple[float, Batch]] = asyncio.Queue(PREFETCH_BATCHES)
+        self._pending: deque[_Pending] = deque()
+        self._settled = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._tracer = telemetry.tracer("lmesh.predictor")
+        self._labels = (SERVICE, self.topic)
+
+    @property
+    def in_flight(self) -> int:
+        """Poll batches handed to the producer and not yet committed."""
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._poll(), name="stream-poll"),
+            asyncio.create_task(self._work(), name="stream-work"),
+            asyncio.create_task(self._settle(), name="stream-settle"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for t in list(self._background):
+            t.cancel()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+
+    async def _connect(self) -> None:
+        """Producer first (answers need it), then the group consumer; retried until up."""
+        while self.producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.kafka.bootstrap_servers,
+                client_id="lmesh-predictor-stream",
+                acks="all",
+                linger_ms=self.settings.stream_linger_ms,
+                max_batch_size=256 * 1024,
+                request_timeout_ms=int(self.kafka.connect_timeout_s * 1000),
+                **self.kafka.client_kwargs(),
+            )
+            if await _started(producer, "producer"):
+                self.producer = producer
+        while self.consumer is None:
+            consumer = AIOKafkaConsumer(
+                self.topic,
+                bootstrap_servers=self.kafka.bootstrap_servers,
+                client_id="lmesh-predictor-stream",
+                group_id=self.settings.stream_group,
+                enable_auto_commit=False,  # committed by _settle, after delivery
+                auto_offset_reset="earliest",
+                request_timeout_ms=int(self.kafka.connect_timeout_s * 1000),
+                **self.kafka.group_kwargs(),
+                **self.kafka.client_kwargs(),
+            )
+            if await _started(consumer, "consumer"):
+                self.consumer = consumer
+
+    # ------------------------------------------------------------------ poll
+
+    async def _poll(self) -> None:
+        await self._connect()
+        assert self.consumer is not None
+        max_records = self.settings.stream_poll_max_records
+        while True:
+            try:
+                batch = await self.consumer.getmany(timeout_ms=500, max_records=max_records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the client reconnects by itself; do not spin
+                log.warning("polling %s failed (%s: %s)", self.topic, type(exc).__name__, exc)
+                await asyncio.sleep(0.5)
+                continue
+            if batch:
+                await self._queue.put((time.perf_counter(), batch))
+
+    # ------------------------------------------------------------------ work
+
+    async def _work(self) -> None:
+        while True:
+            fetched, batch = await self._queue.get()
+            # The lifespan starts the broker (dead letters, samples) after this task.
+            while not getattr(self.broker, "running", True):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            assert self.consumer is not None
+            assigned = self.consumer.assignment()
+            # Records of partitions revoked since they were fetched belong to another member.
+            records = [r for tp, rs in batch.items() if tp in assigned for r in rs]
+            if records:
+                await self.handle(records, fetched)
+
+    async def handle(self, records: list[ConsumerRecord[Any, Any]], fetched: float) -> None:
+        """One poll batch: answer or dead-letter every record, hand the answers to the
+        producer in record order, queue the batch's offsets for commit after delivery."""
+        with self._tracer.start_as_current_span(
+            f"{self.topic} process",
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation": "process",
+                "messaging.destination.name": self.topic,
+                "messaging.consumer.group.name": self.settings.stream_group,
+                "messaging.batch.message_count": len(records),
+            },
+        ):
+            plan, answers = await self._answer(records)
+            pending = await self._publish(records, plan, answers, fetched)
+        self._pending.append(pending)
+        async with self._settled:
+            self._settled.notify_all()
+        await self._backpressure()
+
+    async def _answer(
+        self, records: list[ConsumerRecord[Any, Any]]
+    ) -> tuple[streaming.Plan, dict[int, streaming.Answer]]:
+        limit = self.settings.stream_max_request_bytes
+        decoded: list[streaming.StreamRequest | streaming.Rejected] = []
+        for r in records:
+            try:
+                decoded.append(streaming.decode(r.value, max_bytes=limit))
+            except streaming.Rejected as exc:
+                decoded.append(exc)
+        missing = streaming.missing_models(decoded, self.runtime.table, self.gave_up)
+        if missing:
+            await self._wait_for_models(missing)
+        plan = streaming.plan(decoded, self.runtime.table, self.seen)
+        answers: dict[int, streaming.Answer] = {}
+        for model, items in plan.groups.items():
+            try:
+                if model.device.type == "cpu":
+                    done = streaming.run(model, items, max_rows=self.settings.stream_max_rows)
+                else:
+                    done = await asyncio.to_thread(
+                        streaming.run, model, items, max_rows=self.settings.stream_max_rows
+                    )
+            except Exception as exc:  # the model failed: its requests are answered by a letter
+                log.exception("inference failed on %s version %s", model.name, model.version)
+                for p in items:
+                    plan.rejected[p.index] = streaming.Rejected(
+                        f"inference failed on version {model.version}: {exc}", "model-error"
+                    )
+                    self.seen.discard(p.request.request_id)
+                continue
+            for a in done:
+                answers[a.index] = a
+        return plan, answers
+
+    async def _wait_for_models(self, names: set[str]) -> None:
+        """A stream may start before its model's first promotion: wait, bounded."""
+        wanted = {n for n in names if self.runtime.wants(n)}
+        for n in names - wanted:
+            self.gave_up.check(n)
+        deadline = time.monotonic() + self.settings.stream_model_wait_s
+        if wanted:
+            log.info(
+                "waiting up to %.0fs for a version of %s",
+                self.settings.stream_model_wait_s,
+                ", ".join(sorted(wanted)),
+            )
+        while time.monotonic() < deadline and any(  # noqa: ASYNC110 - a load installs it
+            self.runtime.table.get(n) is None for n in wanted
+        ):
+            await asyncio.sleep(0.05)
+        for n in wanted:
+            if self.runtime.table.get(n) is None:
+                log.warning("no version of %s after %.0fs", n, self.settings.stream_model_wait_s)
+                self.gave_up.check(n)
+
+    async def _publish(
+        self,
+        records: list[ConsumerRecord[Any, Any]],
+        plan: streaming.Plan,
+        answers: dict[int, streaming.Answer],
+        fetched: float,
+    ) -> _Pending:
+        assert self.producer is not None
+        topic = self.settings.stream_completed_topic
+        futures: list[asyncio.Future[Any]] = []
+        messages: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]] = []
+        offsets: dict[TopicPartition, int] = {}
+        sample = self.settings.log_sample_rate
+        now = time.perf_counter()
+        for i, record in enumerate(records):
+            offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            answer = answers.get(i)
+            if answer is not None:
+                value = streaming.completed_document(answer, record, (now - fetched) * 1000)
+                headers = [
+                    ("content-type", b"application/json"),
+                    ("event-type", b"InferenceCompleted"),
+                    *((k, v) for k, v in record.headers or () if k in _TRACE_HEADERS),
+                ]
+                futures.append(await self.producer.send(topic, value, record.key, headers=headers))
+                messages.append((value, record.key, headers))
+                if sample and random.random() < sample:
+                    self._log_prediction(answer, (now - fetched) * 1000)
+            elif (rejected := plan.rejected.get(i)) is not None:
+                await self._dead_letter(record, rejected)
+        completed = len(answers)
+        metrics.STREAM_REQUESTS.labels("completed").inc(completed)
+        metrics.STREAM_REQUESTS.labels("dead_lettered").inc(len(plan.rejected))
+        metrics.STREAM_REQUESTS.labels("duplicate").inc(len(plan.duplicates))
+        mesh_metrics.EVENTS_HANDLED.labels(*self._labels).inc(len(records))
+        mesh_metrics.LAST_EVENT_TS.labels(*self._labels).set(time.time())
+        return _Pending(futures, offsets, messages)
+
+    async def _dead_letter(
+        self, record: ConsumerRecord[Any, Any], rejected: streaming.Rejected
+    ) -> None:
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            rejected.reason,
+        )
+        letter = dead_letter_from_record(
+            DLQ_SERVICE,
+            record,
+            rejected.reason,
+            rejected.kind,
+            1,
+            headers={k: v.decode("utf-8", "replace") for k, v in record.headers or ()},
+        )
+        await publish_dead_letter(self.broker, letter)  # awaited: committed after it
+
+    def _log_prediction(self, answer: streaming.Answer, latency_ms: float) -> None:
+        event = PredictionLogged(
+            model_name=answer.model.name,
+            version=answer.model.version,
+            request_id=answer.request.request_id,
+            predictions=answer.labels.tolist(),
+            latency_ms=round(latency_ms, 3),
+        )
+        task = asyncio.get_running_loop().create_task(publish(self.broker, event))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ settle
+
+    async def _backpressure(self) -> None:
+        """Pause fetching while too many batches wait for delivery; resume when one settles."""
+        limit = self.settings.stream_max_in_flight
+        if len(self._pending) < limit:
+            return
+        assert self.consumer is not None
+        partitions = list(self.consumer.assignment())
+        self.consumer.pause(*partitions)
+        self.paused = True
+        metrics.STREAM_PAUSED.set(1)
+        try:
+            async with self._settled:
+                await self._settled.wait_for(lambda: len(self._pending) < limit)
+        finally:
+            self.consumer.resume(*[tp for tp in partitions if tp in self.consumer.assignment()])
+            self.paused = False
+            metrics.STREAM_PAUSED.set(0)
+
+    async def _settle(self) -> None:
+        """In batch order: wait until every answer is delivered, then commit the offsets."""
+        while True:
+            async with self._settled:
+                await self._settled.wait_for(lambda: bool(self._pending))
+            pending = self._pending[0]
+            await self._delivered(pending)
+            await self._commit(pending.offsets)
+            self._pending.popleft()
+            async with self._settled:
+                self._settled.notify_all()
+
+    async def _delivered(self, pending: _Pending) -> None:
+        """Await the batch's deliveries; a failed one is sent again (with backoff) until the
+        broker takes it: nothing after it is committed meanwhile."""
+        delay = 0.2
+        while True:
+            results = await asyncio.gather(*pending.futures, return_exceptions=True)
+            failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+            if not failed:
+                return
+            log.warning(
+                "%d answer(s) not delivered (%s); sending again", len(failed), results[failed[0]]
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            assert self.producer is not None
+            topic = self.settings.stream_completed_topic
+            for i in failed:
+                value, key, headers = pending.messages[i]
+                pending.futures[i] = await self.producer.send(topic, value, key, headers=headers)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        mine = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if not mine:
+            return
+        try:
+            await self.consumer.commit(mine)
+        except Exception as exc:  # rebalanced meanwhile: the new owner answers them again
+            log.warning(
+                "commit failed (%s: %s); records will be redelivered", type(exc).__name__, exc
+            )
+
+
+async def _started(client: AIOKafkaConsumer | AIOKafkaProducer, what: str) -> bool:
+    try:
+        await client.start()
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await client.stop()
+        raise
+    except Exception as exc:
+        log.warning("cannot start the stream %s yet (%s); retrying", what, exc)
+        with contextlib.suppress(Exception):
+            await client.stop()
+        await asyncio.sleep(1.0)
+        return False
+    return True
+
+
+def build_stream_app(
+    settings: PredictorSettings | None = None, kafka: KafkaSettings | None = None
+) -> FastAPI:
+    """The stream worker process: broker (promotions in; dead letters and samples out),
+    runtime, worker, and a FastAPI app with /healthz, /metrics and /stream."""
+    settings = settings or PredictorSettings()
+    kafka = kafka or KafkaSettings()
+    broker = create_broker(SERVICE, kafka)
+    runtime = PredictorRuntime(settings, store_url=StoreSettings().url)
+    worker = StreamWorker(runtime, broker, settings, kafka)
+
+    promotions = subscribe(
+        broker, "model.promoted.v1", group_id=None, settings=kafka, auto_offset_reset="latest"
+    )
+
+    @promotions
+    async def model_promoted(event: ModelPromoted) -> None:
+        await handlers.on_model_promoted(event, runtime)
+
+    async def on_startup(app: FastAPI) -> None:
+        torch.set_num_threads(settings.torch_threads)
+        runtime.start()
+        worker.start()
+
+    async def on_shutdown(app: FastAPI) -> None:
+        await worker.stop()
+        await runtime.stop()
+
+    app = create_app(
+        SERVICE,
+        broker,
+        title="lepton-mesh predictor stream worker",
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        lag_group=settings.stream_group,
+        kafka=kafka,
+    )
+    app.state.runtime = runtime
+    app.state.worker = worker
+
+    @app.get("/stream", tags=["health"])
+    async def stream_state() -> dict[str, Any]:
+        """Models served, whether fetching is paused, batches awaiting delivery."""
+        return {
+            "topic": worker.topic,
+            "group": settings.stream_group,
+            "serving": runtime.table.serving(),
+            "paused": worker.paused,
+            "batches_in_flight": worker.in_flight,
+        }
+
+    return app
+
+
+def main() -> None:
+    from libs.service import serve
+
+    settings = PredictorSettings()
+    settings.http_port = settings.stream_http_port
+    kafka = KafkaSettings()
+    serve(build_stream_app(settings, kafka), settings, kafka)

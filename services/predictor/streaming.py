@@ -1,0 +1,380 @@
+"""Stream inference, the pure part: one poll batch of ``inference.requested.v1`` records in,
+one forward pass per model version, ``inference.completed.v1`` documents out.
+
+No broker, no web framework: :mod:`services.predictor.stream` does the Kafka I/O around
+these steps, and tests drive them with plain objects.
+
+1. :func:`decode` - bytes -> :class:`StreamRequest` (orjson; the envelope is checked by the
+   contract, ``data`` straight into numpy), or :class:`Rejected` with a reason naming the field;
+2. :func:`missing_models` - models named that have no version yet (the worker waits for
+   them, bounded); :func:`plan` - resolve each request's model version in the model table,
+   check its input against the version's signature (name, datatype, shape), drop request
+   ids seen within the window;
+3. :func:`run` - per model version, stack the rows, one forward pass, slice the outputs;
+4. :func:`completed_document` - the answer with its lineage (version, run, dataset, source
+   position, latency).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+
+from contracts.events import InferenceRequested
+from services.predictor.holder import ModelTable
+from services.predictor.model import LoadedModel
+from services.predictor.oip import DATATYPES, InferenceRequest, OIPError, json_array
+
+__all__ = [
+    "PRODUCTION",
+    "Answer",
+    "Plan",
+    "RecentIds",
+    "Record",
+    "Rejected",
+    "StreamRequest",
+    "completed_document",
+    "decode",
+    "missing_models",
+    "plan",
+    "run",
+]
+
+PRODUCTION = "production"
+
+
+class Record(Protocol):
+    """What the pure steps read of a consumed Kafka record (an aiokafka ConsumerRecord)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class Rejected(Exception):
+    """A request that cannot be answered; ``reason`` names the field, ``kind`` sorts it."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind  # contract | oversized | signature | unknown-model | unknown-version
+
+
+@dataclass(slots=True)
+class StreamRequest:
+    request_id: str
+    model_name: str
+    version: int | None
+    alias: str
+    input_name: str
+    datatype: str
+    shape: tuple[int, ...]
+    array: np.ndarray
+    outputs: list[str] | None
+
+    @property
+    def oip(self) -> InferenceRequest:
+        """The request as the model's output helpers read it (which outputs are wanted)."""
+        wanted = None if self.outputs is None else dict.fromkeys(self.outputs, False)
+        return InferenceRequest(id=self.request_id, inputs=[], outputs=wanted)
+
+
+def _contract_reason(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in e["loc"]) or "<root>"
+        parts.append(f"{where}: {e['msg']}")
+    return "does not match contract InferenceRequested: " + "; ".join(parts)
+
+
+def decode(value: bytes | None, *, max_bytes: int) -> StreamRequest:
+    """One record's value -> a request whose single input is a numpy array (raw dtype)."""
+    if value is None:
+        raise Rejected("value: the record has no value (a tombstone)", "contract")
+    if len(value) > max_bytes:
+        raise Rejected(
+            f"value: {len(value)} bytes exceeds the limit of {max_bytes} "
+            "(PREDICTOR_STREAM_MAX_REQUEST_BYTES)",
+            "oversized",
+        )
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(f"value: not valid JSON ({exc})", "contract") from None
+    if not isinstance(doc, dict):
+        raise Rejected("value: must be a JSON object (InferenceRequested)", "contract")
+    # The envelope is checked by the contract itself; each input's data (thousands of
+    # numbers) is lifted out first and goes straight into numpy below.
+    raw_inputs = doc.get("inputs")
+    data: list[Any] = []
+    if isinstance(raw_inputs, list):
+        for raw in raw_inputs:
+            if isinstance(raw, dict):
+                data.append(raw.get("data"))
+                raw["data"] = []
+    try:
+        event = InferenceRequested.model_validate(doc, extra="ignore")
+    except ValidationError as exc:
+        raise Rejected(_contract_reason(exc), "contract") from None
+    if len(event.inputs) != 1:
+        raise Rejected(
+            f"inputs: exactly one input tensor is supported, got {len(event.inputs)}", "signature"
+        )
+    tensor = event.inputs[0]
+    dtype = DATATYPES.get(tensor.datatype)
+    if dtype is None:
+        raise Rejected(
+            f"inputs.0.datatype: {tensor.datatype} is not a numeric datatype", "signature"
+        )
+    shape = tuple(tensor.shape)
+    try:
+        array = json_array(data[0], dtype, tensor.datatype, math.prod(shape), "inputs.0.data")
+    except OIPError as exc:
+        raise Rejected(exc.message, "contract") from None
+    return StreamRequest(
+        request_id=event.request_id,
+        model_name=event.model_name,
+        version=event.version,
+        alias=event.alias,
+        input_name=tensor.name,
+        datatype=tensor.datatype,
+        shape=shape,
+        array=array,
+        outputs=event.outputs,
+    )
+
+
+def rows_for(model: LoadedModel, req: StreamRequest) -> np.ndarray:
+    """The request's input as rows ``[n, F]``, if it fits the version's input signature:
+    same input name, the same datatype, shape ``[n, *feature_shape]`` or ``[n, F]``."""
+    where = f"model {model.name!r} version {model.version}"
+    if req.input_name != model.input_name:
+        raise Rejected(
+            f"inputs.0.name: {where} takes input {model.input_name!r}, got {req.input_name!r}",
+            "signature",
+        )
+    if req.datatype != model.input_datatype:
+        raise Rejected(
+            f"inputs.0.datatype: {where} takes {model.input_datatype}, got {req.datatype}",
+            "signature",
+        )
+    shape = req.shape
+    if (
+        len(shape) < 2
+        or shape[0] < 1
+        or (shape[1:] != model.feature_shape and shape[1:] != (model.feature_count,))
+    ):
+        dims = ", ".join(map(str, model.feature_shape))
+        raise Rejected(
+            f"inputs.0.shape: {list(shape)} does not fit {where}: [n, {dims}] with n >= 1",
+            "signature",
+        )
+    try:
+        model.check_outputs(req.oip)
+    except OIPError as exc:
+        raise Rejected(f"outputs: {exc.message}", "signature") from None
+    return req.array.reshape(shape[0], model.feature_count)
+
+
+# ---------------------------------------------------------------------- planning
+
+
+@dataclass(slots=True)
+class Planned:
+    index: int  # position in the poll batch
+    request: StreamRequest
+    rows: np.ndarray
+
+
+@dataclass
+class Plan:
+    """A poll batch sorted out: work per model version, rejections, duplicates."""
+
+    groups: dict[LoadedModel, list[Planned]] = field(default_factory=dict)
+    rejected: dict[int, Rejected] = field(default_factory=dict)
+    duplicates: set[int] = field(default_factory=set)
+    requests: int = 0
+
+
+def resolve(table: ModelTable, req: StreamRequest) -> LoadedModel | None:
+    """The version that answers ``req``; None when its model has no version yet."""
+    holder = table.holder(req.model_name)
+    if holder is None or holder.current is None:
+        return None
+    if req.version is not None:
+        model = holder.get(req.version)
+        if model is None:
+            raise Rejected(
+                f"version: version {req.version} of model {req.model_name!r} is not served "
+                f"(serving {', '.join(holder.versions())})",
+                "unknown-version",
+            )
+        return model
+    if req.alias != PRODUCTION:
+        raise Rejected(
+            f"alias: stream workers serve the {PRODUCTION!r} alias or a version, not {req.alias!r}",
+            "unknown-version",
+        )
+    return holder.current
+
+
+def missing_models(
+    decoded: list[StreamRequest | Rejected], table: ModelTable, gave_up: set[str]
+) -> set[str]:
+    """Models named in the batch that have no version served yet (and were not given up
+    on already): the worker waits for them, bounded, before :func:`plan`."""
+    return {
+        r.model_name
+        for r in decoded
+        if isinstance(r, StreamRequest)
+        and r.model_name not in gave_up
+        and table.get(r.model_name) is None
+    }
+
+
+def plan(
+    decoded: list[StreamRequest | Rejected], table: ModelTable, seen: RecentIds | None = None
+) -> Plan:
+    """Sort decoded requests into groups per model version; a model with no version served
+    is an unknown model (the worker has waited already); a request id seen within the
+    window is a duplicate (not answered twice)."""
+    out = Plan()
+    for i, item in enumerate(decoded):
+        if isinstance(item, Rejected):
+            out.rejected[i] = item
+            continue
+        try:
+            model = resolve(table, item)
+            if model is None:
+                raise Rejected(
+                    f"model_name: unknown model {item.model_name!r} (no version is served)",
+                    "unknown-model",
+                )
+            rows = rows_for(model, item)
+        except Rejected as exc:
+            out.rejected[i] = exc
+            continue
+        if seen is not None and seen.check(item.request_id):
+            out.duplicates.add(i)
+            continue
+        out.groups.setdefault(model, []).append(Planned(i, item, rows))
+        out.requests += 1
+    return out
+
+
+# ---------------------------------------------------------------------- running
+
+
+@dataclass(slots=True)
+class Answer:
+    index: int
+    request: StreamRequest
+    model: LoadedModel
+    probabilities: np.ndarray
+    labels: np.ndarray
+
+
+def run(model: LoadedModel, items: list[Planned], *, max_rows: int = 4096) -> list[Answer]:
+    """One forward pass over every request of one model version (chunked at ``max_rows``)."""
+    answers: list[Answer] = []
+    start = 0
+    while start < len(items):
+        chunk: list[Planned] = []
+        rows = 0
+        while start < len(items) and (not chunk or rows + items[start].rows.shape[0] <= max_rows):
+            chunk.append(items[start])
+            rows += items[start].rows.shape[0]
+            start += 1
+        x = (
+            np.concatenate([p.rows for p in chunk], axis=0, dtype=np.float32)
+            if len(chunk) > 1
+            else np.array(chunk[0].rows, dtype=np.float32)
+        )
+        probabilities, labels = model.forward(x)
+        at = 0
+        for p in chunk:
+            n = p.rows.shape[0]
+            answers.append(
+                Answer(p.index, p.request, model, probabilities[at : at + n], labels[at : at + n])
+            )
+            at += n
+    return answers
+
+
+def output_tensors(answer: Answer) -> list[dict[str, Any]]:
+    """The answer's outputs (the ones asked for), named as the HTTP path names them."""
+    out = []
+    for t in answer.model.outputs(answer.request.oip, answer.probabilities, answer.labels):
+        if t.datatype == "BYTES":
+            data: Any = [b.decode() if isinstance(b, bytes) else str(b) for b in t.array.ravel()]
+        else:
+            data = t.array.ravel()
+        out.append(
+            {"name": t.name, "datatype": t.datatype, "shape": list(t.array.shape), "data": data}
+        )
+    return out
+
+
+def completed_document(answer: Answer, record: Record, latency_ms: float) -> bytes:
+    """The inference.completed.v1 value (JSON), built with orjson on the hot path; a unit
+    test holds it to the contract."""
+    model = answer.model
+    card = model.card
+    doc = {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": datetime.now(UTC),
+        "request_id": answer.request.request_id,
+        "model_name": model.name,
+        "model_version": model.version,
+        "outputs": output_tensors(answer),
+        "lineage": {
+            "run_id": card.run_id,
+            "dataset": card.dataset,
+            "dataset_version": card.dataset_version,
+        },
+        "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        "latency_ms": round(max(latency_ms, 0.0), 3),
+    }
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# ---------------------------------------------------------------------- dedupe
+
+
+class RecentIds:
+    """A bounded window of recently seen ids (least recently seen evicted first)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def check(self, key: str) -> bool:
+        """True when ``key`` was seen within the window; remembers it either way."""
+        if self.capacity <= 0:
+            return False
+        if key in self._ids:
+            self._ids.move_to_end(key)
+            return True
+        self._ids[key] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return False
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._ids
+
+    def discard(self, key: str) -> None:
+        self._ids.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._ids)
