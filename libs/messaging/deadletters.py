@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
@@ -367,19 +367,17 @@ def _iso(timestamp_ms: int | None) -> str | None:
 # --------------------------------------------------------------------------- Kafka I/O
 
 
-async def read_dead_letters(
+async def read_to_end(
     kafka: KafkaSettings,
-    services: Sequence[str],
+    topics: Sequence[str],
     *,
     max_per_partition: int | None = None,
     timeout_s: float = 30.0,
-) -> dict[str, list[StoredDeadLetter]]:
-    """Every dead letter of each service's DLQ topic, oldest first, read from the
-    beginning (or the last ``max_per_partition`` of each partition) up to the end offsets
-    at the start of the call. A topic that does not exist reads as empty. No consumer
-    group: nothing is committed."""
-    topics = {dlq_topic(s): s for s in services}
-    out: dict[str, list[StoredDeadLetter]] = {s: [] for s in services}
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of the topics, by partition and offset, from the beginning (or the last
+    ``max_per_partition`` of each partition) up to the end offsets at the start of the
+    call. A topic that does not exist reads as empty. No consumer group: nothing is
+    committed, reading changes nothing."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=kafka.bootstrap_servers,
         group_id=None,
@@ -393,6 +391,7 @@ async def read_dead_letters(
     except (KafkaError, OSError, TimeoutError) as exc:
         await consumer.stop()
         raise BrokerUnreachable(kafka.bootstrap_servers, type(exc).__name__) from None
+    out: list[ConsumerRecord[bytes, bytes]] = []
     try:
         existing = await consumer.topics()
         tps = [
@@ -419,7 +418,7 @@ async def read_dead_letters(
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 raise TimeoutError(
-                    f"reading dead letters took over {timeout_s}s "
+                    f"reading {', '.join(topics)} took over {timeout_s}s "
                     f"({', '.join(f'{tp.topic}/{tp.partition}' for tp in todo)} unfinished)"
                 )
             batch = await consumer.getmany(*todo, timeout_ms=int(min(left, 1.0) * 1000))
@@ -427,19 +426,33 @@ async def read_dead_letters(
                 end = todo.get(tp)
                 if end is None:
                     continue
-                for r in records:
-                    if r.offset >= end:
-                        break
-                    out[topics[tp.topic]].append(
-                        parse_dead_letter(tp.topic, tp.partition, r.offset, r.value, r.timestamp)
-                    )
+                out.extend(r for r in records if r.offset < end)
                 if records and records[-1].offset >= end - 1:
                     del todo[tp]
-        for letters in out.values():
-            letters.sort(key=lambda s: (s.partition, s.offset))
+        out.sort(key=lambda r: (r.topic, r.partition, r.offset))
         return out
     finally:
         await consumer.stop()
+
+
+async def read_dead_letters(
+    kafka: KafkaSettings,
+    services: Sequence[str],
+    *,
+    max_per_partition: int | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, list[StoredDeadLetter]]:
+    """Every dead letter of each service's DLQ topic, oldest first (see :func:`read_to_end`)."""
+    topics = {dlq_topic(s): s for s in services}
+    out: dict[str, list[StoredDeadLetter]] = {s: [] for s in services}
+    records = await read_to_end(
+        kafka, list(topics), max_per_partition=max_per_partition, timeout_s=timeout_s
+    )
+    for r in records:
+        out[topics[r.topic]].append(
+            parse_dead_letter(r.topic, r.partition, r.offset, r.value, r.timestamp)
+        )
+    return out
 
 
 async def replay_dead_letters(

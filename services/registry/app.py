@@ -11,10 +11,12 @@ from pydantic import BaseModel
 
 from contracts.events import DatasetPrepared, ModelPromoted, TrainingCompleted, TrainingFailed
 from libs.messaging import KafkaSettings, create_broker, publish, subscribe
+from libs.messaging.deadletters import StoreReplayLedger
 from libs.service import create_app
+from libs.storage import open_store
 from libs.telemetry import instrument_sqlalchemy
 from services.registry import handlers, policy
-from services.registry.api import aliases, datasets, models
+from services.registry.api import aliases, datasets, deadletters, models
 from services.registry.database import make_engine, migrate
 from services.registry.errors import Conflict, NotFound
 from services.registry.outbox import OutboxPublisher
@@ -88,6 +90,8 @@ def build_app(
     app.include_router(datasets.router)
     app.include_router(models.router)
     app.include_router(aliases.router)
+    app.include_router(deadletters.router)
+    app.state.dead_letters = deadletters.DeadLetterDesk(kafka, StoreReplayLedger(open_store()))
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
