@@ -10,8 +10,10 @@ from fastapi import FastAPI
 
 from contracts.events import TrainingRequested
 from libs.messaging import KafkaSettings, create_broker, subscribe
+from libs.messaging.deliveries import StoreDeliveryLog
 from libs.service import create_app
-from services.trainer.handlers import on_training_requested
+from libs.storage import open_store
+from services.trainer.handlers import answer_poison, on_training_requested
 from services.trainer.jobs import TrainingJob, WorkerConfig
 from services.trainer.settings import TrainerSettings
 
@@ -51,7 +53,16 @@ def build_app(
 ) -> FastAPI:
     settings = settings or TrainerSettings()
     kafka = kafka or KafkaSettings()
-    broker = create_broker(SERVICE, kafka)
+
+    async def poison_answer(broker: Any, event: TrainingRequested, reason: str) -> None:
+        await answer_poison(broker, event, reason, worker=settings.worker_id)
+
+    broker = create_broker(
+        SERVICE,
+        kafka,
+        deliveries=StoreDeliveryLog(lambda: open_store(settings.store_url)),
+        poison_answer=poison_answer,
+    )
     tracker = AssignmentTracker(pin_start=settings.auto_offset_reset == "latest")
     state: dict[str, Any] = {"job": None, "current_run": None}
     subscriber = subscribe(
@@ -83,6 +94,7 @@ def build_app(
             worker=settings.worker_id,
             device=settings.device,
             threads=settings.threads,
+            memory_budget_bytes=settings.memory_budget_bytes,
         )
         state["job"] = TrainingJob(config)
 

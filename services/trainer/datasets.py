@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import torch
 from safetensors.torch import load as load_safetensors
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from contracts.events import PreparedDatasetRef, TrainingRequested
 from libs.storage import ArtifactStore
@@ -32,8 +31,9 @@ def resolve_dataset(
 
     The registry records ``dataset.prepared.v1`` asynchronously: a request sent right after
     that event may reach the registry first. A 404 is therefore asked again for up to
-    ``wait_s`` seconds before it becomes a :class:`DatasetNotFound`. Connection errors
-    propagate (the message is retried).
+    ``wait_s`` seconds before it becomes a :class:`DatasetNotFound`. Connection errors and
+    5xx answers propagate: the messaging layer retries them as transient
+    (``libs.messaging.retry``).
     """
     if event.prepared is not None:
         if event.prepared.dataset != event.dataset:
@@ -44,11 +44,13 @@ def resolve_dataset(
         return event.prepared
     version = str(event.dataset_version) if event.dataset_version is not None else "latest"
     url = f"{registry_url.rstrip('/')}/datasets/{event.dataset}/versions/{version}"
-    deadline = time.monotonic() + wait_s
-    response = httpx.get(url, timeout=timeout_s)
-    while response.status_code == 404 and time.monotonic() < deadline:
-        time.sleep(0.25)
-        response = httpx.get(url, timeout=timeout_s)
+    lookup = Retrying(
+        retry=retry_if_result(lambda r: r.status_code == 404),
+        stop=stop_after_delay(wait_s),
+        wait=wait_fixed(0.25),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
+    response: httpx.Response = lookup(httpx.get, url, timeout=timeout_s)
     if response.status_code == 404:
         what = f"version {version}" if version != "latest" else "any prepared version"
         raise DatasetNotFound(f"unknown dataset {event.dataset!r}: the registry has no {what}")

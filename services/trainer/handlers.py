@@ -9,7 +9,7 @@ import time
 from faststream.kafka import KafkaBroker
 from opentelemetry import trace
 
-from contracts.events import TrainingProgress, TrainingRequested
+from contracts.events import TrainingFailed, TrainingProgress, TrainingRequested
 from libs import telemetry
 from libs.messaging import publish
 from services.trainer import metrics
@@ -62,3 +62,19 @@ async def on_training_requested(
         await publish(broker, outcome.event)
         if outcome.kind == "completed":
             await asyncio.to_thread(job.record_completion, event, outcome.event, published=True)
+
+
+async def answer_poison(
+    broker: KafkaBroker, event: TrainingRequested, reason: str, *, worker: str
+) -> None:
+    """A request that killed its worker too often (the messaging layer counts it) gets an
+    answer instead of a third worker: training.failed.v1 with the reason."""
+    metrics.JOBS.labels("failed").inc()
+    failed = TrainingFailed(
+        run_id=event.run_id,
+        reason=reason,
+        error_type="PoisonEvent",
+        dataset=event.dataset,
+        worker=worker,
+    )
+    await publish(broker, failed)

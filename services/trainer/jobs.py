@@ -42,7 +42,7 @@ from contracts.events import (
 from contracts.model_card import ModelCard, TensorSignature
 from libs.models import build_model
 from libs.storage import ArtifactStore, open_store
-from services.trainer import checkpoints, validation
+from services.trainer import admission, checkpoints, validation
 from services.trainer.datasets import BadDataset, DatasetNotFound, load_splits, resolve_dataset
 from services.trainer.optimization import optimize
 from services.trainer.training import EpochStats, FitResult, Splits, evaluate, fit, resolve_device
@@ -74,6 +74,7 @@ class WorkerConfig:
     device: str = "auto"
     threads: int | None = None
     dataset_wait_s: float = 0.0
+    memory_budget_bytes: int | None = None  # None: what the machine has free
 
 
 def completed_pointer(run_id: str) -> str:
@@ -170,12 +171,31 @@ class TrainingJob:
             prepared = resolve_dataset(
                 event, self.config.registry_url, wait_s=self.config.dataset_wait_s
             )
+            self._admit(event, prepared)  # before anything big is allocated
             splits = load_splits(self.store, prepared)
         except DatasetNotFound as exc:
             raise JobRejected([str(exc)], "UnknownDataset") from None
         except BadDataset as exc:
             raise JobRejected([str(exc)], "BadDataset") from None
         return prepared, splits
+
+    def _admit(self, event: TrainingRequested, prepared: PreparedDatasetRef) -> None:
+        """Refuse (training.failed.v1, with the numbers) what cannot fit this worker."""
+        schema = prepared.schema_
+        try:
+            need = admission.estimate(
+                event.model,
+                event.hyperparameters,
+                schema.feature_shape,
+                schema.num_classes,
+                rows=sum(prepared.counts.values()),
+                stored_bytes=prepared.tensors.size,
+            )
+        except ValueError:  # a spec that does not fit the data: validation says why
+            return
+        budget = admission.machine_budget(self.device, self.config.memory_budget_bytes)
+        if reason := admission.refusal(need, budget):
+            raise JobRejected([f"model {event.model.arch} {reason}"], "InsufficientMemory")
 
     def _train(
         self, event: TrainingRequested, on_progress: Callable[[TrainingProgress], None] | None

@@ -49,3 +49,10 @@ class TrainerSettings(ServiceSettings):
     # so a worker that dies before its first commit loses nothing).
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_interval_ms: int = Field(default=3_600_000, ge=10_000)
+    memory_budget_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Memory a request may need (estimated before anything is allocated; "
+        "more is refused with training.failed.v1). Default: what the machine has free "
+        "(MemAvailable; on CUDA the device's free memory)",
+    )
