@@ -21,7 +21,7 @@ from prometheus_client import Counter
 from starlette.datastructures import UploadFile
 
 from contracts.events import DatasetSchema, validate_name
-from libs.messaging import KafkaSettings, create_broker
+from libs.messaging import KafkaSettings, RetryPolicy, create_broker
 from libs.service import create_app
 from libs.storage import open_store
 from libs.telemetry.metrics import REGISTRY
@@ -57,6 +57,7 @@ class IngestRuntime:
         self.settings = settings
         self.broker = broker
         self.records = RecordsConsumer(self, kafka)
+        self.retry = RetryPolicy.from_settings(kafka)
         self.store = open_store()
         self.catalog = Catalog(settings.data_dir / "catalog.sqlite")
         self.ingestor = DatasetIngestor(self.store, self.catalog)
@@ -114,28 +115,16 @@ class IngestRuntime:
                 await t
 
     async def _flusher(self) -> None:
+        """Store each closed batch under the mesh's retry policy (a store or broker that is
+        down is waited for, up to KAFKA_TRANSIENT_RETRY_S); a batch it gives up on is
+        dead-lettered record by record, so its partitions' commits move on."""
         while True:
             batch = await self.flush_queue.get()
-            for attempt in range(1, 6):
-                try:
-                    await handlers.store_closed_batch(self, batch)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception(
-                        "storing %s batch %d failed (attempt %d)",
-                        batch.dataset,
-                        batch.batch_id,
-                        attempt,
-                    )
-                    await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
-            else:  # offsets stay uncommitted: the records are redelivered after a restart
-                log.error(
-                    "giving up on %s batch %d; its records stay uncommitted",
-                    batch.dataset,
-                    batch.batch_id,
-                )
+            try:
+                await self.retry.async_retrying()(handlers.store_closed_batch, self, batch)
+            except Exception as exc:
+                log.exception("giving up on %s batch %d", batch.dataset, batch.batch_id)
+                await handlers.dead_letter_batch(self, batch, exc)
 
     async def _ticker(self) -> None:
         loop = asyncio.get_running_loop()

@@ -59,6 +59,21 @@ class ClosedBatch:
     reason: str  # "count" or "window"
     partitions: np.ndarray
     offsets: np.ndarray
+    test: np.ndarray  # [n] bool, in partitions/offsets order: rows of raw.x_test
+
+    def records(self) -> list[tuple[int, int, np.ndarray, int, str]]:
+        """(partition, offset, features, label, split) of each record, in offset order."""
+        raw = self.raw
+        rows: list[tuple[int, int, np.ndarray, int, str]] = []
+        for split, mask, x, y in (
+            ("train", ~self.test, raw.x_train, raw.y_train),
+            ("test", self.test, raw.x_test, raw.y_test),
+        ):
+            if x is None or y is None:
+                continue
+            for p, o, xi, yi in zip(self.partitions[mask], self.offsets[mask], x, y, strict=True):
+                rows.append((int(p), int(o), xi, int(yi), split))
+        return rows
 
 
 def _pending_min(partitions: np.ndarray, offsets: np.ndarray, into: dict[int, int]) -> None:
@@ -145,7 +160,8 @@ class RecordBatcher:
         )
 
     def done(self, batch: ClosedBatch) -> None:
-        """The batch's version is stored and announced: its offsets may be committed."""
+        """The batch's version is stored and announced (or its records were dead-lettered):
+        its offsets may be committed."""
         self._in_flight.pop(batch.batch_id, None)
 
     def committable(self) -> dict[int, int]:
@@ -184,6 +200,7 @@ class RecordBatcher:
             reason=reason,
             partitions=cat["partition"],
             offsets=cat["offset"],
+            test=test,
         )
         self._in_flight[batch.batch_id] = batch
         return batch

@@ -8,14 +8,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from aiokafka import ConsumerRecord
 
-from contracts.events import DatasetIngested
+from contracts.events import DatasetIngested, UpstreamRecord
 from libs import telemetry
 from libs.messaging import publish
+from libs.messaging.middleware import _reason as reason_of
 from libs.messaging.middleware import dead_letter_from_record, publish_dead_letter
 from services.ingest.batching import ClosedBatch
 from services.ingest.ingestion import sort_records
@@ -51,6 +52,39 @@ async def dead_letter(
 ) -> None:
     letter = dead_letter_from_record("ingest", record, reason, error_type, attempts=1)
     await publish_dead_letter(rt.broker, letter)
+
+
+async def dead_letter_batch(rt: IngestRuntime, batch: ClosedBatch, exc: BaseException) -> None:
+    """A closed batch that could not be stored: each record to ingest.dlq.v1 (as an
+    ``ingest.records.v1`` value, so that a replay brings it back), then its offsets may be
+    committed. A failed dead letter is logged, never swallowed silently."""
+    reason = f"its batch could not be stored: {reason_of(exc)}"
+    for partition, offset, x, label, split in batch.records():
+        value = UpstreamRecord(
+            dataset=batch.dataset, features=x.reshape(-1).tolist(), label=label, split=split
+        )
+        source = SourcePosition(partition, offset, batch.dataset.encode())
+        letter = dead_letter_from_record(
+            "ingest",
+            source,
+            reason,
+            type(exc).__name__,
+            attempts=1,
+            topic=RECORDS_TOPIC,
+            value=value.model_dump_json(by_alias=True, exclude_none=True).encode(),
+        )
+        try:
+            await publish_dead_letter(rt.broker, letter)
+        except Exception:
+            log.exception("could not dead-letter offset %d of %s", offset, RECORDS_TOPIC)
+    rt.batcher.done(batch)
+    await rt.commit()
+
+
+class SourcePosition(NamedTuple):
+    partition: int
+    offset: int
+    key: bytes
 
 
 async def store_closed_batch(rt: IngestRuntime, batch: ClosedBatch) -> None:

@@ -72,3 +72,18 @@ def test_offsets_commit_only_after_the_version_is_done() -> None:
     assert b.committable() == {1: 4}  # the two open records hold offset 4
     b.observe(np.array([2]), np.array([9]))  # a dead-lettered record on partition 2
     assert b.committable() == {1: 4, 2: 10}
+
+
+def test_a_closed_batch_gives_back_each_record_with_its_position_for_dead_lettering() -> None:
+    b = RecordBatcher(max_records=6, window_s=60, clock=Clock())
+    (batch,) = add(b, 6, start=100, partition=2, test_every=3)
+    rows = batch.records()
+    assert sorted(o for _, o, *_ in rows) == list(range(100, 106))
+    for partition, offset, x, label, split in rows:
+        assert partition == 2
+        assert x.tolist() == [offset, offset]  # features travel with their own offset
+        assert label == offset % 3
+        assert split == ("test" if offset % 3 == 0 else "train")
+    assert b.committable() == {2: 100}
+    b.done(batch)  # dead-lettered: the partition's commit moves on
+    assert b.committable() == {2: 106}
