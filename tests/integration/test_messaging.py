@@ -10,10 +10,16 @@ import pytest
 from contracts import UpstreamRecord
 from libs.messaging import KafkaSettings, RetryPolicy, create_broker, publish, subscribe
 from libs.messaging.embedded import free_port
-from tests.support.kafka import TopicReader, produce
+from tests.support.kafka import TopicReader, produce, start_subscribed
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.kafka
+
+
+def _fresh(settings: KafkaSettings) -> dict[str, object]:
+    """A test's subscriber reads only what the test produces ("latest", not the topic's
+    history left by earlier tests); start_subscribed returns once it is positioned."""
+    return {"settings": settings, "auto_offset_reset": "latest"}
 
 
 async def test_poison_messages_are_dead_lettered_and_the_next_message_is_handled(
@@ -24,13 +30,13 @@ async def test_poison_messages_are_dead_lettered_and_the_next_message_is_handled
     )
     handled: list[UpstreamRecord] = []
 
-    @subscribe(broker, "ingest.records.v1", group_id=f"dlq-{unique}", settings=kafka_settings)
+    @subscribe(broker, "ingest.records.v1", group_id=f"dlq-{unique}", **_fresh(kafka_settings))
     async def on_record(event: UpstreamRecord) -> None:
         if event.dataset == unique:
             handled.append(event)
 
     async with TopicReader(kafka_settings.bootstrap_servers, "ingest.dlq.v1") as dlq:
-        await broker.start()
+        await start_subscribed(broker)
         try:
             await produce(
                 kafka_settings.bootstrap_servers,
@@ -67,7 +73,7 @@ async def test_transient_errors_are_retried_for_the_budget_then_dead_lettered_an
     )
     calls: list[int] = []
 
-    @subscribe(broker, "ingest.records.v1", group_id=f"retry-{unique}", settings=kafka_settings)
+    @subscribe(broker, "ingest.records.v1", group_id=f"retry-{unique}", **_fresh(kafka_settings))
     async def on_record(event: UpstreamRecord) -> None:
         if event.dataset != unique:
             return
@@ -76,7 +82,7 @@ async def test_transient_errors_are_retried_for_the_budget_then_dead_lettered_an
             raise ConnectionError("downstream store unavailable")
 
     async with TopicReader(kafka_settings.bootstrap_servers, "ingest.dlq.v1") as dlq:
-        await broker.start()
+        await start_subscribed(broker)
         try:
             ok = UpstreamRecord(dataset=unique, features=[1.0], label=2)
             await publish(broker, UpstreamRecord(dataset=unique, features=[1.0], label=13))
@@ -118,13 +124,13 @@ async def test_malformed_or_missing_traceparent_starts_a_fresh_trace(
     broker = create_broker("ingest", kafka_settings)
     traces: list[str] = []
 
-    @subscribe(broker, "ingest.records.v1", group_id=f"tp-{unique}", settings=kafka_settings)
+    @subscribe(broker, "ingest.records.v1", group_id=f"tp-{unique}", **_fresh(kafka_settings))
     async def on_record(event: UpstreamRecord) -> None:
         if event.dataset == unique:
             ctx = trace.get_current_span().get_span_context()
             traces.append(format(ctx.trace_id, "032x"))
 
-    await broker.start()
+    await start_subscribed(broker)
     try:
         value = UpstreamRecord(dataset=unique, features=[1.0], label=1)
         await produce(
@@ -176,7 +182,7 @@ async def test_an_event_that_killed_its_worker_twice_is_answered_and_dead_letter
     handled: list[int] = []
     group = f"poison-{unique}"
 
-    @subscribe(broker, "ingest.records.v1", group_id=group, settings=kafka_settings)
+    @subscribe(broker, "ingest.records.v1", group_id=group, **_fresh(kafka_settings))
     async def on_record(event: UpstreamRecord) -> None:
         if event.dataset == unique:
             handled.append(event.label)
@@ -186,7 +192,7 @@ async def test_an_event_that_killed_its_worker_twice_is_answered_and_dead_letter
     deliveries.begin(key)  # two workers died handling it
     deliveries.begin(key)
     async with TopicReader(kafka_settings.bootstrap_servers, "ingest.dlq.v1") as dlq:
-        await broker.start()
+        await start_subscribed(broker)
         try:
             await publish(broker, poison)
             await publish(broker, UpstreamRecord(dataset=unique, features=[1.0], label=1))

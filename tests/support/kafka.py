@@ -10,6 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faststream.kafka import KafkaBroker
+
+from tests.support.polling import eventually
 
 
 class TopicReader:
@@ -37,8 +40,9 @@ class TopicReader:
             enable_auto_commit=False,
         )
         await self._consumer.start()
-        if not self.from_beginning:
-            await self._consumer.seek_to_end()
+        # Return only once positioned: with from_beginning=False, what a test produces next
+        # must not land before the consumer has looked up where "latest" is.
+        await positioned(self._consumer)
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -80,6 +84,30 @@ class TopicReader:
 
     def matching(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
         return [m for m in self.messages if predicate(m)]
+
+
+async def positioned(consumer: AIOKafkaConsumer, *, timeout: float = 30.0) -> None:
+    """Wait until ``consumer`` holds its partitions and knows its position in each (its
+    auto_offset_reset resolved): a message produced after this returns reaches it."""
+    assigned = await eventually(
+        consumer.assignment, timeout=timeout, what=f"partitions assigned to {consumer}"
+    )
+    for tp in assigned:
+        await asyncio.wait_for(consumer.position(tp), timeout)
+
+
+async def start_subscribed(broker: KafkaBroker, *, timeout: float = 30.0) -> None:
+    """Start a FastStream ``broker`` and return once every subscriber's consumer is
+    positioned (:func:`positioned`), so that a test may produce at once, even to a
+    subscriber that starts from "latest"."""
+    await broker.start()
+    for subscriber in broker.subscribers:
+        consumer = await eventually(
+            lambda s=subscriber: getattr(s, "consumer", None),
+            timeout=timeout,
+            what=f"the consumer of {subscriber}",
+        )
+        await positioned(consumer, timeout=timeout)
 
 
 async def produce(
