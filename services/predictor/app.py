@@ -58,7 +58,7 @@ class PredictorApp:
             await self.api(scope, receive, send)
 
 
-async def _wait_positioned(subscriber: Any, runtime: PredictorRuntime) -> None:
+async def wait_positioned(subscriber: Any, runtime: PredictorRuntime) -> None:
     """Ready only once the broadcast consumer knows where 'latest' is: from then on no
     promotion can slip past between start-up and the first fetch."""
     # FastStream offers no event for "consumer assigned": poll it (start-up only).
@@ -105,7 +105,7 @@ def build_app(
         runtime.start()
 
         async def positioned() -> None:
-            await _wait_positioned(promotions, runtime)
+            await wait_positioned(promotions, runtime)
 
         task = asyncio.get_running_loop().create_task(positioned())
         background.add(task)

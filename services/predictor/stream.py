@@ -46,6 +46,7 @@ from libs.service import create_app
 from libs.storage import StoreSettings
 from libs.telemetry import metrics as mesh_metrics
 from services.predictor import handlers, metrics, streaming
+from services.predictor.app import wait_positioned
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
 
@@ -86,6 +87,8 @@ class StreamWorker:
         self.seen = streaming.RecentIds(settings.stream_dedupe_window)
         self.gave_up = streaming.RecentIds(1024)  # models waited for in vain
         self.paused = False
+        #: models a poll batch waits for (no version served yet)
+        self.waiting_for: set[str] = set()
         self._queue: asyncio.Queue[tuple[float, Batch]] = asyncio.Queue(PREFETCH_BATCHES)
         self._pending: deque[_Pending] = deque()
         self._settled = asyncio.Condition()
@@ -253,10 +256,14 @@ class StreamWorker:
                 self.settings.stream_model_wait_s,
                 ", ".join(sorted(wanted)),
             )
-        while time.monotonic() < deadline and any(  # noqa: ASYNC110 - a load installs it
-            self.runtime.table.get(n) is None for n in wanted
-        ):
-            await asyncio.sleep(0.05)
+        self.waiting_for = wanted
+        try:
+            while time.monotonic() < deadline and any(  # noqa: ASYNC110 - a load installs it
+                self.runtime.table.get(n) is None for n in wanted
+            ):
+                await asyncio.sleep(0.05)
+        finally:
+            self.waiting_for = set()
         for n in wanted:
             if self.runtime.table.get(n) is None:
                 log.warning("no version of %s after %.0fs", n, self.settings.stream_model_wait_s)
@@ -423,7 +430,9 @@ def build_stream_app(
     kafka = kafka or KafkaSettings()
     broker = create_broker(SERVICE, kafka)
     runtime = PredictorRuntime(settings, store_url=StoreSettings().url)
+    runtime.events_ready = False  # until the promotion consumer is positioned
     worker = StreamWorker(runtime, broker, settings, kafka)
+    background: set[asyncio.Task[Any]] = set()
 
     promotions = subscribe(
         broker, "model.promoted.v1", group_id=None, settings=kafka, auto_offset_reset="latest"
@@ -437,8 +446,13 @@ def build_stream_app(
         torch.set_num_threads(settings.torch_threads)
         runtime.start()
         worker.start()
+        task = asyncio.get_running_loop().create_task(wait_positioned(promotions, runtime))
+        background.add(task)
+        task.add_done_callback(background.discard)
 
     async def on_shutdown(app: FastAPI) -> None:
+        for task in list(background):
+            task.cancel()
         await worker.stop()
         await runtime.stop()
 
@@ -456,11 +470,14 @@ def build_stream_app(
 
     @app.get("/stream", tags=["health"])
     async def stream_state() -> dict[str, Any]:
-        """Models served, whether fetching is paused, batches awaiting delivery."""
+        """Models served, whether promotions are followed yet, whether fetching is paused,
+        batches awaiting delivery."""
         return {
             "topic": worker.topic,
             "group": settings.stream_group,
             "serving": runtime.table.serving(),
+            "promotions_followed": runtime.events_ready,
+            "waiting_for": sorted(worker.waiting_for),
             "paused": worker.paused,
             "batches_in_flight": worker.in_flight,
         }

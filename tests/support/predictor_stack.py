@@ -39,3 +39,21 @@ def running_predictor(
             app = build_app(cfg, kafka)
             with serve_app(app) as url:
                 yield PredictorStack(url, registry_url, stub, open_store(store_url), app)
+
+
+@contextmanager
+def running_stream_worker(
+    kafka: KafkaSettings, store_url: str, stub: RegistryStub, **settings: Any
+) -> Iterator[PredictorStack]:
+    """The predictor's stream worker (``python -m services.predictor stream``) in-process,
+    with its health/metrics HTTP server and the registry stand-in."""
+    from services.predictor.settings import PredictorSettings
+    from services.predictor.stream import build_stream_app
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORE_URL", store_url)
+        with serve_app(stub.app()) as registry_url:
+            cfg = PredictorSettings(registry_url=registry_url, reconcile_interval_s=0, **settings)
+            app = build_stream_app(cfg, kafka)
+            with serve_app(app) as url:
+                yield PredictorStack(url, registry_url, stub, open_store(store_url), app)

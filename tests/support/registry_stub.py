@@ -39,11 +39,14 @@ def write_model_version(
     std: float | None = None,
     label_names: list[str] | None = None,
     seed: int | None = None,
+    network: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Build a randomly initialised network, store weights + card; a ModelVersionPublic."""
+    """Store weights + card of ``network`` (a trained ``build_model(spec, ...)``; default: a
+    randomly initialised one); a ModelVersionPublic."""
     spec = ModelSpec(arch=arch, hidden_sizes=hidden_sizes or [500])
-    torch.manual_seed(seed if seed is not None else version)
-    network = build_model(spec, feature_shape, num_classes)
+    if network is None:
+        torch.manual_seed(seed if seed is not None else version)
+        network = build_model(spec, feature_shape, num_classes)
     weights = store.put(save_safetensors(network.state_dict()), "application/vnd.safetensors")
     card = ModelCard(
         model_name=name,
