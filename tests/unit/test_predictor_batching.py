@@ -8,6 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from services.predictor import batching
 from services.predictor.batching import MicroBatcher
 
 
@@ -63,19 +64,53 @@ async def test_queue_built_while_a_batch_runs_forms_the_next_batch() -> None:
     assert sum(run.batches) == 6 and run.batches[0] == 1 and len(run.batches) <= 3
 
 
-async def test_waits_for_requests_still_arriving_up_to_max_wait() -> None:
+class Clock:
+    """The batcher's clock, moved by the test: the 2 ms window is then exact whatever the
+    machine's load (a real clock could pass 2 ms between two loop iterations)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(batching, "time", fake)
+    return fake
+
+
+@pytest.mark.parametrize("mode", ["inline", "thread"])
+async def test_waits_for_requests_still_arriving_within_max_wait(clock: Clock, mode: str) -> None:
     run = Recorder()
-    batcher = MicroBatcher(run, max_batch_size=8, max_wait_s=0.002)
+    batcher = MicroBatcher(run, max_batch_size=8, max_wait_s=0.002, mode=mode)
     batcher.arriving = 1  # the server is reading another request's body
 
     async def late() -> tuple[np.ndarray, ...]:
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        for _ in range(20):  # many loop iterations, no time passes: the batcher keeps waiting
+            await asyncio.sleep(0)
+        clock.now += 0.0015
         batcher.arriving = 0
         return await batcher.submit(np.zeros((1, 1)))
 
-    await asyncio.gather(batcher.submit(np.zeros((1, 1))), late())
+    await asyncio.wait_for(asyncio.gather(batcher.submit(np.zeros((1, 1))), late()), timeout=5)
     assert run.batches == [2]
+
+
+@pytest.mark.parametrize("mode", ["inline", "thread"])
+async def test_stops_waiting_after_max_wait(clock: Clock, mode: str) -> None:
+    run = Recorder()
+    batcher = MicroBatcher(run, max_batch_size=8, max_wait_s=0.002, mode=mode)
+    batcher.arriving = 1  # announced, but never submitted
+    first = asyncio.ensure_future(batcher.submit(np.zeros((1, 1))))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not first.done() and run.batches == []  # waiting within the window
+    clock.now += 0.0021
+    await asyncio.wait_for(first, timeout=5)
+    assert run.batches == [1]
 
 
 async def test_no_wait_when_nothing_is_arriving() -> None:
