@@ -11,15 +11,17 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Response
 from faststream.kafka import KafkaBroker
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs import telemetry
+from libs.http_limits import DEFAULT_MAX_BODY_BYTES, BodyLimit, BodySizeLimit, RouteLimit
 from libs.messaging.admin import wait_until_reachable
 from libs.messaging.errors import BrokerUnreachable
 from libs.messaging.settings import KafkaSettings
@@ -38,12 +40,24 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     log_level: str = "INFO"
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        description="Largest request body any route reads (checked before parsing and auth)",
+    )
+
+    def body_limit(self) -> BodyLimit:
+        """The request body limit of every route, naming this service's setting."""
+        prefix = str(self.model_config.get("env_prefix", ""))
+        return BodyLimit(self.max_body_bytes, f"{prefix}MAX_BODY_BYTES")
 
 
 def create_app(
     service: str,
     broker: KafkaBroker | None,
     *,
+    body_limit: BodyLimit | None = None,
+    route_limits: Sequence[RouteLimit] = (),
     title: str | None = None,
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
@@ -101,6 +115,12 @@ def create_app(
         return Response(body, media_type=content_type)
 
     telemetry.instrument_fastapi(app)
+    # outermost: a body over the limit is refused before routing, parsing and auth
+    app.add_middleware(
+        BodySizeLimit,
+        limit=body_limit or BodyLimit(DEFAULT_MAX_BODY_BYTES),
+        routes=route_limits,
+    )
     return app
 
 
@@ -130,6 +150,20 @@ def check_broker(kafka: KafkaSettings, timeout_s: float | None = None) -> None:
         raise SystemExit(2) from None
     finally:
         quiet.setLevel(level)
+
+
+_Settings = TypeVar("_Settings", bound=BaseSettings)
+
+
+def load_settings(cls: type[_Settings], service: str) -> _Settings:
+    """The service's settings from the environment; exit with one line (code 2) saying
+    what is wrong when they do not validate (e.g. a placeholder token)."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        print(f"error: {service} settings: {reasons}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def serve(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from libs.messaging import KafkaSettings
-from libs.service import serve
+from libs.service import load_settings, serve
 from services.ingest.app import build_app
 from services.ingest.settings import IngestSettings
 
 
 def main() -> None:
-    settings = IngestSettings()
+    settings = load_settings(IngestSettings, "ingest")
     kafka = KafkaSettings()
     serve(build_app(settings, kafka), settings, kafka)
 

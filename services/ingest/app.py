@@ -29,7 +29,7 @@ from services.ingest import handlers
 from services.ingest.batching import ClosedBatch, RecordBatcher
 from services.ingest.catalog import Catalog, SchemaConflict
 from services.ingest.consumer import RecordsConsumer
-from services.ingest.formats import DatasetFormatError
+from services.ingest.formats import DatasetFormatError, DecompressionLimitExceeded
 from services.ingest.ingestion import DatasetIngestor
 from services.ingest.settings import IngestSettings
 from services.ingest.validation import SchemaMismatch
@@ -60,7 +60,7 @@ class IngestRuntime:
         self.retry = RetryPolicy.from_settings(kafka)
         self.store = open_store()
         self.catalog = Catalog(settings.data_dir / "catalog.sqlite")
-        self.ingestor = DatasetIngestor(self.store, self.catalog)
+        self.ingestor = DatasetIngestor(self.store, self.catalog, settings.decompression_limits())
         self.batcher = RecordBatcher(settings.batch_max_records, settings.batch_window_s)
         self.schemas: dict[str, DatasetSchema] = {}
         self.flush_queue: asyncio.Queue[ClosedBatch] = asyncio.Queue()
@@ -155,7 +155,14 @@ def build_app(
         await rt.stop()
 
     app = create_app(
-        "ingest", broker, on_startup=startup, on_shutdown=shutdown, lag_group="ingest", kafka=kafka
+        "ingest",
+        broker,
+        on_startup=startup,
+        on_shutdown=shutdown,
+        lag_group="ingest",
+        kafka=kafka,
+        body_limit=settings.body_limit(),
+        route_limits=[settings.upload_limit()],
     )
     app.include_router(datasets_router(rt))
     return app
@@ -243,16 +250,10 @@ def datasets_router(rt: IngestRuntime) -> APIRouter:
         """Upload one CSV or NPZ file, or IDX files (train images+labels, optional t10k/test),
         as multipart form fields (any field names). Same content => same version."""
         name = _name(name)
-        limit = settings.max_upload_bytes
-        length = request.headers.get("content-length")
-        if length is None:
+        # bodies over INGEST_MAX_UPLOAD_BYTES were refused before (libs.http_limits)
+        if request.headers.get("content-length") is None:
             raise HTTPException(
                 411, "send a Content-Length header (chunked uploads are not accepted)"
-            )
-        if int(length) > limit:
-            raise HTTPException(
-                413,
-                f"upload of {int(length)} bytes is over the limit of {limit} bytes (INGEST_MAX_UPLOAD_BYTES)",
             )
         form = await request.form(max_files=8, max_fields=8)
         try:
@@ -268,6 +269,8 @@ def datasets_router(rt: IngestRuntime) -> APIRouter:
             )
         try:
             version, event = await asyncio.to_thread(rt.ingestor.ingest_files, name, files)
+        except DecompressionLimitExceeded as exc:
+            raise HTTPException(413, str(exc)) from None
         except (DatasetFormatError, SchemaMismatch) as exc:
             raise HTTPException(400, str(exc)) from None
         if event is not None:

@@ -2,6 +2,10 @@
 layout every stored dataset version uses. Pure logic: no web or broker imports.
 
 Every failure raises :class:`DatasetFormatError` with a message meant for the uploader.
+Compressed and archived input is bounded (:class:`DecompressionLimits`): a gzip stream is
+inflated only up to its limit, an NPZ's members are checked from the zip directory (and
+each array header against its member) before anything is read; past a limit,
+:class:`DecompressionLimitExceeded`.
 """
 
 from __future__ import annotations
@@ -10,16 +14,20 @@ import csv
 import hashlib
 import io
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import IO, Any
 
 import numpy as np
 
-from libs.idx import IdxFormatError, idx_role, maybe_gunzip
+from libs.idx import IdxFormatError, idx_role
 from libs.idx import decode_idx as _decode_idx
 
 __all__ = [
     "DatasetFormatError",
+    "DecompressionLimitExceeded",
+    "DecompressionLimits",
     "RawDataset",
     "decode_csv",
     "decode_files",
@@ -32,6 +40,41 @@ __all__ = [
 
 class DatasetFormatError(ValueError):
     """The bytes are not a readable dataset file; the message says why."""
+
+
+class DecompressionLimitExceeded(DatasetFormatError):
+    """A compressed or archived file expands past :class:`DecompressionLimits`."""
+
+
+@dataclass(frozen=True)
+class DecompressionLimits:
+    """How far compressed input may expand: at most ``max_bytes`` per file (per NPZ, all
+    members together), and at most ``max_ratio`` times its compressed size once past
+    ``ratio_floor_bytes`` (small files of zeros compress far better than any real data)."""
+
+    max_bytes: int = 1 << 30
+    max_ratio: float = 100.0
+    ratio_floor_bytes: int = 16 << 20
+    max_members: int = 16
+
+    def cap(self, compressed_size: int) -> int:
+        """The most bytes ``compressed_size`` bytes may expand to."""
+        by_ratio = max(self.ratio_floor_bytes, int(compressed_size * self.max_ratio))
+        return min(self.max_bytes, by_ratio)
+
+    def refusal(self, name: str, compressed_size: int) -> DecompressionLimitExceeded:
+        cap = self.cap(compressed_size)
+        if cap == self.max_bytes:
+            why = f"more than {self.max_bytes} bytes (INGEST_MAX_DECOMPRESSED_BYTES)"
+        else:
+            why = (
+                f"more than {self.max_ratio:g} times its {compressed_size} compressed bytes "
+                "(INGEST_MAX_COMPRESSION_RATIO)"
+            )
+        return DecompressionLimitExceeded(f"{name}: decompresses to {why}; refused")
+
+
+DEFAULT_LIMITS = DecompressionLimits()
 
 
 @dataclass(frozen=True)
@@ -64,22 +107,46 @@ class RawDataset:
 # --------------------------------------------------------------------------- IDX
 
 
-def _maybe_gunzip(data: bytes, name: str) -> bytes:
-    try:
-        return maybe_gunzip(data, name)
-    except IdxFormatError as exc:
-        raise DatasetFormatError(str(exc)) from None
+def gunzip_bounded(data: bytes, name: str, limits: DecompressionLimits = DEFAULT_LIMITS) -> bytes:
+    """Decompress gzip data (recognised by its magic bytes; every member of a multi-member
+    stream) without ever holding more than the limits allow; other data passes through."""
+    if data[:2] != b"\x1f\x8b":
+        return data
+    cap = limits.cap(len(data))
+    out = bytearray()
+    rest = data
+    while rest:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(rest, cap + 1 - len(out))
+        except zlib.error as exc:
+            raise DatasetFormatError(f"{name}: corrupt gzip data ({exc})") from None
+        if len(out) > cap:
+            raise limits.refusal(name, len(data))
+        if not inflater.eof:
+            raise DatasetFormatError(
+                f"{name}: truncated gzip stream (the file ends before the compressed data does)"
+            )
+        rest = inflater.unused_data.lstrip(b"\x00")  # members may be padded with zeros
+        if rest and rest[:2] != b"\x1f\x8b":
+            raise DatasetFormatError(f"{name}: corrupt gzip data (trailing garbage)")
+    return bytes(out)
 
 
-def decode_idx(data: bytes, name: str = "IDX file") -> np.ndarray:
+def decode_idx(
+    data: bytes, name: str = "IDX file", limits: DecompressionLimits = DEFAULT_LIMITS
+) -> np.ndarray:
     """One IDX array (gzip or raw), checked (see libs.idx.decode_idx)."""
+    data = gunzip_bounded(data, name, limits)
     try:
         return _decode_idx(data, name)
     except IdxFormatError as exc:
         raise DatasetFormatError(str(exc)) from None
 
 
-def decode_idx_files(files: Mapping[str, bytes]) -> RawDataset:
+def decode_idx_files(
+    files: Mapping[str, bytes], limits: DecompressionLimits = DEFAULT_LIMITS
+) -> RawDataset:
     roles: dict[tuple[str, str], tuple[str, bytes]] = {}
     for filename, data in files.items():
         role = idx_role(filename)
@@ -103,8 +170,8 @@ def decode_idx_files(files: Mapping[str, bytes]) -> RawDataset:
             raise DatasetFormatError(f"{split} split: the {missing} file is missing")
         img_name, img_data = roles[(split, "images")]
         lab_name, lab_data = roles[(split, "labels")]
-        x = decode_idx(img_data, img_name)
-        y = decode_idx(lab_data, lab_name)
+        x = decode_idx(img_data, img_name, limits)
+        y = decode_idx(lab_data, lab_name, limits)
         if y.ndim != 1:
             raise DatasetFormatError(
                 f"{lab_name}: labels must be 1-dimensional, got shape {list(y.shape)}"
@@ -134,10 +201,15 @@ def _labels(y: np.ndarray, name: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def decode_csv(data: bytes, name: str = "CSV file", label_column: str = "label") -> RawDataset:
+def decode_csv(
+    data: bytes,
+    name: str = "CSV file",
+    label_column: str = "label",
+    limits: DecompressionLimits = DEFAULT_LIMITS,
+) -> RawDataset:
     """A CSV with a header row naming a ``label`` column (else the first column is the label)
     and numeric feature columns. Every row becomes a train record."""
-    data = _maybe_gunzip(data, name)
+    data = gunzip_bounded(data, name, limits)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -173,9 +245,56 @@ def _is_number(s: str) -> bool:
     return True
 
 
-def decode_npz(data: bytes, name: str = "NPZ file") -> RawDataset:
+def check_npz_expansion(
+    data: bytes, name: str = "NPZ file", limits: DecompressionLimits = DEFAULT_LIMITS
+) -> None:
+    """Refuse an NPZ (zip) bomb before reading it: too many members, members that expand
+    past the limits together (zip's own sizes, which reading enforces), or an array header
+    that claims more data than its member holds (numpy would allocate it up front)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            members = zf.infolist()
+            if len(members) > limits.max_members:
+                raise DatasetFormatError(
+                    f"{name}: {len(members)} arrays in the archive; at most {limits.max_members}"
+                )
+            if sum(m.file_size for m in members) > limits.cap(len(data)):
+                raise limits.refusal(name, len(data))
+            for m in members:
+                with zf.open(m) as f:
+                    shape, dtype = _npy_header(f, f"{name}: {m.filename}")
+                    claimed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    if claimed > m.file_size:
+                        raise DatasetFormatError(
+                            f"{name}: {m.filename} declares {claimed} bytes of data "
+                            f"but holds {m.file_size}"
+                        )
+    except DatasetFormatError:
+        raise
+    except ValueError as exc:
+        raise DatasetFormatError(f"{name}: unreadable NPZ ({exc})") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DatasetFormatError(f"{name}: not an NPZ archive ({exc})") from None
+
+
+def _npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise DatasetFormatError(f"{name}: unsupported .npy format version {version}")
+    return shape, dtype
+
+
+def decode_npz(
+    data: bytes, name: str = "NPZ file", limits: DecompressionLimits = DEFAULT_LIMITS
+) -> RawDataset:
     """An NPZ with ``x``/``y`` or ``x_train``/``y_train`` (+ optional ``x_test``/``y_test``).
-    Object arrays are refused (``allow_pickle=False``)."""
+    Object arrays are refused (``allow_pickle=False``); the archive is bounded first
+    (:func:`check_npz_expansion`)."""
+    check_npz_expansion(data, name, limits)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -207,23 +326,26 @@ def decode_npz(data: bytes, name: str = "NPZ file") -> RawDataset:
     return RawDataset(*splits["train"], x_test, y_test)
 
 
-def decode_files(files: Mapping[str, bytes]) -> RawDataset:
-    """An upload: one CSV or NPZ file, or IDX files (train images+labels, optional test)."""
+def decode_files(
+    files: Mapping[str, bytes], limits: DecompressionLimits = DEFAULT_LIMITS
+) -> RawDataset:
+    """An upload: one CSV or NPZ file, or IDX files (train images+labels, optional test),
+    each expanded within ``limits``."""
     if not files:
         raise DatasetFormatError("no file uploaded")
     if len(files) == 1:
         ((filename, data),) = files.items()
         lower = filename.lower()
         if lower.endswith(".npz") or data[:4] == b"PK\x03\x04":
-            return decode_npz(data, filename)
+            return decode_npz(data, filename, limits=limits)
         if lower.endswith((".csv", ".csv.gz")):
-            return decode_csv(data, filename)
+            return decode_csv(data, filename, limits=limits)
         if idx_role(filename) is None:
             raise DatasetFormatError(
                 f"{filename}: unknown format; upload a .csv, a .npz, or IDX files "
                 "(train-images-idx3-ubyte[.gz] with train-labels-idx1-ubyte[.gz])"
             )
-    return decode_idx_files(files)
+    return decode_idx_files(files, limits)
 
 
 # --------------------------------------------------------------------------- storage layout

@@ -29,7 +29,13 @@ from libs.messaging.middleware import _reason as reason_of
 from libs.storage import ArtifactStore
 from services.ingest.batching import ClosedBatch, RecordBatcher
 from services.ingest.catalog import Catalog, DatasetVersion, SchemaConflict
-from services.ingest.formats import RawDataset, decode_files, pack_npz
+from services.ingest.formats import (
+    DEFAULT_LIMITS,
+    DecompressionLimits,
+    RawDataset,
+    decode_files,
+    pack_npz,
+)
 from services.ingest.validation import (
     check_feature_matrix,
     check_records,
@@ -45,15 +51,21 @@ NPZ_MEDIA_TYPE = "application/x-npz"
 class DatasetIngestor:
     """Validates and stores dataset versions; the catalog decides version numbers."""
 
-    def __init__(self, store: ArtifactStore, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        catalog: Catalog,
+        limits: DecompressionLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.store = store
         self.catalog = catalog
+        self.limits = limits
 
     def ingest_files(
         self, dataset: str, files: Mapping[str, bytes]
     ) -> tuple[DatasetVersion, DatasetIngested | None]:
         """An upload: decode, check against the declared schema (or infer one), store."""
-        raw = decode_files(files)
+        raw = decode_files(files, self.limits)
         schema = self.catalog.schema(dataset) or infer_schema(raw)
         return self.store_version(dataset, raw, schema, source="upload")
 

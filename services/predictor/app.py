@@ -116,7 +116,13 @@ def build_app(
         for task in list(background):
             task.cancel()
 
-    api = create_app(SERVICE, broker, on_startup=on_startup, on_shutdown=on_shutdown)
+    api = create_app(
+        SERVICE,
+        broker,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        body_limit=settings.body_limit(),
+    )
     api.state.runtime = runtime
 
     @api.exception_handler(RequestValidationError)

@@ -25,4 +25,10 @@ def build_app(
     async def on_dataset_ingested(event: DatasetIngested) -> None:
         await handlers.on_dataset_ingested(preparer, broker, event)
 
-    return create_app("preprocess", broker, lag_group="preprocess", kafka=kafka)
+    return create_app(
+        "preprocess",
+        broker,
+        lag_group="preprocess",
+        kafka=kafka,
+        body_limit=settings.body_limit(),
+    )

@@ -83,6 +83,7 @@ def build_app(
         title="lepton-mesh registry",
         on_startup=startup,
         on_shutdown=shutdown,
+        body_limit=settings.body_limit(),
         description="Model versions with lineage, aliases, promotion policy and rollback.",
     )
     app.state.settings = settings

@@ -8,11 +8,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.service import ServiceSettings
-
-#: Tokens that mean "nobody set one": refused unless ``REGISTRY_DEV_MODE=true``.
-PLACEHOLDER_TOKENS = frozenset(
-    {"", "changeme", "change-me", "changethis", "dev-token", "secret", "token"}
-)
+from libs.tokens import refuse_placeholder
 
 
 class RegistrySettings(ServiceSettings):
@@ -48,13 +44,11 @@ class RegistrySettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholder_token(self) -> RegistrySettings:
-        if (
-            not self.dev_mode
-            and self.token.get_secret_value().strip().lower() in PLACEHOLDER_TOKENS
-        ):
-            raise ValueError(
-                "REGISTRY_TOKEN is empty or a placeholder: set a real secret "
-                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`) "
-                "or REGISTRY_DEV_MODE=true for local development"
+        """An empty or placeholder token is refused unless ``REGISTRY_DEV_MODE=true``."""
+        if not self.dev_mode:
+            refuse_placeholder(
+                self.token.get_secret_value(),
+                setting="REGISTRY_TOKEN",
+                dev_mode_setting="REGISTRY_DEV_MODE",
             )
         return self

@@ -98,7 +98,7 @@ def build_app(
         )
         state["job"] = TrainingJob(config)
 
-    app = create_app(SERVICE, broker, on_startup=startup)
+    app = create_app(SERVICE, broker, on_startup=startup, body_limit=settings.body_limit())
 
     @app.get("/status", tags=["health"])
     async def status() -> dict[str, Any]:

@@ -1,0 +1,83 @@
+"""Placeholder tokens - the repository's own templates included - are refused outside dev
+mode by every service that takes a token (ingest and registry), through one validator."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from libs.tokens import is_placeholder
+from services.ingest.settings import IngestSettings
+from services.registry.settings import RegistrySettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def repository_placeholders() -> list[str]:
+    """The API token values the repository's templates ship with."""
+    env = (ROOT / "compose" / ".env.example").read_text()
+    secret = (ROOT / "deploy" / "k8s" / "base" / "secret.yaml").read_text()
+    found = re.findall(r"^LMESH_TOKEN=(\S+)", env, re.M)
+    found += re.findall(r"^\s*api-token:\s*(\S+)", secret, re.M)
+    assert len(found) == 2, found
+    return found
+
+
+PLACEHOLDERS = [
+    *repository_placeholders(),
+    "",
+    "  ",
+    "changeme",
+    "CHANGE_ME",
+    "change-me-please",
+    "ChangeThis",
+    "replace-me",
+    "REPLACEME-token",
+    "<your-token>",
+    "my-placeholder-token",
+    "dev-token",
+    "secret",
+]
+REAL = ["s3cret-token-value", "kR4v0-Q7mP2xLw9Zs8Tn", "test-token-123", "a-token-that-changes-me"]
+
+
+@pytest.mark.parametrize("token", PLACEHOLDERS)
+def test_placeholders_are_recognised(token: str) -> None:
+    assert is_placeholder(token)
+
+
+@pytest.mark.parametrize("token", REAL)
+def test_real_tokens_are_not(token: str) -> None:
+    assert not is_placeholder(token)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("INGEST_TOKEN", "INGEST_DEV_MODE", "REGISTRY_TOKEN", "REGISTRY_DEV_MODE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("token", repository_placeholders())
+def test_both_services_refuse_the_repository_placeholders(token: str) -> None:
+    with pytest.raises(ValidationError, match="INGEST_TOKEN is empty or a placeholder"):
+        IngestSettings(token=token)
+    with pytest.raises(ValidationError, match="REGISTRY_TOKEN is empty or a placeholder"):
+        RegistrySettings(token=token)
+    assert IngestSettings(token=token, dev_mode=True).dev_mode
+    assert RegistrySettings(token=token, dev_mode=True).dev_mode
+
+
+def test_from_the_environment_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INGEST_TOKEN", "CHANGE-ME-api-token")
+    with pytest.raises(ValidationError, match="INGEST_DEV_MODE=true for local development"):
+        IngestSettings()
+    monkeypatch.setenv("INGEST_DEV_MODE", "true")
+    assert IngestSettings().token is not None
+
+
+def test_ingest_without_a_token_starts_with_uploads_disabled() -> None:
+    assert IngestSettings().token is None
+    assert IngestSettings(token="kR4v0-Q7mP2xLw9Zs8Tn").token is not None
