@@ -359,10 +359,14 @@ def _retrain(
     first: dict[str, Any],
 ) -> dict[str, Any]:
     c = demo.console
-    c.print("[bold]auto-retrain[/bold]: uploading changed data (3,000 training records withdrawn)")
+    # 3,000 records, or a tenth of a smaller training split
+    withdraw = min(3000, len(read_idx(files[("train", "labels")])) // 10)
+    c.print(
+        f"[bold]auto-retrain[/bold]: uploading changed data ({withdraw:,} training records withdrawn)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         t_ingest = time.time()
-        up = demo.upload(changed_copy(files, Path(tmp)))
+        up = demo.upload(changed_copy(files, Path(tmp), withdraw))
     version = int(up["version"])
     c.print(
         f"ingested version {version}: {up['split_counts']}; waiting for the registry's retrain request"
