@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -45,11 +48,55 @@ class ServiceSettings(BaseSettings):
         ge=1024,
         description="Largest request body any route reads (checked before parsing and auth)",
     )
+    shutdown_timeout_s: float = Field(
+        default=7.0,
+        gt=0,
+        description="After SIGTERM/SIGINT the process exits within this many seconds, "
+        "whatever is unreachable (broker, database, OTLP collector) or still running",
+    )
 
     def body_limit(self) -> BodyLimit:
         """The request body limit of every route, naming this service's setting."""
         prefix = str(self.model_config.get("env_prefix", ""))
         return BodyLimit(self.max_body_bytes, f"{prefix}MAX_BODY_BYTES")
+
+
+#: In-flight HTTP requests get this long after SIGTERM before uvicorn cancels them.
+HTTP_GRACEFUL_S = 3
+#: Each lifespan shutdown step (broker client, service hook) gets this long.
+STOP_STEP_S = 4.0
+_exit_deadline = {"seconds": ServiceSettings.model_fields["shutdown_timeout_s"].default}
+_exit_armed = threading.Event()
+
+
+async def _bounded(what: str, step: Awaitable[None]) -> None:
+    """One shutdown step, given up after STOP_STEP_S: aiokafka's close waits for a group
+    coordinator and flushes pending sends, forever when the broker is gone."""
+    try:
+        await asyncio.wait_for(step, STOP_STEP_S)
+    except TimeoutError:
+        log.warning("%s took longer than %ss (broker unreachable?); going on", what, STOP_STEP_S)
+
+
+def arm_exit_deadline(seconds: float | None = None) -> None:
+    """From now on the process has ``seconds`` to exit, or it is ended with ``os._exit``.
+
+    Graceful shutdown waits on things that may never answer (a publish to a broker that is
+    gone, aiokafka's close retries, an OTLP export, a training job's thread that the
+    interpreter joins at exit); this bounds all of them. Idempotent: the first call wins.
+    """
+    if _exit_armed.is_set():
+        return
+    _exit_armed.set()
+    limit = float(seconds if seconds is not None else _exit_deadline["seconds"])
+
+    def exit_now() -> None:
+        os.write(2, f"shutdown took longer than {limit:g}s: exiting now\n".encode())
+        os._exit(1)
+
+    timer = threading.Timer(limit, exit_now)
+    timer.daemon = True
+    timer.start()
 
 
 def create_app(
@@ -88,12 +135,13 @@ def create_app(
         try:
             yield
         finally:
+            arm_exit_deadline()  # also covers uvicorn's worker processes (PREDICTOR_WORKERS)
             if lag_task is not None:
                 lag_task.cancel()
             if broker is not None:
-                await broker.stop()
+                await _bounded("stopping the broker client", broker.stop())
             if on_shutdown:
-                await on_shutdown(app)
+                await _bounded("the shutdown hook", on_shutdown(app))
             telemetry.shutdown()
 
     app = FastAPI(title=title or f"lepton-mesh {service}", lifespan=lifespan, **fastapi_kwargs)
@@ -178,11 +226,32 @@ def serve(
     )
     if kafka is not None:
         check_broker(kafka)
-    uvicorn.run(
+    _exit_deadline["seconds"] = settings.shutdown_timeout_s
+    config = uvicorn.Config(
         app,
         host=settings.http_host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=max(
+            1, min(HTTP_GRACEFUL_S, int(settings.shutdown_timeout_s / 2))
+        ),
     )
+    server = _bounded_server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run would
+
+
+def _bounded_server(config: Any) -> Any:
+    import uvicorn
+
+    class BoundedServer(uvicorn.Server):
+        """uvicorn's Server whose exit signal also arms :func:`arm_exit_deadline`."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if sig in (signal.SIGINT, signal.SIGTERM):
+                arm_exit_deadline()
+            super().handle_exit(sig, frame)
+
+    return BoundedServer(config)

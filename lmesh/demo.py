@@ -75,7 +75,7 @@ class Demo:
         self.opt = options
         self.console = console
         self.bootstrap: str = mesh.bootstrap
-        self.token: str = mesh.config.token
+        self.token: str = mesh.tokens["ingest"]
         self.http = httpx.Client(timeout=120.0)
 
     # ------------------------------------------------------------------ steps
@@ -296,7 +296,7 @@ def run(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
     )
     mesh = Mesh(config)
     started = time.monotonic()
-    mesh.start()
+    mesh.start(detach=options.keep)  # --keep: a background supervisor outlives the demo
     summary: dict[str, Any] = {}
     try:
         console.print(f"mesh up in {time.monotonic() - started:.1f}s: broker {mesh.bootstrap}")
@@ -307,7 +307,6 @@ def run(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
     finally:
         telemetry.shutdown()
         if options.keep:
-            mesh.processes, mesh.broker = [], None
             console.print("--keep: the mesh is still running; stop it with `lmesh down`")
         else:
             mesh.stop()

@@ -7,8 +7,10 @@ environment variables taking precedence (``LMESH_<SERVICE>_URL``, ``KAFKA_BOOTST
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,25 +36,33 @@ def home() -> Path:
     return Path(os.environ.get("LMESH_HOME", ".lmesh")).resolve()
 
 
-def state_file() -> Path:
-    return home() / "mesh.json"
+def state_file(home_dir: Path | None = None) -> Path:
+    return (home_dir or home()) / "mesh.json"
 
 
-def load() -> dict[str, Any]:
+def load(path: Path | None = None) -> dict[str, Any]:
     try:
-        data: dict[str, Any] = json.loads(state_file().read_text())
+        data: dict[str, Any] = json.loads((path or state_file()).read_text())
         return data
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
 
 
-def save(state: dict[str, Any]) -> None:
-    path = state_file()
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with a file that is mode 0600 from its first byte (it
+    holds API tokens): created with ``os.open(..., 0o600)``, never chmod-ed afterwards."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.chmod(tmp, 0o600)  # holds the API token
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a leftover could have other permissions; O_EXCL below makes a new one
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     tmp.replace(path)
+
+
+def save(state: dict[str, Any], path: Path | None = None) -> None:
+    write_private(path or state_file(), json.dumps(state, indent=2))
 
 
 def service_url(name: str) -> str:
@@ -68,10 +78,17 @@ def bootstrap() -> str:
     return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or load().get("bootstrap") or "127.0.0.1:9092"
 
 
-def token() -> str | None:
-    return os.environ.get("LMESH_TOKEN") or load().get("token")
+def token(service: str | None = None) -> str | None:
+    """The API token for ``service`` (``ingest`` or ``registry``): ``LMESH_TOKEN``, else the
+    one ``lmesh up`` gave that service (the user's ``INGEST_TOKEN`` / ``REGISTRY_TOKEN`` when
+    exported, a generated one otherwise)."""
+    if env := os.environ.get("LMESH_TOKEN"):
+        return env
+    st = load()
+    per_service: dict[str, str] = st.get("tokens") or {}
+    return per_service.get(service or "registry") or st.get("token")
 
 
-def auth_headers() -> dict[str, str]:
-    t = token()
+def auth_headers(service: str | None = None) -> dict[str, str]:
+    t = token(service)
     return {"Authorization": f"Bearer {t}"} if t else {}

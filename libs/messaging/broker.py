@@ -28,6 +28,9 @@ from libs.messaging.settings import KafkaSettings
 from libs.storage import StoreSettings, open_store
 from libs.telemetry import metrics
 
+#: Seconds a stopping broker waits for handlers in flight (FastStream ``graceful_timeout``).
+GRACEFUL_TIMEOUT_S = 3.0
+
 
 def create_broker(
     service: str,
@@ -58,7 +61,10 @@ def create_broker(
             KafkaTelemetryMiddleware(tracer_provider=trace.get_tracer_provider()),
             mesh,
         ],
-        graceful_timeout=kwargs.pop("graceful_timeout", 30.0),
+        # A handler still running at shutdown gets this long; its offset is not committed,
+        # so the event is delivered again (handlers are idempotent). Must stay well under
+        # ServiceSettings.shutdown_timeout_s, which ends the process regardless.
+        graceful_timeout=kwargs.pop("graceful_timeout", GRACEFUL_TIMEOUT_S),
         request_timeout_ms=int(settings.connect_timeout_s * 1000),
         security=settings.faststream_security(),
         **kwargs,

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,10 +40,16 @@ class EmbeddedBroker:
     Use as a context manager (sync) or call :meth:`start` / :meth:`stop`.
     """
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.preexec_fn = preexec_fn  # e.g. lmesh's die-with-the-supervisor hook
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, timeout_s: float = 20.0, create: bool = True) -> EmbeddedBroker:
@@ -56,6 +63,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+            preexec_fn=self.preexec_fn,
         )
         if log is not subprocess.DEVNULL:
             log.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,7 +15,8 @@ from rich.table import Table
 
 from lmesh import state
 from lmesh.app import app
-from lmesh.mesh import Mesh, MeshConfig, MeshError, _alive, stop_detached
+from lmesh.mesh import Mesh, MeshConfig, MeshError, _alive, stop_detached, wait_for_stop_signal
+from lmesh.supervision import RestartPolicy
 
 console = Console()
 GROUPS = ("ingest", "preprocess", "trainer", "registry")
@@ -32,8 +32,25 @@ def up(
     traces: Annotated[
         bool, typer.Option("--traces", help="Start a local tracing UI (Phoenix) and export to it")
     ] = False,
+    max_restarts_per_minute: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            envvar="LMESH_MAX_RESTARTS_PER_MINUTE",
+            help="Restarts of one service within a minute before it is reported failed",
+        ),
+    ] = RestartPolicy.max_per_minute,
+    restart_backoff: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            envvar="LMESH_RESTART_BACKOFF_S",
+            help="Seconds before the first restart; doubles with each exit in a row",
+        ),
+    ] = RestartPolicy.backoff_s,
 ) -> None:
-    """Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and the five services."""
+    """Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and the five services,
+    and supervise them: a service that exits is restarted with backoff."""
     import os
 
     started = time.monotonic()
@@ -49,45 +66,34 @@ def up(
         trainers=trainers,
         predictor_workers=predictor_workers,
         otlp_endpoint=otlp,
+        restart=RestartPolicy(
+            backoff_s=restart_backoff,
+            backoff_max_s=max(restart_backoff, RestartPolicy.backoff_max_s),
+            max_per_minute=max_restarts_per_minute,
+        ),
+        tracing_ui={"url": tracing_ui.url, "pid": tracing_ui.pid} if tracing_ui else None,
     )
-    mesh = Mesh(config)
+    mesh = Mesh(config, on_event=lambda line: console.print(f"[yellow]{line}[/yellow]"))
     try:
-        mesh.start()
+        mesh.start(detach=detach)
     except MeshError as exc:
         console.print(f"[red]error:[/red] {exc}")
         if tracing_ui:
             tracing_ui.stop()
         raise typer.Exit(2) from None
-    if tracing_ui:
-        st = state.load()
-        st["tracing_ui"] = {"url": tracing_ui.url, "pid": tracing_ui.pid}
-        state.save(st)
     console.print(f"mesh up in {time.monotonic() - started:.1f}s — broker {mesh.bootstrap}")
     _print_services(mesh)
     if tracing_ui:
         console.print(f"traces: {tracing_ui.url}")
     if detach:
-        # Leave the processes running; forget them so that nothing stops them on exit.
-        mesh.processes, mesh.broker = [], None
-        console.print("detached: stop with `lmesh down`")
+        console.print(
+            f"detached: supervisor pid {mesh.supervisor_pid} (log {mesh.home / 'logs'}); "
+            "stop with `lmesh down`"
+        )
         return
-    console.print("Ctrl-C stops everything")
-    stop = {"now": False}
-
-    def _handler(signum: int, frame: Any) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, _handler)
-    signal.signal(signal.SIGTERM, _handler)
+    console.print("supervising (a service that exits is restarted); Ctrl-C stops everything")
     try:
-        while not stop["now"]:
-            for p in mesh.processes:
-                if p.process is not None and p.process.poll() is not None:
-                    console.print(
-                        f"[red]{p.name} exited ({p.process.returncode}); see {p.log}[/red]"
-                    )
-                    stop["now"] = True
-            time.sleep(0.2)
+        wait_for_stop_signal()
     finally:
         console.print("stopping…")
         mesh.stop()
@@ -138,12 +144,19 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         names = list(st.get("services", {})) or list(state.SERVICES)
         for name in names:
             url = st.get("services", {}).get(name, {}).get("url") or state.service_url(name)
+            recorded = st.get("services", {}).get(name, {})
+            last_exit = recorded.get("last_exit") or {}
             row: dict[str, Any] = {
                 "service": name,
                 "url": url,
                 "alive": False,
                 "version": None,
                 "last_event": None,
+                "pid": recorded.get("pid"),
+                "state": recorded.get("state"),
+                "restarts": recorded.get("restarts", 0),
+                "last_exit": last_exit.get("reason"),
+                "last_exit_at": last_exit.get("at"),
             }
             try:
                 health = client.get(f"{url}/healthz").json()
@@ -161,14 +174,19 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         print(json.dumps({"services": rows, "consumer_lag": lags}))
         raise typer.Exit(0 if all(r["alive"] for r in rows) else 1)
-    table = Table("service", "alive", "version", "http", "last event")
+    table = Table("service", "alive", "version", "http", "last event", "restarts", "last exit")
     for r in rows:
+        alive = "[green]yes[/green]" if r["alive"] else "[red]no[/red]"
+        if r["state"] in ("restarting", "failed"):
+            alive += f" ([red]{r['state']}[/red])"
         table.add_row(
             r["service"],
-            "[green]yes[/green]" if r["alive"] else "[red]no[/red]",
+            alive,
             r["version"] or "-",
             r["url"],
             f"{r['last_event']}s ago" if r["last_event"] is not None else "-",
+            str(r["restarts"]),
+            r["last_exit"] or "-",
         )
     console.print(table)
     lag_table = Table("group", "topic", "partition", "committed", "end", "lag")

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from libs.messaging.settings import KafkaSettings
-from libs.service import check_broker, serve
+from libs.service import HTTP_GRACEFUL_S, check_broker, serve
 from services.predictor.app import build_app
 from services.predictor.settings import PredictorSettings
 
@@ -40,7 +40,7 @@ def main() -> None:
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=HTTP_GRACEFUL_S,
     )
 
 

@@ -17,6 +17,7 @@ from libs.storage import open_store
 from libs.telemetry import instrument_sqlalchemy
 from services.registry import handlers, policy
 from services.registry.api import aliases, datasets, deadletters, models
+from services.registry.cards import CardReader
 from services.registry.database import make_engine, migrate
 from services.registry.errors import Conflict, NotFound
 from services.registry.outbox import OutboxPublisher
@@ -33,7 +34,7 @@ def build_app(
     settings = settings or RegistrySettings()
     kafka = kafka or KafkaSettings()
     broker = create_broker(SERVICE, kafka)
-    runtime = RegistryRuntime(settings)
+    runtime = RegistryRuntime(settings, cards=CardReader(open_store()))
 
     def on(topic: str):  # type: ignore[no-untyped-def]
         return subscribe(

@@ -20,7 +20,11 @@ async def on_training_completed(event: TrainingCompleted, rt: RegistryRuntime) -
     def register() -> tuple[int, list[str]] | None:
         with write_session(engine) as session:
             mv = operations.register_model_version(
-                session, event, metric=s.promotion_metric, margin=s.promotion_margin
+                session,
+                event,
+                metric=s.promotion_metric,
+                margin=s.promotion_margin,
+                signature_change=rt.signature_change(),
             )
             return (mv.version, mv.flags) if mv else None
 

@@ -9,6 +9,7 @@ number versions without collisions and concurrent alias moves serialize.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -41,6 +42,9 @@ from services.registry.tables import (
     TrainingRun,
     utcnow,
 )
+
+#: how a version's input signature differs from another's (None: it does not)
+SignatureChange = Callable[[ModelVersion, ModelVersion], str | None]
 
 
 def enqueue(session: Session, event: BaseModel) -> None:
@@ -116,7 +120,12 @@ def move_alias(
 
 
 def register_model_version(
-    session: Session, event: TrainingCompleted, *, metric: str, margin: float
+    session: Session,
+    event: TrainingCompleted,
+    *,
+    metric: str,
+    margin: float,
+    signature_change: SignatureChange | None = None,
 ) -> ModelVersion | None:
     """Record the run, register the next version of its model, apply the promotion policy.
     Idempotent on run id: a run already registered returns None and enqueues nothing."""
@@ -193,18 +202,55 @@ def register_model_version(
         metric=metric,
         margin=margin,
     )
+    if decision.alias == policy.PRODUCTION and holder is not None and signature_change:
+        change = signature_change(holder, mv)
+        if change is not None:  # a retrain must not break a stream's producers by itself
+            decision = policy.PromotionDecision(
+                policy.STAGING,
+                f"input signature differs from production version {holder.version} "
+                f"({change}): not auto-promoted",
+            )
     move_alias(session, mv, decision.alias, actor=policy.POLICY_ACTOR, reason=decision.reason)
     return mv
 
 
+def alias_holder(session: Session, name: str, alias: str) -> ModelVersion | None:
+    row = session.exec(
+        select(ModelAlias).where(ModelAlias.model_name == name, ModelAlias.alias == alias)
+    ).first()
+    return find_version(session, name, row.version) if row is not None else None
+
+
 def promote_alias(
-    session: Session, name: str, alias: str, version: int, *, actor: str, reason: str
+    session: Session,
+    name: str,
+    alias: str,
+    version: int,
+    *,
+    actor: str,
+    reason: str,
+    signature_change: SignatureChange | None = None,
+    allow_signature_change: bool = False,
 ) -> tuple[ModelVersion, ModelPromoted | None]:
+    """Move ``alias`` to ``version``; refused (Conflict) when the version takes a different
+    input than the alias holder, unless ``allow_signature_change``: a stream's producers
+    must not be broken by a promotion."""
     lock_model(session, name)
     target = find_version(session, name, version)
-    return target, move_alias(
-        session, target, alias, actor=actor, reason=reason or "manual promotion"
-    )
+    reason = reason or "manual promotion"
+    holder = alias_holder(session, name, alias)
+    if signature_change is not None and holder is not None and holder.version != target.version:
+        change = signature_change(holder, target)
+        if change is not None and not allow_signature_change:
+            raise Conflict(
+                f"version {target.version} of {name} takes a different input than version "
+                f"{holder.version}, which holds {alias!r} ({change}): producers of "
+                "inference.requested.v1 would break; promote with allow_signature_change "
+                "(lmesh promote --allow-signature-change) to do it anyway"
+            )
+        if change is not None:
+            reason = f"{reason} (input signature changed: {change})"
+    return target, move_alias(session, target, alias, actor=actor, reason=reason)
 
 
 def rollback_alias(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 from sqlalchemy import Engine
 
 from libs.telemetry.metrics import REGISTRY
+from services.registry.cards import CardReader
 from services.registry.outbox import OutboxPublisher
 from services.registry.settings import RegistrySettings
+from services.registry.tables import ModelVersion
 
 VERSIONS_REGISTERED = Counter(
     "lmesh_registry_versions_registered_total",
@@ -32,6 +35,11 @@ class RegistryRuntime:
     settings: RegistrySettings
     engine: Engine | None = None
     outbox: OutboxPublisher | None = field(default=None, repr=False)
+    #: model cards from the artifact store (input signatures); None: not checked
+    cards: CardReader | None = field(default=None, repr=False)
+
+    def signature_change(self) -> Callable[[ModelVersion, ModelVersion], str | None] | None:
+        return self.cards.change if self.cards is not None else None
 
     def require(self) -> tuple[Engine, OutboxPublisher]:
         if self.engine is None or self.outbox is None:

@@ -198,6 +198,10 @@ class AliasMove(SQLModel):
     version: int = Field(ge=1)
     reason: str = Field(default="", max_length=1000)
     actor: str | None = Field(default=None, max_length=255, description="who asks (default: api)")
+    allow_signature_change: bool = Field(
+        default=False,
+        description="promote even if the version's input signature differs from the holder's",
+    )
 
 
 class AliasRollback(SQLModel):

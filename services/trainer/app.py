@@ -7,9 +7,11 @@ from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from fastapi import FastAPI
+from faststream.kafka.annotations import KafkaMessage
 
 from contracts.events import TrainingRequested
 from libs.messaging import KafkaSettings, create_broker, subscribe
+from libs.messaging.assignment import BusyAwareAssignor
 from libs.messaging.deliveries import StoreDeliveryLog
 from libs.service import create_app
 from libs.storage import open_store
@@ -64,6 +66,7 @@ def build_app(
         poison_answer=poison_answer,
     )
     tracker = AssignmentTracker(pin_start=settings.auto_offset_reset == "latest")
+    assignor = BusyAwareAssignor()
     state: dict[str, Any] = {"job": None, "current_run": None}
     subscriber = subscribe(
         broker,
@@ -74,14 +77,19 @@ def build_app(
         max_poll_records=1,
         max_poll_interval_ms=settings.max_poll_interval_ms,
         listener=tracker,
+        # A rebalance (a trainer restarted, another added) never moves the partition of the
+        # job in progress: the newcomer would receive the same request again mid-job.
+        partition_assignment_strategy=(assignor,),
     )
     tracker.subscriber = subscriber
 
     @subscriber
-    async def training_requested(event: TrainingRequested) -> None:
+    async def training_requested(event: TrainingRequested, message: KafkaMessage) -> None:
         state["current_run"] = event.run_id
+        record = message.raw_message
         try:
-            await on_training_requested(event, broker, state["job"])
+            with assignor.busy_with(record.topic, record.partition):  # type: ignore[union-attr]
+                await on_training_requested(event, broker, state["job"])
         finally:
             state["current_run"] = None
 

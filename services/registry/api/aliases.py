@@ -34,17 +34,29 @@ def get_alias(session: SessionDep, name: ModelName, alias: AliasName) -> ModelVe
 
 
 @router.post(
-    "/{alias}", response_model=ModelVersionPublic, responses=_errors, dependencies=[TokenDep]
+    "/{alias}",
+    response_model=ModelVersionPublic,
+    responses={**_errors, 409: {"description": "The input signature would change"}},
+    dependencies=[TokenDep],
 )
 async def promote(
     runtime: RuntimeDep, name: ModelName, alias: AliasName, body: AliasMove
 ) -> ModelVersionPublic:
-    """Point the alias at a version (emits model.promoted.v1 when it moves)."""
+    """Point the alias at a version (emits model.promoted.v1 when it moves). Refused (409,
+    with the reason) when the version takes a different input than the alias holder,
+    unless ``allow_signature_change``."""
     return await _apply(
         runtime,
         name,
         lambda s: operations.promote_alias(
-            s, name, alias, body.version, actor=body.actor or "api", reason=body.reason
+            s,
+            name,
+            alias,
+            body.version,
+            actor=body.actor or "api",
+            reason=body.reason,
+            signature_change=runtime.signature_change(),
+            allow_signature_change=body.allow_signature_change,
         ),
     )
 

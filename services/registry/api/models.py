@@ -6,8 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from contracts.request_schema import request_schema
 from services.registry import queries
-from services.registry.api.deps import ModelName, SessionDep, Version
+from services.registry.api.deps import ModelName, RuntimeDep, SessionDep, Version
+from services.registry.cards import CardUnavailable
+from services.registry.errors import NotFound
 from services.registry.tables import Lineage, ModelSummary, ModelVersionPublic, ModelVersionsPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -41,3 +44,23 @@ def get_version(session: SessionDep, name: ModelName, version: Version) -> Model
 def get_lineage(session: SessionDep, name: ModelName, version: Version) -> Lineage:
     """dataset version -> training run -> model version -> aliases."""
     return queries.lineage(session, name, version)
+
+
+@router.get(
+    "/{name}/versions/{version}/schema",
+    response_model=dict[str, Any],
+    responses={404: {"description": "Unknown model or version, or its card is not readable"}},
+)
+def get_request_schema(
+    session: SessionDep, runtime: RuntimeDep, name: ModelName, version: Version
+) -> dict[str, Any]:
+    """JSON Schema of an inference.requested.v1 payload this version answers, derived from
+    its model card's input signature: producers validate against it before publishing."""
+    mv = queries.find_version(session, name, version)
+    if runtime.cards is None:
+        raise NotFound("model cards are not readable here (no artifact store)")
+    try:
+        card = runtime.cards.card(mv)
+    except CardUnavailable as exc:
+        raise NotFound(str(exc)) from None
+    return request_schema(name, version, card.input)

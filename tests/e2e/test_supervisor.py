@@ -1,0 +1,284 @@
+"""`lmesh up` supervises the mesh: a killed trainer is restarted while the other trainer
+finishes its run from the checkpoint (one result, nothing lost), `lmesh status` shows the
+restart and why; a SIGKILLed supervisor leaves no process behind; every service exits
+within 10 s of SIGTERM even with the broker gone and work in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from contracts.events import Hyperparameters, ModelSpec, PreparedDatasetRef, TrainingRequested
+from libs.storage import open_store
+from lmesh.mesh import Mesh, MeshConfig, _alive
+from tests.support.kafka import TopicReader, produce
+from tests.support.polling import wait_for
+from tests.support.ports import free_base_port
+from tests.support.trainer_data import prepared_dataset
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+LMESH = [sys.executable, "-m", "lmesh"]
+RESULTS = ("training.progress.v1", "training.completed.v1", "training.failed.v1")
+NAMES = ("ingest", "preprocess", "trainer", "registry", "predictor")
+
+
+def lmesh(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LMESH, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def detached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], Path]]:
+    """`lmesh up --detach --trainers 2`: a background supervisor owns the mesh."""
+    home = tmp_path_factory.mktemp("supervised") / "mesh"
+    env = {
+        **os.environ,
+        "LMESH_HOME": str(home),
+        "LMESH_BASE_PORT": str(free_base_port()),
+        "LMESH_RESTART_BACKOFF_S": "0.5",
+        "TRAINER_THREADS": "1",
+    }
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    up = lmesh(env, "up", "--detach", "--trainers", "2", timeout=180)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield env, home
+    finally:
+        lmesh(env, "down", timeout=90)
+
+
+def mesh_state(home: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((home / "mesh.json").read_text())
+    return data
+
+
+def training_job(prepared: PreparedDatasetRef, epochs: int, run_id: str | None = None) -> Any:
+    return TrainingRequested(
+        run_id=run_id or f"sup-{uuid.uuid4().hex[:10]}",
+        dataset=prepared.dataset,
+        prepared=prepared,
+        model=ModelSpec(hidden_sizes=[512, 512]),
+        hyperparameters=Hyperparameters(epochs=epochs, batch_size=64),
+    )
+
+
+async def send(bootstrap: str, request: TrainingRequested) -> None:
+    await produce(
+        bootstrap,
+        "training.requested.v1",
+        [request.model_dump(mode="json", by_alias=True)],
+        key=request.run_id.encode(),
+    )
+
+
+def partition_of(key: str) -> int:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    return int(DefaultPartitioner()(key.encode(), [0, 1, 2, 3], [0, 1, 2, 3]))
+
+
+def same_partition_run_id(run_id: str) -> str:
+    while partition_of(candidate := f"marker-{uuid.uuid4().hex[:10]}") != partition_of(run_id):
+        pass
+    return candidate
+
+
+def trainers_share_the_partitions(st: dict[str, Any]) -> bool:
+    held = []
+    for name in ("trainer", "trainer-1"):
+        try:
+            held.append(httpx.get(f"{st['services'][name]['url']}/status", timeout=2).json())
+        except (httpx.HTTPError, ValueError):
+            return False
+    parts = [p for h in held for p in h["assigned_partitions"]]
+    return all(h["assigned_partitions"] for h in held) and sorted(parts) == [0, 1, 2, 3]
+
+
+def status_row(env: dict[str, str], name: str) -> dict[str, Any] | None:
+    out = lmesh(env, "status", "--json", timeout=60)
+    try:
+        rows = json.loads(out.stdout)["services"]
+    except (ValueError, KeyError):
+        return None
+    return next((r for r in rows if r["service"] == name), None)
+
+
+def test_killed_trainer_restarts_while_the_other_finishes_its_run(
+    detached: tuple[dict[str, str], Path],
+) -> None:
+    env, home = detached
+    st = mesh_state(home)
+    assert (home / "mesh.json").stat().st_mode & 0o777 == 0o600
+    wait_for(
+        lambda: trainers_share_the_partitions(st),
+        timeout=60,
+        interval=0.5,
+        what="both trainers to hold partitions",
+    )
+    store = open_store((home / "artifacts").as_uri())
+    prepared = prepared_dataset(store, f"sup-{uuid.uuid4().hex[:6]}", n_train=4000)
+    long_run = training_job(prepared, epochs=30)
+    marker = training_job(prepared, epochs=1, run_id=same_partition_run_id(long_run.run_id))
+
+    def completed(run_id: str) -> Any:
+        return lambda m: m["_topic"] == "training.completed.v1" and m["run_id"] == run_id
+
+    async def scenario() -> tuple[str, dict[str, Any], float, list[dict[str, Any]]]:
+        async with TopicReader(st["bootstrap"], *RESULTS) as reader:
+            await send(st["bootstrap"], long_run)
+            first = await reader.wait_for(
+                lambda m: (
+                    m["_topic"] == "training.progress.v1"
+                    and m["run_id"] == long_run.run_id
+                    and m["epoch"] >= 2
+                ),
+                timeout=120,
+            )
+            victim = first["worker"]  # TRAINER_WORKER_ID is the process's name in mesh.json
+            killed_at = time.monotonic()
+            os.kill(st["services"][victim]["pid"], signal.SIGKILL)
+            done = await reader.wait_for(completed(long_run.run_id), timeout=300)
+            # A later run on the same partition: once it is answered, any redelivery of the
+            # long run's request has been handled too, so the count below is final.
+            await send(st["bootstrap"], marker)
+            await reader.wait_for(completed(marker.run_id), timeout=120)
+            answers = reader.matching(
+                lambda m: (
+                    m["_topic"] in ("training.completed.v1", "training.failed.v1")
+                    and m["run_id"] == long_run.run_id
+                )
+            )
+            return victim, done, killed_at, answers
+
+    victim, done, killed_at, answers = asyncio.run(scenario())
+    assert done["worker"] != victim, "the surviving trainer finishes the run"
+    assert done["metrics"]["resumed_from_epoch"] >= 2, "it resumed from the killed one's checkpoint"
+    assert [a["_topic"] for a in answers] == ["training.completed.v1"]
+
+    row = wait_for(
+        lambda: (r := status_row(env, victim)) and r["alive"] and r["restarts"] == 1 and r,
+        timeout=60,
+        interval=0.5,
+        what=f"{victim} restarted and alive in `lmesh status`",
+    )
+    assert row["last_exit"] == "killed by signal 9 (SIGKILL)"
+    assert row["state"] == "running"
+    restarted_pid = mesh_state(home)["services"][victim]["pid"]
+    assert restarted_pid != st["services"][victim]["pid"] and _alive(restarted_pid)
+    others = [
+        r
+        for r in json.loads(lmesh(env, "status", "--json").stdout)["services"]
+        if r["service"] != victim
+    ]
+    assert all(r["alive"] and r["restarts"] == 0 for r in others), others
+    print(
+        f"\nkilled {victim}; the run finished on {done['worker']} from epoch "
+        f"{done['metrics']['resumed_from_epoch']:.0f}; kill→answer "
+        f"{time.monotonic() - killed_at:.1f}s"
+    )
+
+
+def test_restart_latency_of_a_killed_service(detached: tuple[dict[str, str], Path]) -> None:
+    env, home = detached
+    st = mesh_state(home)
+    before = st["services"]["preprocess"]
+    killed_at = time.monotonic()
+    os.kill(before["pid"], signal.SIGKILL)
+    wait_for(
+        lambda: mesh_state(home)["services"]["preprocess"]["pid"] != before["pid"],
+        timeout=30,
+        what="a new preprocess process",
+    )
+    respawned = time.monotonic() - killed_at
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{before['url']}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, timeout=60, interval=0.1, what="preprocess healthy again")
+    print(
+        f"\npreprocess SIGKILLed: new process after {respawned:.2f}s, healthy after "
+        f"{time.monotonic() - killed_at:.2f}s (backoff 0.5s)"
+    )
+    row = status_row(env, "preprocess")
+    assert row is not None and row["restarts"] == 1 and row["alive"]
+
+
+def test_sigkill_of_the_supervisor_leaves_no_process(detached: tuple[dict[str, str], Path]) -> None:
+    _, home = detached
+    st = mesh_state(home)
+    pids = [s["pid"] for s in st["services"].values()] + [st["broker_pid"]]
+    assert all(_alive(p) for p in pids)
+    os.kill(st["supervisor_pid"], signal.SIGKILL)
+    wait_for(
+        lambda: not [p for p in pids if _alive(p)],
+        timeout=30,
+        what="every mesh process gone after its supervisor was SIGKILLed",
+    )
+
+
+def test_every_service_exits_within_10s_of_sigterm_with_the_broker_gone(tmp_path: Path) -> None:
+    base = free_base_port()
+    config = MeshConfig(
+        home=tmp_path / "mesh",
+        ports={n: base + i + 1 for i, n in enumerate(NAMES)},
+        supervise=False,
+        extra_env={"TRAINER_THREADS": "1"},
+    )
+    took: dict[str, float] = {}
+    with Mesh(config) as mesh:
+        # Work in flight: a training job (its thread would be joined at exit) and an upload
+        # whose publish waits for a broker that is gone.
+        store = open_store((mesh.home / "artifacts").as_uri())
+        prepared = prepared_dataset(store, f"term-{uuid.uuid4().hex[:6]}", n_train=4000)
+        job = training_job(prepared, epochs=200)
+
+        async def job_running() -> None:
+            async with TopicReader(mesh.bootstrap, "training.progress.v1") as reader:
+                await send(mesh.bootstrap, job)
+                await reader.wait_for(lambda m: m["run_id"] == job.run_id, timeout=120)
+
+        asyncio.run(job_running())
+        mesh.broker.process.kill()
+        mesh.broker.process.wait()
+
+        def upload() -> None:
+            csv = "label,a,b\n" + "".join(f"{i % 2},{i},{2 * i}\n" for i in range(100))
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(
+                    f"{mesh.url('ingest')}/datasets/term/upload",
+                    files=[("files", ("d.csv", csv.encode(), "text/csv"))],
+                    headers={"Authorization": f"Bearer {mesh.tokens['ingest']}"},
+                    timeout=60,
+                )
+
+        threading.Thread(target=upload, daemon=True).start()
+        for p in mesh.processes:
+            assert p.process is not None and p.process.poll() is None, f"{p.name} died early"
+            started = time.monotonic()
+            p.process.send_signal(signal.SIGTERM)
+            try:
+                p.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{p.name} still running 10 s after SIGTERM with the broker gone")
+            took[p.name] = round(time.monotonic() - started, 2)
+    print(f"\nexit after SIGTERM, broker gone: {took}")
+    assert set(took) == set(NAMES)
