@@ -73,12 +73,25 @@ def promote(
     version: Annotated[int, typer.Argument(help="version to promote", min=1)],
     alias: Annotated[str, typer.Option(help="alias to move")] = "production",
     reason: Annotated[str, typer.Option(help="why (kept in the alias history)")] = "",
+    allow_signature_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-signature-change",
+            help="promote even if the version takes a different input than the alias holder "
+            "(breaks producers of inference.requested.v1)",
+        ),
+    ] = False,
 ) -> None:
     """Point an alias (default: production) at a model version."""
     mv = _call(
         "POST",
         f"/models/{model}/aliases/{alias}",
-        body={"version": version, "reason": reason, "actor": _actor()},
+        body={
+            "version": version,
+            "reason": reason,
+            "actor": _actor(),
+            "allow_signature_change": allow_signature_change,
+        },
     )
     typer.echo(f"{model}: {alias} -> v{mv['version']} (run {mv['run_id']})")
 
