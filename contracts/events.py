@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID, uuid4
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "NAME_PATTERN",
@@ -109,7 +109,19 @@ class DatasetSchema(Contract):
     feature_shape: list[int] = Field(min_length=1, description="Shape of one record, e.g. [28, 28]")
     dtype: Literal["uint8", "float32", "float64", "int64"] = "float32"
     num_classes: int = Field(ge=2, le=100_000)
-    label_names: list[str] | None = None
+    label_names: list[str] | None = Field(
+        default=None,
+        description="Class names, label 0 first (one per class), e.g. Fashion-MNIST's "
+        "'T-shirt/top', 'Trouser', ...; None: the classes are only numbered",
+    )
+
+    @model_validator(mode="after")
+    def _one_name_per_class(self) -> DatasetSchema:
+        if self.label_names is not None and len(self.label_names) != self.num_classes:
+            raise ValueError(
+                f"label_names has {len(self.label_names)} names for {self.num_classes} classes"
+            )
+        return self
 
     @property
     def feature_count(self) -> int:

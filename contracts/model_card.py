@@ -40,7 +40,11 @@ class ModelCard(Contract):
     run_id: str
     spec: ModelSpec
     num_classes: int
-    label_names: list[str] | None = None
+    label_names: list[str] | None = Field(
+        default=None,
+        description="Class names, label 0 first, from the dataset's schema; the predictor "
+        "answers them in its 'classes' output. None: the classes are only numbered",
+    )
     input: TensorSignature
     output: TensorSignature
     preprocessing: PreprocessingSpec

@@ -15,11 +15,13 @@ import numpy as np
 
 __all__ = [
     "IDX_DTYPES",
+    "KNOWN_CLASS_NAMES",
     "IdxFormatError",
     "decode_idx",
     "encode_idx",
     "find_idx_files",
     "idx_role",
+    "known_class_names",
     "maybe_gunzip",
     "read_idx",
 ]
@@ -39,6 +41,25 @@ _CODES = {np.dtype(v).newbyteorder("="): k for k, v in IDX_DTYPES.items()}
 _IDX_NAME = re.compile(
     r"^(?P<split>train|t10k|test)[-_.](?P<kind>images|labels)[-_.]?.*idx\d.*$", re.IGNORECASE
 )
+
+
+#: Class names of the well-known IDX datasets (label 0 first), by normalised dataset name.
+KNOWN_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+    "mnist": tuple("0123456789"),
+}
+_ALIASES = {"fashionmnist": "fashion-mnist", "mnist": "mnist"}
 
 
 class IdxFormatError(ValueError):
@@ -117,3 +138,14 @@ def find_idx_files(directory: Path) -> dict[tuple[str, str], Path]:
 
 def read_idx(path: Path) -> np.ndarray:
     return decode_idx(path.read_bytes(), path.name)
+
+
+def known_class_names(*names: str | Path) -> list[str] | None:
+    """The class names of a well-known dataset, recognised by name: the first of ``names``
+    (dataset names or directories, e.g. ``/usr/share/datasets/fashion-mnist``) that is
+    ``fashion-mnist`` or ``mnist`` (case, ``-``, ``_`` ignored). None when none is known."""
+    for name in names:
+        key = re.sub(r"[^a-z0-9]", "", Path(name).name.lower())
+        if key in _ALIASES:
+            return list(KNOWN_CLASS_NAMES[_ALIASES[key]])
+    return None

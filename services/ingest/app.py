@@ -32,7 +32,7 @@ from services.ingest.consumer import RecordsConsumer
 from services.ingest.formats import DatasetFormatError, DecompressionLimitExceeded
 from services.ingest.ingestion import DatasetIngestor
 from services.ingest.settings import IngestSettings
-from services.ingest.validation import SchemaMismatch
+from services.ingest.validation import SchemaMismatch, parse_class_names
 
 log = logging.getLogger("lmesh.ingest")
 
@@ -238,7 +238,12 @@ def datasets_router(rt: IngestRuntime) -> APIRouter:
                                 "files": {
                                     "type": "array",
                                     "items": {"type": "string", "format": "binary"},
-                                }
+                                },
+                                "classes": {
+                                    "type": "string",
+                                    "description": "Optional class names, label 0 first: a "
+                                    'JSON list (["cat", "dog"]) or comma-separated (cat,dog)',
+                                },
                             },
                         }
                     }
@@ -261,6 +266,7 @@ def datasets_router(rt: IngestRuntime) -> APIRouter:
             for _, value in form.multi_items():
                 if isinstance(value, UploadFile):
                     files[value.filename or f"file{len(files)}"] = await value.read()
+            classes = form.get("classes")
         finally:
             await form.close()
         if not files:
@@ -268,7 +274,8 @@ def datasets_router(rt: IngestRuntime) -> APIRouter:
                 400, "no file in the upload: send multipart form-data with the file(s)"
             )
         try:
-            version, event = await asyncio.to_thread(rt.ingestor.ingest_files, name, files)
+            names = parse_class_names(classes) if isinstance(classes, str) else None
+            version, event = await asyncio.to_thread(rt.ingestor.ingest_files, name, files, names)
         except DecompressionLimitExceeded as exc:
             raise HTTPException(413, str(exc)) from None
         except (DatasetFormatError, SchemaMismatch) as exc:

@@ -41,6 +41,7 @@ from services.ingest.validation import (
     check_records,
     conform,
     infer_schema,
+    name_classes,
 )
 
 __all__ = ["DatasetIngestor", "Rejected", "SortedBatch", "sort_records"]
@@ -62,11 +63,15 @@ class DatasetIngestor:
         self.limits = limits
 
     def ingest_files(
-        self, dataset: str, files: Mapping[str, bytes]
+        self, dataset: str, files: Mapping[str, bytes], class_names: list[str] | None = None
     ) -> tuple[DatasetVersion, DatasetIngested | None]:
-        """An upload: decode, check against the declared schema (or infer one), store."""
+        """An upload: decode, check against the declared schema (or infer one), store.
+        ``class_names`` (label 0 first) name the classes in the version's schema."""
         raw = decode_files(files, self.limits)
-        schema = self.catalog.schema(dataset) or infer_schema(raw)
+        known = self.catalog.schema(dataset)
+        schema = known or infer_schema(raw)
+        if class_names is not None:
+            schema = name_classes(schema, class_names, inferred=known is None)
         return self.store_version(dataset, raw, schema, source="upload")
 
     def store_version(

@@ -3,6 +3,7 @@ Pure logic: no web or broker imports."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ __all__ = [
     "check_records",
     "conform",
     "infer_schema",
+    "name_classes",
+    "parse_class_names",
 ]
 
 _DTYPE_OF_KIND = {"u": "int64", "i": "int64", "f": "float32"}
@@ -42,6 +45,42 @@ def infer_schema(raw: RawDataset) -> DatasetSchema:
     labels = [raw.y_train] + ([raw.y_test] if raw.y_test is not None else [])
     top = max(int(y.max()) for y in labels if len(y)) if any(len(y) for y in labels) else 1
     return DatasetSchema(feature_shape=list(x.shape[1:]), dtype=dtype, num_classes=max(2, top + 1))
+
+
+def parse_class_names(value: str) -> list[str]:
+    """An upload's ``classes`` form field: a JSON list of strings, or names separated by
+    commas (label 0 first)."""
+    if value.lstrip().startswith("["):
+        try:
+            names = json.loads(value)
+        except ValueError as exc:
+            raise SchemaMismatch(f"classes: not a JSON list ({exc})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SchemaMismatch("classes: expected a JSON list of strings")
+    else:
+        names = [n.strip() for n in value.split(",")]
+    return names
+
+
+def name_classes(schema: DatasetSchema, names: list[str], *, inferred: bool) -> DatasetSchema:
+    """The schema with the class names an upload declares (label 0 first). An inferred
+    schema takes as many classes as names (at least as many as its labels need); a schema
+    the dataset already has must already have that many classes, and the same names if any."""
+    if schema.label_names is not None and schema.label_names != names:
+        raise SchemaMismatch(
+            f"the dataset names its classes {schema.label_names}; this upload declares {names}"
+        )
+    if len(names) < schema.num_classes or (not inferred and len(names) != schema.num_classes):
+        raise SchemaMismatch(
+            f"{len(names)} class names declared, but the dataset has {schema.num_classes} "
+            "classes (one name per label, label 0 first)"
+        )
+    try:
+        return DatasetSchema.model_validate(
+            {**schema.model_dump(), "num_classes": len(names), "label_names": names}
+        )
+    except ValueError as exc:
+        raise SchemaMismatch(f"class names: {exc}") from None
 
 
 def _cast(x: np.ndarray, schema: DatasetSchema, where: str) -> np.ndarray:

@@ -21,10 +21,20 @@ from services.predictor.batching import MicroBatcher
 from services.predictor.oip import DATATYPES, InferenceRequest, OIPError, OutputTensor
 from services.predictor.preprocessing import Preprocessor
 
-__all__ = ["OUTPUT_LABEL", "OUTPUT_LABEL_NAME", "OUTPUT_PROBABILITIES", "LoadedModel", "load_model"]
+__all__ = [
+    "OUTPUT_CLASSES",
+    "OUTPUT_LABEL",
+    "OUTPUT_LABEL_NAME",
+    "OUTPUT_PROBABILITIES",
+    "LoadedModel",
+    "load_model",
+]
 
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_LABEL = "label"
+#: BYTES [N]: the top class's name per row, when the model card names the classes
+OUTPUT_CLASSES = "classes"
+#: the former name of ``classes``: still answered when a request asks for it by name
 OUTPUT_LABEL_NAME = "label_name"
 #: datatypes a client may send: any numeric one (cast to float32 before preprocessing)
 _NUMERIC = frozenset(DATATYPES) - {"BOOL"}
@@ -63,7 +73,7 @@ class LoadedModel:
         )
         self.output_names = [OUTPUT_PROBABILITIES, OUTPUT_LABEL]
         if self.label_names is not None:
-            self.output_names.append(OUTPUT_LABEL_NAME)
+            self.output_names.append(OUTPUT_CLASSES)
         self._noop = (
             np.full((1, self.num_classes), 1.0 / self.num_classes, dtype=np.float32),
             np.zeros(1, dtype=np.int64),
@@ -77,7 +87,7 @@ class LoadedModel:
             {"name": OUTPUT_LABEL, "datatype": "INT64", "shape": [-1]},
         ]
         if self.label_names is not None:
-            outputs.append({"name": OUTPUT_LABEL_NAME, "datatype": "BYTES", "shape": [-1]})
+            outputs.append({"name": OUTPUT_CLASSES, "datatype": "BYTES", "shape": [-1]})
         return {
             "name": self.name,
             "versions": versions,
@@ -126,7 +136,9 @@ class LoadedModel:
     def check_outputs(self, request: InferenceRequest) -> None:
         if request.outputs is not None:
             for name in request.outputs:
-                if name not in self.output_names:
+                if name not in self.output_names and not (
+                    name == OUTPUT_LABEL_NAME and self.label_names is not None
+                ):
                     raise OIPError(
                         f"unknown output {name!r}; model {self.name!r} has "
                         f"{', '.join(self.output_names)}"
@@ -141,8 +153,10 @@ class LoadedModel:
             result.append(OutputTensor(OUTPUT_PROBABILITIES, "FP32", probabilities))
         if wanted is None or OUTPUT_LABEL in wanted:
             result.append(OutputTensor(OUTPUT_LABEL, "INT64", labels))
-        if self.label_names is not None and (wanted is None or OUTPUT_LABEL_NAME in wanted):
-            result.append(OutputTensor(OUTPUT_LABEL_NAME, "BYTES", self.label_names[labels]))
+        if self.label_names is not None:
+            for name in (OUTPUT_CLASSES, OUTPUT_LABEL_NAME):
+                if (wanted is None and name == OUTPUT_CLASSES) or (wanted and name in wanted):
+                    result.append(OutputTensor(name, "BYTES", self.label_names[labels]))
         return result
 
     # ------------------------------------------------------------------ forward
