@@ -1,5 +1,5 @@
-"""`lmesh up` brings the broker and the five services up as separate processes;
-`lmesh status` reports them alive; `lmesh down` leaves nothing running."""
+"""`lmesh up` brings the broker and the five services up as separate processes under a
+supervisor; `lmesh status` reports them alive; `lmesh down` leaves nothing running."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def test_up_status_down(tmp_path: Path) -> None:
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         st = json.loads((tmp_path / "mesh" / "mesh.json").read_text())
+        assert (tmp_path / "mesh" / "mesh.json").stat().st_mode & 0o777 == 0o600
         assert set(st["services"]) == {"ingest", "preprocess", "trainer", "registry", "predictor"}
+        assert _alive(st["supervisor_pid"]), "--detach leaves a supervisor process running"
         status = subprocess.run(
             [*LMESH, "status", "--json"], env=env, capture_output=True, text=True, timeout=60
         )
@@ -44,10 +46,11 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stdout + status.stderr
         assert {r["service"] for r in report["services"] if r["alive"]} == set(st["services"])
         assert all(r["version"] for r in report["services"])
+        assert all(r["restarts"] == 0 and r["state"] == "running" for r in report["services"])
         assert set(report["consumer_lag"]) >= {"ingest", "preprocess", "trainer", "registry"}
     finally:
         down = subprocess.run([*LMESH, "down"], env=env, capture_output=True, text=True, timeout=60)
     assert down.returncode == 0, down.stderr
-    pids = [s["pid"] for s in st["services"].values()] + [st["broker_pid"]]
+    pids = [s["pid"] for s in st["services"].values()] + [st["broker_pid"], st["supervisor_pid"]]
     assert not [p for p in pids if _alive(p)], "processes left running after `lmesh down`"
     assert not (tmp_path / "mesh" / "mesh.json").exists()
