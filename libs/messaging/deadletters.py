@@ -423,11 +423,12 @@ async def read_to_end(
                 )
             batch = await consumer.getmany(*todo, timeout_ms=int(min(left, 1.0) * 1000))
             for tp, records in batch.items():
-                end = todo.get(tp)
-                if end is None:
-                    continue
-                out.extend(r for r in records if r.offset < end)
-                if records and records[-1].offset >= end - 1:
+                if tp in todo:
+                    out.extend(r for r in records if r.offset < todo[tp])
+            for tp, end in list(todo.items()):
+                # by position, not by the last record's offset: offsets may have gaps
+                # (compaction, transaction markers)
+                if await consumer.position(tp) >= end:
                     del todo[tp]
         out.sort(key=lambda r: (r.topic, r.partition, r.offset))
         return out

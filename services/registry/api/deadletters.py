@@ -1,6 +1,7 @@
 """Dead letters of every service: counts by reason, the letters, replay (for the CLI's
 ``lmesh dlq`` and the console). Reads the ``<service>.dlq.v1`` topics without a consumer
-group; replays are recorded in the artifact store, so a letter is replayed once."""
+group (the newest :data:`SCAN_LIMIT` letters of each partition); replays are recorded in
+the artifact store, so a letter is replayed once."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from libs.messaging.errors import BrokerUnreachable
 from services.registry.api.deps import TokenDep
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
+#: The newest letters read per DLQ partition (a bound on memory and time per request).
+SCAN_LIMIT = 100_000
 _errors: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown service"},
     503: {"description": "The broker is not reachable or too slow"},
@@ -41,7 +44,7 @@ class DeadLetterDesk:
 
     async def read(self, services: list[str]) -> dict[str, list[StoredDeadLetter]]:
         try:
-            return await read_dead_letters(self.kafka, services)
+            return await read_dead_letters(self.kafka, services, max_per_partition=SCAN_LIMIT)
         except (BrokerUnreachable, TimeoutError) as exc:
             raise HTTPException(503, f"cannot read the dead letters: {exc}") from None
 
