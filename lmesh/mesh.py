@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
@@ -35,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from libs.processes import die_with_parent
 from lmesh import state
 from lmesh.state import SERVICES
 from lmesh.supervision import RestartPolicy, Supervised
@@ -93,37 +93,6 @@ class ServiceProcess:
     service: str = ""
     replica: int = 0
     record: Supervised | None = None
-
-
-# ---------------------------------------------------------------------- die with the parent
-_PR_SET_PDEATHSIG = 1
-
-
-def _prctl() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _prctl()  # resolved before any fork: the child only calls it
-
-
-def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child receive ``sig`` when the thread that started it
-    exits (its process killed, even by SIGKILL); None where prctl is unavailable."""
-    if _PRCTL is None:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 # ---------------------------------------------------------------------- the mesh

@@ -45,8 +45,10 @@ def kafka_bootstrap() -> Iterator[str]:
             yield bootstrap
         return
     from libs.messaging.embedded import EmbeddedBroker
+    from libs.processes import die_with_parent
 
-    with EmbeddedBroker() as broker:
+    # A test run that is killed (timeout, Ctrl-C twice) takes its broker with it.
+    with EmbeddedBroker(preexec_fn=die_with_parent()) as broker:
         yield broker.bootstrap
 
 

@@ -25,6 +25,7 @@ import pytest
 from contracts.events import Hyperparameters, ModelSpec, PreparedDatasetRef, TrainingRequested
 from libs.storage import open_store
 from lmesh.mesh import Mesh, MeshConfig, _alive
+from lmesh.supervision import RestartPolicy
 from tests.support.kafka import TopicReader, produce
 from tests.support.polling import wait_for
 from tests.support.ports import free_base_port
@@ -282,3 +283,35 @@ def test_every_service_exits_within_10s_of_sigterm_with_the_broker_gone(tmp_path
             took[p.name] = round(time.monotonic() - started, 2)
     print(f"\nexit after SIGTERM, broker gone: {took}")
     assert set(took) == set(NAMES)
+
+
+def test_a_service_that_keeps_dying_is_reported_failed_and_the_rest_keeps_running(
+    tmp_path: Path,
+) -> None:
+    base = free_base_port()
+    config = MeshConfig(
+        home=tmp_path / "mesh",
+        ports={n: base + i + 1 for i, n in enumerate(NAMES)},
+        services=("ingest", "preprocess"),
+        restart=RestartPolicy(backoff_s=0.2, max_per_minute=1),
+    )
+    events: list[str] = []
+    with Mesh(config, on_event=events.append) as mesh:
+        victim = next(p for p in mesh.processes if p.name == "preprocess")
+        first = victim.pid
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: victim.pid != first, timeout=30, what="the first restart")
+        os.kill(victim.pid, signal.SIGKILL)
+        record = wait_for(
+            lambda: (
+                (r := mesh_state(mesh.home)["services"]["preprocess"])["state"] == "failed" and r
+            ),
+            timeout=30,
+            what="preprocess reported failed",
+        )
+        assert record["restarts"] == 1
+        assert record["last_exit"]["reason"] == "killed by signal 9 (SIGKILL)"
+        assert any("failed, the rest keeps running" in e for e in events), events
+        ingest = mesh.url("ingest")
+        assert httpx.get(f"{ingest}/healthz", timeout=5).status_code == 200
+        assert not _alive(victim.pid), "no restart after the cap"
