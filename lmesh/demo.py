@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 
 from contracts.events import Hyperparameters, ModelSpec, PreparedDatasetRef, TrainingRequested
-from libs.idx import encode_idx, find_idx_files, read_idx
+from libs.idx import encode_idx, find_idx_files, known_class_names, read_idx
 
 #: The demo's promotion policy: a retrain on new data is promoted unless it is more than one
 #: point worse on its own validation split (splits differ between dataset versions).
@@ -77,12 +77,16 @@ class Demo:
         self.bootstrap: str = mesh.bootstrap
         self.token: str = mesh.tokens["ingest"]
         self.http = httpx.Client(timeout=120.0)
+        #: Fashion-MNIST's or MNIST's class names when the data is recognised (libs.idx)
+        self.classes = known_class_names(options.data, options.name)
 
     # ------------------------------------------------------------------ steps
     def upload(self, files: list[Path]) -> dict[str, Any]:
         from lmesh.commands.ingest import upload_files
 
-        return upload_files(self.mesh.url("ingest"), self.opt.name, files, token=self.token)
+        return upload_files(
+            self.mesh.url("ingest"), self.opt.name, files, token=self.token, classes=self.classes
+        )
 
     def prepared(self, version: int) -> tuple[PreparedDatasetRef, dict[str, str]]:
         """Wait for dataset.prepared.v1 of this version; its Kafka headers carry the trace."""
@@ -166,8 +170,26 @@ class Demo:
             time.sleep(0.05)
         raise RuntimeError(f"the predictor did not serve {model} version {version} within 60s")
 
-    def infer(self, model: str, x: np.ndarray, *, check: bool = True) -> dict[str, Any] | None:
-        payload = {
+    def examples(self, model: str, x: np.ndarray, y: np.ndarray) -> list[str]:
+        """What the served model answers for a few test images, by class name, with the truth."""
+        from lmesh.commands.predict import describe
+
+        body = self.infer(model, x, outputs=None)
+        assert body is not None
+        return [
+            f"test image {i}: {line} (true: {self.classes[t] if self.classes else t})"
+            for i, (line, t) in enumerate(zip(describe(body), y.tolist(), strict=True))
+        ]
+
+    def infer(
+        self,
+        model: str,
+        x: np.ndarray,
+        *,
+        check: bool = True,
+        outputs: tuple[str, ...] | None = ("label",),
+    ) -> dict[str, Any] | None:
+        payload: dict[str, Any] = {
             "id": uuid.uuid4().hex,
             "inputs": [
                 {
@@ -177,8 +199,9 @@ class Demo:
                     "data": x.ravel().tolist(),
                 }
             ],
-            "outputs": [{"name": "label"}],
         }
+        if outputs is not None:
+            payload["outputs"] = [{"name": name} for name in outputs]
         r = self.http.post(f"{self.mesh.url('predictor')}/v2/models/{model}/infer", json=payload)
         if r.status_code != 200:
             if check:
@@ -333,6 +356,8 @@ def _first_model(
     c.print(
         f"served {done.model_name} v{version}: test accuracy {accuracy:.4f} on {n} images over HTTP"
     )
+    for line in demo.examples(done.model_name, x_test[:3], y_test[:3]):
+        c.print(f"  {line}", highlight=False)
     return {
         "dataset": ref.dataset,
         "dataset_version": ref.version,

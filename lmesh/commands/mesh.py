@@ -15,6 +15,7 @@ from rich.table import Table
 
 from lmesh import state
 from lmesh.app import app
+from lmesh.errors import BAD_INPUT, CLIError
 from lmesh.mesh import Mesh, MeshConfig, MeshError, _alive, stop_detached, wait_for_stop_signal
 from lmesh.supervision import RestartPolicy
 
@@ -77,10 +78,9 @@ def up(
     try:
         mesh.start(detach=detach)
     except MeshError as exc:
-        console.print(f"[red]error:[/red] {exc}")
         if tracing_ui:
             tracing_ui.stop()
-        raise typer.Exit(2) from None
+        raise CLIError(str(exc), BAD_INPUT) from None
     console.print(f"mesh up in {time.monotonic() - started:.1f}s — broker {mesh.bootstrap}")
     _print_services(mesh)
     if tracing_ui:
@@ -114,8 +114,7 @@ def down() -> None:
     """Stop a mesh started with `lmesh up --detach`."""
     st = state.load()
     if not st:
-        console.print("no mesh is running here")
-        return
+        raise CLIError(f"no mesh is running here (no {state.state_file()})")
     stopped = stop_detached()
     ui = st.get("tracing_ui")
     if ui and _alive(ui.get("pid")):
@@ -170,6 +169,11 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             except (httpx.HTTPError, ValueError):
                 pass
             rows.append(row)
+    if not st and not any(r["alive"] for r in rows) and not as_json:
+        raise CLIError(
+            f"no mesh is running here (no {state.state_file()}) and no service answers at "
+            f"{rows[0]['url']}, ...; start one with `lmesh up`"
+        )
     lags = _lags(state.bootstrap())
     if as_json:
         print(json.dumps({"services": rows, "consumer_lag": lags}))
@@ -243,7 +247,6 @@ def trace_cmd(run_id: str, spans_dir: Annotated[Path | None, typer.Option()] = N
     spans = load_spans(directory)
     trace_ids = traces_for(spans, run_id=run_id)
     if not trace_ids:
-        console.print(f"no spans mention run id {run_id!r} in {directory}")
-        raise typer.Exit(1)
+        raise CLIError(f"unknown run {run_id!r}: no spans mention it in {directory}")
     for trace_id in trace_ids:
         print(render_trace([s for s in spans if s["trace_id"] == trace_id]))

@@ -12,6 +12,7 @@ import typer
 
 from lmesh import state
 from lmesh.app import app
+from lmesh.errors import BAD_INPUT, CLIError, check_response
 
 _NUMPY = {
     "UINT8": np.uint8,
@@ -28,21 +29,30 @@ _NUMPY = {
 }
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+def check_file(path: Path) -> None:
+    if not path.is_file():
+        raise CLIError(
+            f"--file {path}: " + ("not a file" if path.exists() else "no such file"), BAD_INPUT
+        )
 
 
 def load_records(path: Path, feature_shape: list[int]) -> np.ndarray:
     """Records ``[N, *feature_shape]`` from a .npy file or an image (grayscale, resized)."""
+    check_file(path)
     if path.suffix.lower() == ".npy":
-        arr = np.load(path, allow_pickle=False)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise CLIError(f"--file {path}: not a readable .npy array ({exc})", BAD_INPUT) from None
         if list(arr.shape) == feature_shape or arr.size == math.prod(feature_shape):
             return arr.reshape(1, *feature_shape)
         if arr.ndim >= 2 and math.prod(arr.shape[1:]) == math.prod(feature_shape):
             return arr.reshape(arr.shape[0], *feature_shape)
-        _fail(f"{path} has shape {list(arr.shape)}; the model takes records of {feature_shape}")
-    from PIL import Image
+        raise CLIError(
+            f"--file {path} has shape {list(arr.shape)}; the model takes records of {feature_shape}",
+            BAD_INPUT,
+        )
+    from PIL import Image, UnidentifiedImageError
 
     if len(feature_shape) == 3 and feature_shape[0] == 3:
         h, w, mode = feature_shape[1], feature_shape[2], "RGB"
@@ -51,28 +61,47 @@ def load_records(path: Path, feature_shape: list[int]) -> np.ndarray:
     else:
         side = math.isqrt(feature_shape[0])
         if side * side != feature_shape[0]:
-            _fail(f"cannot map an image onto records of {feature_shape}")
+            raise CLIError(
+                f"the model takes records of {feature_shape}, not images: pass a .npy array",
+                BAD_INPUT,
+            )
         h = w = side
         mode = "L"
-    with Image.open(path) as img:
-        pixels = np.asarray(img.convert(mode).resize((w, h)), dtype=np.uint8)
+    try:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert(mode).resize((w, h)), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CLIError(
+            f"--file {path}: not an image (png, jpg, ...) nor a .npy array ({exc})", BAD_INPUT
+        ) from None
     if mode == "RGB":
         pixels = pixels.transpose(2, 0, 1)
     return pixels.reshape(1, *feature_shape)
+
+
+def describe(body: dict[str, Any]) -> list[str]:
+    """One line per row: ``Ankle boot (class 9, p=0.97) — fashion-mnist-mlp v1``; the class
+    index alone when the model does not name its classes."""
+    outputs: dict[str, Any] = {o["name"]: o for o in body["outputs"]}
+    labels = outputs["label"]["data"]
+    names = outputs.get("classes", {}).get("data")
+    probs = outputs.get("probabilities")
+    served = f"{body['model_name']} v{body.get('model_version', '?')}"
+    lines = []
+    for i, label in enumerate(labels):
+        facts = [f"class {label}"]
+        if probs:
+            facts.append(f"p={probs['data'][i * probs['shape'][1] + label]:.2f}")
+        shown = f"{names[i]} ({', '.join(facts)})" if names else ", ".join(facts)
+        lines.append(f"{shown} — {served}")
+    return lines
 
 
 @app.command()
 def predict(
     model: Annotated[str, typer.Argument(help="Model name, e.g. fashion-mnist-mlp")],
     file: Annotated[
-        Path,
-        typer.Option(
-            "--file",
-            "-f",
-            exists=True,
-            dir_okay=False,
-            help="An image (png, jpg...) or a .npy array",
-        ),
+        Path, typer.Option("--file", "-f", help="An image (png, jpg...) or a .npy array")
     ],
     version: Annotated[
         int | None, typer.Option(help="Ask for this version (loaded or previous)")
@@ -80,51 +109,38 @@ def predict(
     url: Annotated[
         str | None, typer.Option(help="Predictor URL (default: from the mesh state)")
     ] = None,
+    via: Annotated[
+        str,
+        typer.Option(help="http: the predictor's OIP endpoint; kafka: inference.requested.v1"),
+    ] = "http",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer (kafka)")] = 30.0,
 ) -> None:
     """Send one file to the predictor; print the class and the model version that answered."""
+    if via == "kafka":
+        from lmesh.commands.stream import predict_via_kafka
+
+        predict_via_kafka(model, file, version, timeout)
+        return
+    if via != "http":
+        raise typer.BadParameter(f"--via {via!r}: use http or kafka")
+    check_file(file)  # before any request
     base = (url or state.service_url("predictor")).rstrip("/")
     path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
-    try:
-        with httpx.Client(base_url=base, timeout=30) as client:
-            meta = client.get(path)
-            if meta.status_code != 200:
-                _fail(_error_text(meta))
-            signature = meta.json()["inputs"][0]
-            records = load_records(file, signature["shape"][1:])
-            dtype = _NUMPY.get(signature["datatype"], np.float32)
-            request = {
-                "inputs": [
-                    {
-                        "name": signature["name"],
-                        "shape": list(records.shape),
-                        "datatype": signature["datatype"]
-                        if signature["datatype"] in _NUMPY
-                        else "FP32",
-                        "data": records.astype(dtype).ravel().tolist(),
-                    }
-                ]
-            }
-            r = client.post(f"{path}/infer", json=request)
-    except httpx.HTTPError as exc:
-        _fail(f"predictor at {base} is not reachable: {exc}")
-    if r.status_code != 200:
-        _fail(_error_text(r))
-    body = r.json()
-    outputs: dict[str, Any] = {o["name"]: o for o in body["outputs"]}
-    labels = outputs["label"]["data"]
-    names = outputs.get("label_name", {}).get("data")
-    probs = outputs.get("probabilities")
-    n_classes = probs["shape"][1] if probs else None
-    for i, label in enumerate(labels):
-        shown = f"{label} ({names[i]})" if names else str(label)
-        p = f"  p={probs['data'][i * n_classes + label]:.3f}" if probs and n_classes else ""
-        prefix = f"[{i}] " if len(labels) > 1 else ""
-        typer.echo(f"{prefix}class {shown}{p}")
-    typer.echo(f"model {body['model_name']} version {body.get('model_version', '?')}")
-
-
-def _error_text(r: httpx.Response) -> str:
-    try:
-        return f"{r.status_code}: {r.json().get('error') or r.json()}"
-    except ValueError:
-        return f"{r.status_code}: {r.text[:200]}"
+    with httpx.Client(base_url=base, timeout=30) as client:
+        signature = check_response(client.get(path)).json()["inputs"][0]
+        records = load_records(file, signature["shape"][1:])
+        datatype = signature["datatype"] if signature["datatype"] in _NUMPY else "FP32"
+        request = {
+            "inputs": [
+                {
+                    "name": signature["name"],
+                    "shape": list(records.shape),
+                    "datatype": datatype,
+                    "data": records.astype(_NUMPY[datatype]).ravel().tolist(),
+                }
+            ]
+        }
+        body = check_response(client.post(f"{path}/infer", json=request)).json()
+    lines = describe(body)
+    for i, line in enumerate(lines):
+        typer.echo(f"[{i}] {line}" if len(lines) > 1 else line)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from lmesh import state
 from lmesh.app import app
+from lmesh.errors import check_response
 
 console = Console()
 
@@ -24,33 +25,16 @@ def _actor() -> str:
 
 
 def _call(method: str, path: str, *, body: dict[str, Any] | None = None) -> Any:
-    base = state.service_url("registry")
-    try:
-        response = httpx.request(
-            method, f"{base}{path}", json=body, headers=state.auth_headers(), timeout=30
-        )
-    except httpx.TransportError as exc:
-        typer.echo(
-            f"error: the registry is not reachable at {base} ({type(exc).__name__}); "
-            "start the mesh with `lmesh up` or set LMESH_REGISTRY_URL",
-            err=True,
-        )
-        raise typer.Exit(1) from None
-    if response.status_code == 401:
-        typer.echo(
-            "error: the registry refused the request (401: missing or wrong token); "
-            "set LMESH_TOKEN to the registry's REGISTRY_TOKEN",
-            err=True,
-        )
-        raise typer.Exit(1)
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        typer.echo(f"error: {detail} (HTTP {response.status_code})", err=True)
-        raise typer.Exit(1)
-    return response.json()
+    """One registry request; a refusal or an unreachable registry ends the command with one
+    line (lmesh.errors)."""
+    response = httpx.request(
+        method,
+        f"{state.service_url('registry')}{path}",
+        json=body,
+        headers=state.auth_headers("registry"),
+        timeout=30,
+    )
+    return check_response(response).json()
 
 
 @app.command("models")

@@ -4,6 +4,7 @@ endpoints, binary tensors, and every kind of bad input answered 400/404/413 with
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -62,7 +63,7 @@ def test_server_and_model_metadata(stack: PredictorStack) -> None:
     assert model["name"] == name
     assert model["versions"] == ["2"]
     assert model["inputs"] == [{"name": "input", "datatype": "UINT8", "shape": [-1, 28, 28]}]
-    assert [o["name"] for o in model["outputs"]] == ["probabilities", "label", "label_name"]
+    assert [o["name"] for o in model["outputs"]] == ["probabilities", "label", "classes"]
     assert httpx.get(f"{stack.url}/v2/models/{name}/ready").json() == {"name": name, "ready": True}
     assert httpx.get(f"{stack.url}/v2/models/{name}/versions/2").status_code == 200
     assert httpx.get(f"{stack.url}/v2/models/{name}/versions/1").status_code == 404
@@ -80,7 +81,12 @@ def test_infer_json(stack: PredictorStack) -> None:
     probs = np.array(outs["probabilities"]["data"]).reshape(3, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert outs["label"]["data"] == probs.argmax(axis=1).tolist()
-    assert outs["label_name"]["data"] == [LABELS[i] for i in outs["label"]["data"]]
+    assert outs["classes"]["datatype"] == "BYTES" and outs["classes"]["shape"] == [3]
+    assert outs["classes"]["data"] == [LABELS[i] for i in outs["label"]["data"]]
+    assert "label_name" not in outs  # the former name is answered only when asked for
+    old = {**_image_request(3), "outputs": [{"name": "label_name"}]}
+    r_old = httpx.post(f"{stack.url}/v2/models/{name}/infer", json=old)
+    assert r_old.json()["outputs"][0]["data"] == outs["classes"]["data"]
     # the versioned route serves the loaded version
     r2 = httpx.post(f"{stack.url}/v2/models/{name}/versions/2/infer", json=_image_request(3))
     assert r2.json()["outputs"][0]["data"] == outs["probabilities"]["data"]
@@ -261,7 +267,9 @@ def test_cli_predict_with_an_image_and_an_npy_file(stack: PredictorStack, tmp_pa
         result = runner.invoke(app, ["predict", name, "--file", str(path), "--url", stack.url])
         assert result.exit_code == 0, result.output
         out = result.output.strip().splitlines()
-        assert out[-1] == f"model {name} version 2"
-        assert len([ln for ln in out if "class " in ln and "(class-" in ln]) == lines
+        assert len(out) == lines and all(ln.endswith(f" — {name} v2") for ln in out), out
+        for ln in out:  # "[i] class-3 (class 3, p=0.12) — NAME v2": the name, then the index
+            label = re.search(r"class-(\d) \(class (\d), p=[01]\.\d\d\)", ln)
+            assert label and label[1] == label[2], ln
     bad = runner.invoke(app, ["predict", "no-such-model", "--file", str(npy), "--url", stack.url])
     assert bad.exit_code == 1 and "404" in bad.output
