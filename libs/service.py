@@ -63,19 +63,19 @@ class ServiceSettings(BaseSettings):
 
 #: In-flight HTTP requests get this long after SIGTERM before uvicorn cancels them.
 HTTP_GRACEFUL_S = 3
-#: Each lifespan shutdown step (broker client, service hook) gets this long.
-STOP_STEP_S = 4.0
+#: The lifespan's shutdown steps (broker client, service hook) get this long together.
+STOP_BUDGET_S = 3.0
 _exit_deadline = {"seconds": ServiceSettings.model_fields["shutdown_timeout_s"].default}
 _exit_armed = threading.Event()
 
 
-async def _bounded(what: str, step: Awaitable[None]) -> None:
-    """One shutdown step, given up after STOP_STEP_S: aiokafka's close waits for a group
-    coordinator and flushes pending sends, forever when the broker is gone."""
+async def _bounded(what: str, step: Awaitable[None], deadline: float) -> None:
+    """One shutdown step, given up at ``deadline`` (monotonic): aiokafka's close waits for a
+    group coordinator and flushes pending sends, forever when the broker is gone."""
     try:
-        await asyncio.wait_for(step, STOP_STEP_S)
+        await asyncio.wait_for(step, max(0.1, deadline - time.monotonic()))
     except TimeoutError:
-        log.warning("%s took longer than %ss (broker unreachable?); going on", what, STOP_STEP_S)
+        log.warning("%s did not finish in time (broker unreachable?); going on", what)
 
 
 def arm_exit_deadline(seconds: float | None = None) -> None:
@@ -138,10 +138,11 @@ def create_app(
             arm_exit_deadline()  # also covers uvicorn's worker processes (PREDICTOR_WORKERS)
             if lag_task is not None:
                 lag_task.cancel()
+            deadline = time.monotonic() + STOP_BUDGET_S
             if broker is not None:
-                await _bounded("stopping the broker client", broker.stop())
+                await _bounded("stopping the broker client", broker.stop(), deadline)
             if on_shutdown:
-                await _bounded("the shutdown hook", on_shutdown(app))
+                await _bounded("the shutdown hook", on_shutdown(app), deadline)
             telemetry.shutdown()
 
     app = FastAPI(title=title or f"lepton-mesh {service}", lifespan=lifespan, **fastapi_kwargs)

@@ -29,7 +29,7 @@ from libs.storage import StoreSettings, open_store
 from libs.telemetry import metrics
 
 #: Seconds a stopping broker waits for handlers in flight (FastStream ``graceful_timeout``).
-GRACEFUL_TIMEOUT_S = 3.0
+GRACEFUL_TIMEOUT_S = 2.0
 
 
 def create_broker(

@@ -271,7 +271,14 @@ def test_every_service_exits_within_10s_of_sigterm_with_the_broker_gone(tmp_path
                     timeout=60,
                 )
 
-        threading.Thread(target=upload, daemon=True).start()
+        uploading = threading.Thread(target=upload, daemon=True)
+        uploading.start()
+
+        def upload_publishing() -> bool:  # stored and catalogued, its publish waiting
+            r = httpx.get(f"{mesh.url('ingest')}/datasets/term/versions", timeout=5)
+            return r.status_code == 200 and uploading.is_alive()
+
+        wait_for(upload_publishing, timeout=30, what="the upload to wait on its publish")
         for p in mesh.processes:
             assert p.process is not None and p.process.poll() is None, f"{p.name} died early"
             started = time.monotonic()
