@@ -40,6 +40,7 @@ from contracts.events import (
     validate_name,
 )
 from contracts.model_card import ModelCard, TensorSignature
+from libs.messaging.retry import classify
 from libs.models import build_model
 from libs.storage import ArtifactStore, open_store
 from services.trainer import admission, checkpoints, validation
@@ -151,6 +152,8 @@ class TrainingJob:
         except JobRejected as exc:
             return self._failed(event, exc.error_type, "; ".join(exc.reasons))
         except (RuntimeError, ValueError) as exc:  # a crash inside torch: tell the requester
+            if classify(exc) == "transient":  # e.g. the broker is down (KafkaError): retried
+                raise
             log.exception("training run %s crashed", event.run_id)
             return self._failed(event, type(exc).__name__, f"training crashed: {exc}")
         self.record_completion(event, done, published=False)

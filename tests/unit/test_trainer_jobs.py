@@ -85,3 +85,29 @@ def test_bad_requests_fail_with_reason(tmp_path: Path) -> None:
     other = TrainingRequested(run_id="r4", dataset="other", prepared=prepared)
     assert "carries prepared dataset 'blobs'" in job.run(other).event.reason
     assert torch.get_num_threads() == 1
+
+
+def test_a_dependency_that_is_down_raises_for_a_retry_and_a_torch_crash_is_answered(
+    tmp_path: Path,
+) -> None:
+    """A broker that is down mid-run (aiokafka's errors are RuntimeErrors) is not a crash of
+    the training: it propagates so that the messaging layer retries it."""
+    import pytest
+    from aiokafka.errors import KafkaConnectionError
+
+    job = make_job(tmp_path)
+    prepared = prepared_dataset(job.store, "blobs", n_train=100, n_val=20, n_test=0)
+    event = TrainingRequested(
+        run_id="r4", dataset="blobs", prepared=prepared, hyperparameters=Hyperparameters(epochs=1)
+    )
+
+    def broker_down(_progress: object) -> None:
+        raise KafkaConnectionError("no broker")
+
+    def torch_crash(_progress: object) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.raises(KafkaConnectionError):
+        job.run(event, broker_down)
+    crashed = job.run(event.model_copy(update={"run_id": "r5"}), torch_crash)
+    assert crashed.kind == "failed" and "training crashed" in crashed.event.reason
