@@ -322,3 +322,38 @@ def test_a_service_that_keeps_dying_is_reported_failed_and_the_rest_keeps_runnin
         ingest = mesh.url("ingest")
         assert httpx.get(f"{ingest}/healthz", timeout=5).status_code == 200
         assert not _alive(victim.pid), "no restart after the cap"
+
+
+def test_a_dead_broker_is_restarted_on_its_address_and_services_publish_again(
+    tmp_path: Path,
+) -> None:
+    base = free_base_port()
+    config = MeshConfig(
+        home=tmp_path / "mesh",
+        ports={n: base + i + 1 for i, n in enumerate(NAMES)},
+        services=("ingest",),
+        restart=RestartPolicy(backoff_s=0.2),
+    )
+    with Mesh(config) as mesh:
+        bootstrap = mesh.bootstrap
+        mesh.broker.process.kill()
+        wait_for(
+            lambda: (mesh_state(mesh.home).get("broker") or {}).get("restarts") == 1,
+            timeout=60,
+            what="the broker restarted",
+        )
+        assert mesh.bootstrap == bootstrap == mesh_state(mesh.home)["bootstrap"]
+        csv = "label,a,b\n" + "".join(f"{i % 2},{i},{2 * i}\n" for i in range(50))
+
+        async def upload_announced() -> None:
+            async with TopicReader(bootstrap, "dataset.ingested.v1") as reader:
+                async with httpx.AsyncClient(timeout=60) as client:
+                    r = await client.post(
+                        f"{mesh.url('ingest')}/datasets/after-restart/upload",
+                        files=[("files", ("d.csv", csv.encode(), "text/csv"))],
+                        headers={"Authorization": f"Bearer {mesh.tokens['ingest']}"},
+                    )
+                assert r.status_code in (200, 201), r.text
+                await reader.wait_for(lambda m: m["dataset"] == "after-restart", timeout=30)
+
+        asyncio.run(upload_announced())
