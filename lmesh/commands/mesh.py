@@ -175,8 +175,9 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             f"{rows[0]['url']}, ...; start one with `lmesh up`"
         )
     lags = _lags(state.bootstrap())
+    supervisor = _supervisor(st)
     if as_json:
-        print(json.dumps({"services": rows, "consumer_lag": lags}))
+        print(json.dumps({"services": rows, "consumer_lag": lags, "supervisor": supervisor}))
         raise typer.Exit(0 if all(r["alive"] for r in rows) else 1)
     table = Table("service", "alive", "version", "http", "last event", "restarts", "last exit")
     for r in rows:
@@ -193,6 +194,8 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             r["last_exit"] or "-",
         )
     console.print(table)
+    if supervisor:
+        console.print(_describe_supervisor(supervisor))
     lag_table = Table("group", "topic", "partition", "committed", "end", "lag")
     for group, parts in lags.items():
         for p in parts:
@@ -207,6 +210,23 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if isinstance(lags, dict) and lags:
         console.print(lag_table)
     raise typer.Exit(0 if all(r["alive"] for r in rows) else 1)
+
+
+def _supervisor(st: dict[str, Any]) -> dict[str, Any] | None:
+    """The process supervising the mesh (``lmesh up``), and the embedded broker's record."""
+    pid = st.get("supervisor_pid")
+    if not pid:
+        return None
+    return {"pid": pid, "alive": _alive(pid), "broker": st.get("broker")}
+
+
+def _describe_supervisor(sup: dict[str, Any]) -> str:
+    line = f"supervisor pid {sup['pid']}: " + ("running" if sup["alive"] else "[red]gone[/red]")
+    broker = sup.get("broker") or {}
+    if broker.get("restarts") or broker.get("state") == "failed":
+        last = (broker.get("last_exit") or {}).get("reason", "-")
+        line += f"; embedded broker {broker['state']}, {broker['restarts']} restarts, last: {last}"
+    return line
 
 
 def _lags(bootstrap: str) -> dict[str, list[dict[str, Any]]]:

@@ -47,6 +47,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert {r["service"] for r in report["services"] if r["alive"]} == set(st["services"])
         assert all(r["version"] for r in report["services"])
         assert all(r["restarts"] == 0 and r["state"] == "running" for r in report["services"])
+        assert report["supervisor"]["pid"] == st["supervisor_pid"] and report["supervisor"]["alive"]
         assert set(report["consumer_lag"]) >= {"ingest", "preprocess", "trainer", "registry"}
     finally:
         down = subprocess.run([*LMESH, "down"], env=env, capture_output=True, text=True, timeout=60)
