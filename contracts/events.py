@@ -16,7 +16,9 @@ from uuid import UUID, uuid4
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "NAME_MAX_LENGTH",
     "NAME_PATTERN",
+    "NAME_SCHEMA",
     "ArtifactRef",
     "DatasetIngested",
     "DatasetPrepared",
@@ -46,13 +48,18 @@ __all__ = [
 ]
 
 #: Dataset, model and alias names: lower-case, digits, '-', '_', '.', 1-64 chars,
-#: starting with a letter or digit. Nothing path-like ("../x", "a/b") passes.
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+#: starting with a letter or digit, no '..'. Nothing path-like ("../x", "a/b") passes.
+#: The pattern is exact and has no look-around, so the OpenAPI documents (JSON Schema),
+#: pydantic and :func:`validate_name` accept the same names.
+NAME_PATTERN = r"^[a-z0-9](?:\.?[a-z0-9_-])*\.?$"
+NAME_MAX_LENGTH = 64
+#: The same, in JSON Schema terms: what the OpenAPI documents declare for a name in a path.
+NAME_SCHEMA: dict[str, Any] = {"pattern": NAME_PATTERN, "maxLength": NAME_MAX_LENGTH}
 _NAME_RE = re.compile(NAME_PATTERN)
 
 
 def validate_name(value: str) -> str:
-    if not _NAME_RE.fullmatch(value) or ".." in value:
+    if len(value) > NAME_MAX_LENGTH or not _NAME_RE.fullmatch(value):
         raise ValueError(
             f"invalid name {value!r}: use 1-64 lower-case letters, digits, '-', '_' or '.', "
             "starting with a letter or digit (no '/', no '..')"

@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs import telemetry
+from libs.http_errors import install_error_handlers
 from libs.http_limits import DEFAULT_MAX_BODY_BYTES, BodyLimit, BodySizeLimit, RouteLimit
 from libs.messaging.admin import wait_until_reachable
 from libs.messaging.errors import BrokerUnreachable
@@ -147,6 +148,7 @@ def create_app(
 
     app = FastAPI(title=title or f"lepton-mesh {service}", lifespan=lifespan, **fastapi_kwargs)
     app.state.service = service
+    install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:

@@ -4,9 +4,12 @@
 fails when a checked-in document is stale. Building an app connects to nothing; the stores
 and catalogs it opens go to a temporary directory.
 
-The predictor's inference routes are served by a bare ASGI endpoint (the lean hot path,
-services/predictor/endpoint.py), not by FastAPI: they are added to its document here, with
-the Open Inference Protocol's request and response shapes.
+Each document is the one the service itself serves at ``/openapi.json``: every error
+response carries the one error body of libs/http_errors.py, and the predictor's inference
+routes (a bare ASGI endpoint that FastAPI never sees) are documented by
+services/predictor/endpoint.py. Every document validates as OpenAPI
+(tests/unit/test_openapi_exports.py), and tests/integration/test_openapi_fuzz.py fuzzes each
+running service against its own.
 """
 
 from __future__ import annotations
@@ -21,89 +24,6 @@ from unittest import mock
 
 SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor")
 OUT = Path(__file__).resolve().parents[1] / "contracts" / "openapi"
-
-_TENSOR = {
-    "type": "object",
-    "required": ["name", "shape", "datatype"],
-    "properties": {
-        "name": {"type": "string"},
-        "shape": {"type": "array", "items": {"type": "integer"}},
-        "datatype": {
-            "type": "string",
-            "enum": [
-                "BOOL",
-                "UINT8",
-                "UINT16",
-                "UINT32",
-                "UINT64",
-                "INT8",
-                "INT16",
-                "INT32",
-                "INT64",
-                "FP16",
-                "FP32",
-                "FP64",
-                "BYTES",
-            ],
-        },
-        "parameters": {"type": "object"},
-        "data": {"type": "array", "description": "row-major, flat or nested"},
-    },
-}
-_INFER = {
-    "post": {
-        "summary": "Open Inference Protocol (KServe v2) inference",
-        "description": "JSON body, or the binary tensor data extension "
-        '(Inference-Header-Content-Length header). Errors: 400/404/413 with {"error": ...}.',
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["inputs"],
-                        "properties": {
-                            "id": {"type": "string"},
-                            "parameters": {"type": "object"},
-                            "inputs": {"type": "array", "items": _TENSOR},
-                            "outputs": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "properties": {
-                                        "name": {"type": "string"},
-                                        "parameters": {"type": "object"},
-                                    },
-                                },
-                            },
-                        },
-                    }
-                }
-            },
-        },
-        "responses": {
-            "200": {
-                "description": "Inference response",
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "model_name": {"type": "string"},
-                                "model_version": {"type": "string"},
-                                "id": {"type": "string"},
-                                "outputs": {"type": "array", "items": _TENSOR},
-                            },
-                        }
-                    }
-                },
-            },
-            "400": {"description": '{"error": "..."}'},
-            "404": {"description": '{"error": "..."}'},
-            "413": {"description": '{"error": "..."}'},
-        },
-    }
-}
 
 
 def document(service: str) -> dict[str, Any]:
@@ -124,9 +44,6 @@ def document(service: str) -> dict[str, Any]:
         app = importlib.import_module(f"services.{service}.app").build_app()
         api = getattr(app, "api", app)
         doc: dict[str, Any] = api.openapi()
-    if service == "predictor":
-        doc["paths"]["/v2/models/{name}/infer"] = _INFER
-        doc["paths"]["/v2/models/{name}/versions/{version}/infer"] = _INFER
     return doc
 
 

@@ -12,15 +12,17 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from typing import Any
+from typing import Annotated, Any
 
 from aiokafka import TopicPartition
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from faststream.kafka import KafkaBroker
 from prometheus_client import Counter
+from pydantic import AfterValidator
 from starlette.datastructures import UploadFile
 
-from contracts.events import DatasetSchema, validate_name
+from contracts.events import NAME_SCHEMA, DatasetSchema, validate_name
 from libs.messaging import KafkaSettings, RetryPolicy, create_broker
 from libs.service import create_app
 from libs.storage import open_store
@@ -171,23 +173,30 @@ def build_app(
 # --------------------------------------------------------------------------- HTTP
 
 
-def _name(name: str) -> str:
-    try:
-        return validate_name(name)
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
+#: A dataset name in a path: validate_name checks it, the document declares its pattern.
+DatasetName = Annotated[
+    str,
+    Path(description="dataset name", json_schema_extra=NAME_SCHEMA),
+    AfterValidator(validate_name),
+]
+_bearer = HTTPBearer(auto_error=False, description="INGEST_TOKEN")
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or wrong bearer token"},
+    503: {"description": "Uploads are disabled: the service has no INGEST_TOKEN set"},
+}
 
 
 def datasets_router(rt: IngestRuntime) -> APIRouter:
     router = APIRouter(prefix="/datasets", tags=["datasets"])
     settings = rt.settings
 
-    def require_token(request: Request) -> None:
+    def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
         if settings.token is None:
             raise HTTPException(503, "uploads are disabled: the service has no INGEST_TOKEN set")
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            given.encode(), settings.token.get_secret_value().encode()
+        if credentials is None or not secrets.compare_digest(
+            credentials.credentials.encode(), settings.token.get_secret_value().encode()
         ):
             raise HTTPException(
                 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"}
@@ -200,21 +209,23 @@ def datasets_router(rt: IngestRuntime) -> APIRouter:
         """Every dataset with its version count, latest version and schema."""
         return await asyncio.to_thread(rt.catalog.datasets)
 
-    @router.get("/{name:path}/versions")
-    async def list_versions(name: str) -> list[dict[str, Any]]:
+    @router.get("/{name:path}/versions", responses={404: {"description": "Unknown dataset"}})
+    async def list_versions(name: DatasetName) -> list[dict[str, Any]]:
         """The versions of one dataset, oldest first."""
-        name = _name(name)
         if not await asyncio.to_thread(rt.catalog.known, name):
             raise HTTPException(404, f"unknown dataset {name!r}")
         return [v.public() for v in await asyncio.to_thread(rt.catalog.versions, name)]
 
-    @router.put("/{name:path}/schema", dependencies=auth)
+    @router.put(
+        "/{name:path}/schema",
+        dependencies=auth,
+        responses={**_AUTH_ERRORS, 409: {"description": "A different schema is declared"}},
+    )
     async def declare_schema(
-        name: str, schema: DatasetSchema, replace: bool = False
+        name: DatasetName, schema: DatasetSchema, replace: bool = False
     ) -> dict[str, Any]:
         """Declare what a dataset's records look like (needed before upstream records
         without a ``schema`` field). 409 when a different schema is declared already."""
-        name = _name(name)
         try:
             changed = await asyncio.to_thread(
                 rt.catalog.declare_schema, name, schema, replace=replace
@@ -227,6 +238,15 @@ def datasets_router(rt: IngestRuntime) -> APIRouter:
     @router.post(
         "/{name:path}/upload",
         dependencies=auth,
+        responses={
+            **_AUTH_ERRORS,
+            400: {"description": "No file, or a file that is not a dataset"},
+            411: {"description": "No Content-Length header"},
+            413: {
+                "description": "Over INGEST_MAX_UPLOAD_BYTES, or a file that expands past "
+                "INGEST_MAX_DECOMPRESSED_BYTES / INGEST_MAX_COMPRESSION_RATIO"
+            },
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -251,10 +271,9 @@ def datasets_router(rt: IngestRuntime) -> APIRouter:
             }
         },
     )
-    async def upload(name: str, request: Request) -> dict[str, Any]:
+    async def upload(name: DatasetName, request: Request) -> dict[str, Any]:
         """Upload one CSV or NPZ file, or IDX files (train images+labels, optional t10k/test),
         as multipart form fields (any field names). Same content => same version."""
-        name = _name(name)
         # bodies over INGEST_MAX_UPLOAD_BYTES were refused before (libs.http_limits)
         if request.headers.get("content-length") is None:
             raise HTTPException(

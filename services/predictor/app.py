@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Path
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel
 
-from contracts.events import ModelPromoted, PredictionLogged
+from contracts.events import NAME_SCHEMA, ModelPromoted, PredictionLogged, validate_name
 from libs import telemetry
+from libs.http_errors import add_openapi_paths, error_response
 from libs.messaging import create_broker, publish, subscribe
 from libs.messaging.settings import KafkaSettings
 from libs.service import create_app
 from libs.storage import StoreSettings
 from services.predictor import handlers
-from services.predictor.endpoint import InferenceEndpoint, is_infer_path
+from services.predictor.endpoint import (
+    VERSION_PATTERN,
+    InferenceEndpoint,
+    is_infer_path,
+    openapi_paths,
+)
 from services.predictor.model import LoadedModel
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
@@ -36,8 +42,25 @@ SERVICE = "predictor"
 SERVER_NAME = "lepton-mesh-predictor"
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+ModelName = Annotated[
+    str,
+    Path(description="model name", json_schema_extra=NAME_SCHEMA),
+    AfterValidator(validate_name),
+]
+VersionNumber = Annotated[str, Path(pattern=VERSION_PATTERN, description="model version")]
+_404: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown model or version"}}
+
+
+class Readiness(BaseModel):
+    """OIP readiness: 200 when ready, 400 when not."""
+
+    name: str | None = None
+    ready: bool
+
+
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    400: {"model": Readiness, "description": "Not ready"}
+}
 
 
 class PredictorApp:
@@ -125,10 +148,6 @@ def build_app(
     )
     api.state.runtime = runtime
 
-    @api.exception_handler(RequestValidationError)
-    async def invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
-        return _error(400, str(exc.errors()))
-
     def ready() -> bool:
         return runtime.table.ready() and runtime.events_ready
 
@@ -144,7 +163,7 @@ def build_app(
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @api.get("/v2/health/ready", tags=["inference"])
+    @api.get("/v2/health/ready", tags=["inference"], responses=_NOT_READY)
     async def server_ready() -> JSONResponse:
         ok = ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 400)
@@ -152,37 +171,52 @@ def build_app(
     def model_or_error(name: str, version: str | None) -> LoadedModel | JSONResponse:
         holder = runtime.table.holder(name)
         if holder is None or holder.current is None:
-            return _error(404, f"unknown model {name!r} (or not loaded yet)")
+            return error_response(404, f"unknown model {name!r} (or not loaded yet)")
         if version is None:
             return holder.current
         model = holder.get(int(version)) if version.isdigit() else None
         if model is None:
-            return _error(404, f"version {version} of model {name!r} is not served")
+            return error_response(404, f"version {version} of model {name!r} is not served")
         return model
 
-    @api.get("/v2/models/{name}", tags=["inference"], response_model=None)
-    async def model_metadata(name: str) -> Any:
+    @api.get("/v2/models/{name}", tags=["inference"], response_model=None, responses=_404)
+    async def model_metadata(name: ModelName) -> Any:
         model = model_or_error(name, None)
         if isinstance(model, JSONResponse):
             return model
         return model.metadata(runtime.table.holders[name].versions())
 
-    @api.get("/v2/models/{name}/versions/{version}", tags=["inference"], response_model=None)
-    async def model_version_metadata(name: str, version: str) -> Any:
+    @api.get(
+        "/v2/models/{name}/versions/{version}",
+        tags=["inference"],
+        response_model=None,
+        responses=_404,
+    )
+    async def model_version_metadata(name: ModelName, version: VersionNumber) -> Any:
         model = model_or_error(name, version)
         if isinstance(model, JSONResponse):
             return model
         return model.metadata(runtime.table.holders[name].versions())
 
-    @api.get("/v2/models/{name}/ready", tags=["inference"], response_model=None)
-    async def model_ready(name: str) -> Any:
+    @api.get(
+        "/v2/models/{name}/ready",
+        tags=["inference"],
+        response_model=None,
+        responses={**_404, **_NOT_READY},
+    )
+    async def model_ready(name: ModelName) -> Any:
         if runtime.table.holder(name) is None and not (runtime.names and name in runtime.names):
-            return _error(404, f"unknown model {name!r}")
+            return error_response(404, f"unknown model {name!r}")
         ok = runtime.table.get(name) is not None
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 400)
 
-    @api.get("/v2/models/{name}/versions/{version}/ready", tags=["inference"], response_model=None)
-    async def model_version_ready(name: str, version: str) -> Any:
+    @api.get(
+        "/v2/models/{name}/versions/{version}/ready",
+        tags=["inference"],
+        response_model=None,
+        responses=_404,
+    )
+    async def model_version_ready(name: ModelName, version: VersionNumber) -> Any:
         model = model_or_error(name, version)
         if isinstance(model, JSONResponse):
             return model
@@ -195,4 +229,5 @@ def build_app(
         trace_sample_ratio=settings.trace_sample_ratio,
         on_prediction=log_prediction,
     )
+    add_openapi_paths(api, openapi_paths())
     return PredictorApp(api, endpoint, runtime)

@@ -4,7 +4,8 @@
 objects, no pydantic: headers are scanned once, the body is read with a size limit, decoded
 by :mod:`services.predictor.oip` straight into numpy, batched, and the response serialized
 with orjson. Every failure is ``{"error": "..."}`` with 400/404/405/413 (500 only when the
-model itself fails).
+model itself fails); a 405 carries ``Allow: POST``. FastAPI never sees these routes, so
+:func:`openapi_paths` documents them for the predictor's OpenAPI document.
 """
 
 from __future__ import annotations
@@ -19,16 +20,24 @@ from typing import Any
 import numpy as np
 from opentelemetry import propagate, trace
 
+from contracts.events import NAME_SCHEMA
 from libs import telemetry
 from services.predictor import metrics
 from services.predictor.holder import ModelTable
 from services.predictor.model import LoadedModel
-from services.predictor.oip import OIPError, decode_request, encode_response, error_body
+from services.predictor.oip import (
+    DATATYPES,
+    OIPError,
+    decode_request,
+    encode_response,
+    error_body,
+)
 
 log = logging.getLogger("lmesh.predictor")
 
 PredictionSink = Callable[[LoadedModel, str, np.ndarray, float], None]
 _JSON = [(b"content-type", b"application/json")]
+_ALLOW_POST = [*_JSON, (b"allow", b"POST")]
 
 
 def is_infer_path(scope: dict[str, Any]) -> bool:
@@ -73,8 +82,10 @@ class InferenceEndpoint:
         counter = self._status.get(status)
         (counter or metrics.REQUESTS.labels(str(status))).inc()
 
-    async def _error(self, send: Any, status: int, message: str) -> None:
-        await self._reply(send, status, error_body(message))
+    async def _error(
+        self, send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]] = _JSON
+    ) -> None:
+        await self._reply(send, status, error_body(message), headers)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not telemetry.exporting():
@@ -103,7 +114,7 @@ class InferenceEndpoint:
     async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, span: Any) -> None:
         started = time.perf_counter()
         if scope["method"] != "POST":
-            await self._error(send, 405, "use POST for inference")
+            await self._error(send, 405, "use POST for inference", _ALLOW_POST)
             return
         parts = scope["path"].split("/")  # '', v2, models, name, [versions, v,] infer
         version: int | None = None
@@ -229,3 +240,133 @@ class InferenceEndpoint:
             and random.random() < self.sample_rate
         ):
             self.on_prediction(model, request.id or "", labels, elapsed * 1000)
+
+
+# --------------------------------------------------------------------------- OpenAPI
+
+#: Model versions in paths: what the endpoint and the metadata routes accept as a number.
+VERSION_PATTERN = r"^[0-9]{1,18}$"
+
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": [*DATATYPES, "BYTES"]},
+        "parameters": {"type": "object"},
+        "data": {"type": "array", "description": "row-major, flat or nested"},
+    },
+}
+_INFER_REQUEST = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": _TENSOR},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+            },
+        },
+    },
+}
+_INFER_RESPONSE = {
+    "type": "object",
+    "required": ["model_name", "outputs"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "outputs": {"type": "array", "items": _TENSOR},
+    },
+}
+_HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The OpenAPI path items of the routes this endpoint serves (FastAPI never sees them)."""
+
+    def path_parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": schema,
+            "description": description,
+        }
+
+    model = path_parameter(
+        "name",
+        {"type": "string", **NAME_SCHEMA},
+        "model name",
+    )
+    version = path_parameter("version", {"type": "string", "pattern": VERSION_PATTERN}, "version")
+    header_length = {
+        "name": _HEADER_LENGTH,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "binary tensor data extension: the length of the JSON part of the body",
+    }
+
+    def operation(
+        operation_id: str, parameters: list[dict[str, Any]], summary: str
+    ) -> dict[str, Any]:
+        return {
+            "post": {
+                "tags": ["inference"],
+                "summary": summary,
+                "operationId": operation_id,
+                "description": "Open Inference Protocol (KServe v2) inference. The body is JSON, "
+                f"or JSON followed by raw tensor bytes when {_HEADER_LENGTH} gives the JSON's "
+                "length (binary tensor data extension).",
+                "parameters": [*parameters, header_length],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _INFER_REQUEST},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The outputs: JSON, or JSON followed by raw tensor bytes "
+                        "when binary outputs were asked for",
+                        "headers": {
+                            _HEADER_LENGTH: {
+                                "description": "present when the body has binary outputs",
+                                "required": False,
+                                "schema": {"type": "integer"},
+                            }
+                        },
+                        "content": {
+                            "application/json": {"schema": _INFER_RESPONSE},
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            },
+                        },
+                    },
+                    "400": {"description": "A request the model cannot take"},
+                    "404": {"description": "Unknown model, or a version it does not serve"},
+                    "413": {"description": "Body over PREDICTOR_MAX_BODY_BYTES"},
+                    "500": {"description": "The model itself failed"},
+                },
+            }
+        }
+
+    return {
+        "/v2/models/{name}/infer": operation(
+            "infer", [model], "Inference by the model's current version"
+        ),
+        "/v2/models/{name}/versions/{version}/infer": operation(
+            "infer_version", [model, version], "Inference by one served version"
+        ),
+    }

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from contracts.events import DatasetPrepared, ModelPromoted, TrainingCompleted, TrainingFailed
+from libs.http_errors import error_response
 from libs.messaging import KafkaSettings, create_broker, publish, subscribe
 from libs.messaging.deadletters import StoreReplayLedger
 from libs.service import create_app
@@ -97,10 +98,10 @@ def build_app(
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        return error_response(404, str(exc))
 
     @app.exception_handler(Conflict)
     async def conflict(_: Request, exc: Conflict) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+        return error_response(409, str(exc))
 
     return app

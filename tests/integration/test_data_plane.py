@@ -174,7 +174,7 @@ async def test_bad_uploads_get_clear_4xx(plane, unique: str) -> None:  # type: i
                 )
 
             def detail(r: httpx.Response) -> str:
-                return str(r.json()["detail"])
+                return str(r.json()["error"])
 
             truncated = {**files, "train-images-idx3-ubyte.gz": images[: len(images) // 2]}
             r = await upload(name, truncated)

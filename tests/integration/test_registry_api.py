@@ -128,13 +128,13 @@ def test_unknown_things_are_404_with_a_message(registry: Registry, model: str) -
         ):
             response = http.get(path)
             assert response.status_code == 404, path
-            assert response.json()["detail"], path
+            assert response.json()["error"], path
         r = http.post(f"/models/{model}/aliases/production", json={"version": 9})
-        assert r.status_code == 404 and "no version 9" in r.json()["detail"]
+        assert r.status_code == 404 and "no version 9" in r.json()["error"]
         r = http.post("/models/nope-nope/aliases/production", json={"version": 1})
-        assert r.status_code == 404 and "not registered" in r.json()["detail"]
+        assert r.status_code == 404 and "not registered" in r.json()["error"]
         r = http.post(f"/models/{model}/aliases/production/rollback", json={})
-        assert r.status_code == 409 and "no previous holder" in r.json()["detail"]
+        assert r.status_code == 409 and "no previous holder" in r.json()["error"]
 
 
 def test_auth_and_malformed_bodies(registry: Registry, model: str) -> None:

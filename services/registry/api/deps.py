@@ -8,9 +8,10 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator
 from sqlmodel import Session
 
-from contracts.events import NAME_PATTERN
+from contracts.events import NAME_SCHEMA, validate_name
 from services.registry.database import read_session
 from services.registry.runtime import RegistryRuntime
 
@@ -55,7 +56,21 @@ def require_token(
 
 TokenDep = Depends(require_token)
 
-ModelName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, description="model name")]
-DatasetName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, description="dataset name")]
-AliasName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, description="alias name")]
-Version = Annotated[int, Path(ge=1, description="model version")]
+# Names are checked by validate_name (its message says what a name may be); the document
+# declares the same rule as a pattern.
+ModelName = Annotated[
+    str,
+    Path(description="model name", json_schema_extra=NAME_SCHEMA),
+    AfterValidator(validate_name),
+]
+DatasetName = Annotated[
+    str,
+    Path(description="dataset name", json_schema_extra=NAME_SCHEMA),
+    AfterValidator(validate_name),
+]
+AliasName = Annotated[
+    str,
+    Path(description="alias name", json_schema_extra=NAME_SCHEMA),
+    AfterValidator(validate_name),
+]
+Version = Annotated[int, Path(ge=1, le=2**31 - 1, description="model version")]
