@@ -176,9 +176,10 @@ class Demo:
 
         body = self.infer(model, x, outputs=None)
         assert body is not None
+        lines = describe(body, served_by=False)
         return [
-            f"test image {i}: {line} (true: {self.classes[t] if self.classes else t})"
-            for i, (line, t) in enumerate(zip(describe(body), y.tolist(), strict=True))
+            f"test image {i}: {line}; true: {self.classes[t] if self.classes else t}"
+            for i, (line, t) in enumerate(zip(lines, y.tolist(), strict=True))
         ]
 
     def infer(

@@ -79,9 +79,10 @@ def load_records(path: Path, feature_shape: list[int]) -> np.ndarray:
     return pixels.reshape(1, *feature_shape)
 
 
-def describe(body: dict[str, Any]) -> list[str]:
-    """One line per row: ``Ankle boot (class 9, p=0.97) — fashion-mnist-mlp v1``; the class
-    index alone when the model does not name its classes."""
+def describe(body: dict[str, Any], *, served_by: bool = True) -> list[str]:
+    """One line per row: ``Ankle boot (class 9, p=0.97) — fashion-mnist-mlp v1`` (without the
+    model and version when not ``served_by``); the class index alone when the model does not
+    name its classes."""
     outputs: dict[str, Any] = {o["name"]: o for o in body["outputs"]}
     labels = outputs["label"]["data"]
     names = outputs.get("classes", {}).get("data")
@@ -93,7 +94,7 @@ def describe(body: dict[str, Any]) -> list[str]:
         if probs:
             facts.append(f"p={probs['data'][i * probs['shape'][1] + label]:.2f}")
         shown = f"{names[i]} ({', '.join(facts)})" if names else ", ".join(facts)
-        lines.append(f"{shown} — {served}")
+        lines.append(f"{shown} — {served}" if served_by else shown)
     return lines
 
 

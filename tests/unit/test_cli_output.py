@@ -82,5 +82,6 @@ def test_predictions_name_the_class_the_index_and_the_model_version() -> None:
         "Ankle boot (class 2, p=0.97) — fashion-mnist-mlp v1",
         "T-shirt/top (class 0, p=0.60) — fashion-mnist-mlp v1",
     ]
+    assert describe(body, served_by=False)[0] == "Ankle boot (class 2, p=0.97)"  # the demo's
     unnamed = {**body, "outputs": body["outputs"][:2]}  # a model without class names
     assert describe(unnamed)[0] == "class 2, p=0.97 — fashion-mnist-mlp v1"
