@@ -27,6 +27,19 @@ def _docker_engine_answers() -> bool:
         return False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_hard_exit_in_the_test_process() -> Iterator[None]:
+    """Apps served inside this process (tests/support/servers.py) must not arm the service
+    processes' hard exit deadline (libs.service.arm_exit_deadline: ``os._exit(1)`` a few
+    seconds after a shutdown starts): it ended the whole test run, silently, seconds after
+    the first in-process app stopped. Service processes (e2e tests, lmesh up) keep it."""
+    import libs.service
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(libs.service, "arm_exit_deadline", lambda seconds=None: None, raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """A real Kafka-protocol broker for the whole session, with the contract topics created."""
