@@ -383,9 +383,10 @@ class Mesh:
             if st.get("supervisor_pid") == proc.pid and st.get("ready"):
                 break
             if proc.poll() is not None:
+                # the log's last line is the supervisor's error (its traceback is above it)
                 raise MeshError(
-                    f"the mesh did not start (supervisor exited with code {proc.returncode}):\n"
-                    + _tail(log_path)
+                    f"the mesh did not start (supervisor exited with code {proc.returncode}): "
+                    f"{_tail(log_path, 1)}; see {log_path}"
                 )
             if time.monotonic() > deadline:
                 _terminate(proc.pid)

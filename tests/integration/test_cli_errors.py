@@ -79,6 +79,16 @@ def test_mesh_not_running(
     assert not Path(no_mesh["LMESH_HOME"]).exists(), "a failed command creates no mesh state"
 
 
+def test_up_with_an_unreachable_broker(no_mesh: dict[str, str], tmp_path: Path) -> None:
+    """`lmesh up --detach` against a broker address nobody answers: the supervisor it starts
+    gives up, and the user reads why in one line (with the log to look at)."""
+    env = {**no_mesh, "LMESH_HOME": str(tmp_path / "home")}
+    line = assert_one_line_error(
+        lmesh("up", "--detach", env=env, cwd=tmp_path), "Kafka broker not reachable", code=2
+    )
+    assert "supervisor.log" in line
+
+
 BAD_INPUT_CASES = {
     "predict-missing-file": (["predict", "m", "--file", "{d}/nope.png"], "no such file"),
     "predict-directory": (["predict", "m", "--file", "{d}"], "not a file"),
