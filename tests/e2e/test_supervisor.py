@@ -199,18 +199,14 @@ def test_killed_trainer_restarts_while_the_other_finishes_its_run(
     )
 
 
-def test_restart_latency_of_a_killed_service(detached: tuple[dict[str, str], Path]) -> None:
+def test_a_killed_service_restarts_and_handles_what_was_published_meanwhile(
+    detached: tuple[dict[str, str], Path],
+) -> None:
     env, home = detached
     st = mesh_state(home)
     before = st["services"]["preprocess"]
-    killed_at = time.monotonic()
-    os.kill(before["pid"], signal.SIGKILL)
-    wait_for(
-        lambda: mesh_state(home)["services"]["preprocess"]["pid"] != before["pid"],
-        timeout=30,
-        what="a new preprocess process",
-    )
-    respawned = time.monotonic() - killed_at
+    dataset = f"meanwhile-{uuid.uuid4().hex[:6]}"
+    csv = "label,a,b\n" + "".join(f"{i % 2},{i},{2 * i}\n" for i in range(200))
 
     def healthy() -> bool:
         try:
@@ -218,13 +214,34 @@ def test_restart_latency_of_a_killed_service(detached: tuple[dict[str, str], Pat
         except httpx.HTTPError:
             return False
 
+    async def scenario() -> tuple[float, float]:
+        async with TopicReader(st["bootstrap"], "dataset.prepared.v1") as reader:
+            killed_at = time.monotonic()
+            os.kill(before["pid"], signal.SIGKILL)
+            # Published while preprocess is down: the broker keeps it for the restarted one.
+            async with httpx.AsyncClient(timeout=60) as client:
+                r = await client.post(
+                    f"{st['services']['ingest']['url']}/datasets/{dataset}/upload",
+                    files=[("files", ("d.csv", csv.encode(), "text/csv"))],
+                    headers={"Authorization": f"Bearer {st['tokens']['ingest']}"},
+                )
+            assert r.status_code in (200, 201), r.text
+            assert not _alive(before["pid"])
+            await reader.wait_for(lambda m: m["prepared"]["dataset"] == dataset, timeout=120)
+            return killed_at, time.monotonic() - killed_at
+
+    killed_at, prepared_after = asyncio.run(scenario())
+    restarted = mesh_state(home)["services"]["preprocess"]
+    assert restarted["pid"] != before["pid"] and restarted["restarts"] == 1
     wait_for(healthy, timeout=60, interval=0.1, what="preprocess healthy again")
     print(
-        f"\npreprocess SIGKILLed: new process after {respawned:.2f}s, healthy after "
-        f"{time.monotonic() - killed_at:.2f}s (backoff 2s)"
+        f"\npreprocess SIGKILLed (restart backoff 2 s): healthy again after "
+        f"{time.monotonic() - killed_at:.2f}s; the upload made while it was down was prepared "
+        f"{prepared_after:.2f}s after the kill"
     )
     row = status_row(env, "preprocess")
     assert row is not None and row["restarts"] == 1 and row["alive"]
+    assert row["last_exit"] == "killed by signal 9 (SIGKILL)"
 
 
 def test_sigkill_of_the_supervisor_leaves_no_process(detached: tuple[dict[str, str], Path]) -> None:
