@@ -28,6 +28,7 @@ from contracts.events import (
 )
 from lmesh import state
 from lmesh.app import app
+from lmesh.errors import CLIError
 
 #: The default recipe (seed MLP 784-500-10): measured to reach ~0.89 test accuracy on
 #: Fashion-MNIST in 10 epochs and ~0.90 in 20 (see services/trainer/README.md).
@@ -158,15 +159,10 @@ def progress_bar(console: Console | None = None) -> Progress:
     )
 
 
-def _print_result(result: TrainingCompleted | TrainingFailed) -> None:
+def _print_result(result: TrainingCompleted) -> None:
     from rich.table import Table
 
     console = Console()
-    if isinstance(result, TrainingFailed):
-        console.print(
-            f"[red]training {result.run_id} failed[/red] ({result.error_type}): {result.reason}"
-        )
-        return
     table = Table(title=f"{result.model_name}: run {result.run_id} on {result.worker}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -259,6 +255,6 @@ def train(
     if not wait:
         return
     result = wait_with_progress(bootstrap, event.run_id, epochs, timeout)
+    if isinstance(result, TrainingFailed):  # e.g. an unknown dataset, a bad hyperparameter
+        raise CLIError(f"training {result.run_id} failed ({result.error_type}): {result.reason}")
     _print_result(result)
-    if isinstance(result, TrainingFailed):
-        raise typer.Exit(1)

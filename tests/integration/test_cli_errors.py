@@ -7,6 +7,7 @@ are real (the predictor, ingest and preprocess over HTTP, on the real broker) or
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contracts.events import TrainingFailed
 from libs.idx import KNOWN_CLASS_NAMES
 from libs.messaging.embedded import free_port
 from libs.storage import open_store
@@ -27,6 +29,7 @@ from tests.support.cli import (
     write_cli_files,
 )
 from tests.support.data_plane import running_data_plane
+from tests.support.kafka import produce
 from tests.support.polling import wait_for
 from tests.support.predictor_stack import running_predictor
 from tests.support.registry_stub import RegistryStub, write_model_version
@@ -189,3 +192,31 @@ def test_ingest_refusals_from_a_real_ingest_service(
             "ingest", str(files.fashion_dir), "--name", name, env=no_token, cwd=tmp_path
         )
         assert_one_line_error(refused, "HTTP 401", "LMESH_TOKEN", code=1)
+
+
+@pytest.mark.kafka
+def test_train_wait_reports_a_failed_run_in_one_line(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A run the trainer refused (here: its training.failed.v1 is already on the topic;
+    ``--wait`` reads the result topics from the beginning): one line, exit 1."""
+    run_id, dataset = f"fail-{uuid.uuid4().hex[:8]}", f"nowhere-{uuid.uuid4().hex[:8]}"
+    failed = TrainingFailed(
+        run_id=run_id, reason=f"unknown dataset {dataset!r}", error_type="UnknownDataset"
+    )
+    asyncio.run(
+        produce(
+            kafka_bootstrap,
+            "training.failed.v1",
+            [failed.model_dump(mode="json")],
+            key=run_id.encode(),
+        )
+    )
+    env = clean_env(tmp_path / "home", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
+    proc = lmesh(
+        "train", "--dataset", dataset, "--run-id", run_id, "--wait", "--timeout", "60",
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines == [
+        f"error: training {run_id} failed (UnknownDataset): unknown dataset {dataset!r}"
+    ], proc.stderr
