@@ -42,6 +42,7 @@ _ERROR_HEADERS: dict[str, dict[str, Any]] = {
 
 
 _UNREADABLE_BODY = "The body cannot be read (e.g. not UTF-8 text)"
+_BODY_TOO_LARGE = "The body is over the service's limit (the message names the setting)"
 
 
 class FieldError(BaseModel):
@@ -112,8 +113,9 @@ def document_errors(doc: dict[str, Any]) -> dict[str, Any]:
         for operation in item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
-            if "requestBody" in operation:  # FastAPI's answer to a body it cannot even decode
+            if "requestBody" in operation:  # what any body can get (libs/http_limits.py too)
                 operation["responses"].setdefault("400", {"description": _UNREADABLE_BODY})
+                operation["responses"].setdefault("413", {"description": _BODY_TOO_LARGE})
             for status, response in operation["responses"].items():
                 if status[:1] not in ("4", "5") or _declares_own_body(status, response):
                     continue
