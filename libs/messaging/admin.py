@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from contracts.topics import CONSUMER_GROUPS, TOPICS, Topic
 from libs.messaging.errors import BrokerUnreachable
+from libs.messaging.retry import waiting
 from libs.messaging.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -35,18 +36,19 @@ async def _admin(settings: KafkaSettings, timeout_s: float) -> AIOKafkaAdminClie
 
 async def wait_until_reachable(settings: KafkaSettings, timeout_s: float | None = None) -> None:
     """Return once the broker answers metadata requests; raise BrokerUnreachable after the deadline."""
-    deadline = asyncio.get_running_loop().time() + (timeout_s or settings.connect_timeout_s)
-    last: BrokerUnreachable | None = None
-    while asyncio.get_running_loop().time() < deadline:
-        try:
-            admin = await _admin(settings, 2.0)
-        except BrokerUnreachable as exc:
-            last = exc
-            await asyncio.sleep(0.1)
-            continue
+
+    async def answers() -> bool:
+        admin = await _admin(settings, 2.0)
         await admin.close()
-        return
-    raise last or BrokerUnreachable(settings.bootstrap_servers)
+        return True
+
+    wait = waiting(
+        timeout_s=timeout_s or settings.connect_timeout_s,
+        initial_backoff_s=0.1,
+        max_backoff_s=1.0,
+        what=f"the broker at {settings.bootstrap_servers}",
+    )
+    await wait(answers)
 
 
 async def create_topics(

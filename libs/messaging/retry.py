@@ -29,6 +29,10 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
+    retry_if_exception_type,
+    retry_if_not_result,
+    stop_after_delay,
+    stop_never,
     wait_random_exponential,
 )
 
@@ -179,4 +183,35 @@ def log_before_sleep(state: RetryCallState) -> None:
         wait,
         type(exc).__name__,
         exc,
+    )
+
+
+def waiting(
+    *,
+    timeout_s: float | None = None,
+    initial_backoff_s: float = 0.2,
+    max_backoff_s: float = 5.0,
+    what: str = "a dependency",
+) -> AsyncRetrying:
+    """For waits on a dependency (start-up, a broker to answer): call until the callable
+    returns something truthy without raising, with exponential backoff and full jitter;
+    forever, or for ``timeout_s`` (then its last exception is raised, or
+    ``tenacity.RetryError`` after a falsy result)."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.log(
+            logging.INFO if state.attempt_number % 10 == 1 else logging.DEBUG,
+            "waiting for %s (attempt %d): %s",
+            what,
+            state.attempt_number,
+            f"{type(exc).__name__}: {exc}" if exc is not None else "not ready yet",
+        )
+
+    return AsyncRetrying(
+        retry=retry_if_exception_type(Exception) | retry_if_not_result(bool),
+        stop=stop_never if timeout_s is None else stop_after_delay(timeout_s),
+        wait=wait_random_exponential(multiplier=initial_backoff_s, max=max_backoff_s),
+        before_sleep=before_sleep,
+        reraise=True,
     )

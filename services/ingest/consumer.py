@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind
 from libs import telemetry
 from libs.messaging import KafkaSettings
 from libs.messaging.middleware import _reason
+from libs.messaging.retry import waiting
 from libs.telemetry import metrics
 from services.ingest import handlers
 
@@ -74,22 +75,19 @@ class RecordsConsumer:
             **self.kafka.client_kwargs(),
         )
 
+    async def _start_consumer(self) -> AIOKafkaConsumer:
+        consumer = self._new_consumer()
+        try:
+            await consumer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            raise
+        return consumer
+
     async def _poll(self) -> None:
-        while self.consumer is None:
-            consumer = self._new_consumer()
-            try:
-                await consumer.start()
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
-                raise
-            except Exception as exc:
-                log.warning("cannot start the %s consumer yet (%s); retrying", self.topic, exc)
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
-                await asyncio.sleep(1.0)
-                continue
-            self.consumer = self.rt.consumer = consumer
+        wait = waiting(what=f"the {self.topic} consumer to start")
+        self.consumer = self.rt.consumer = await wait(self._start_consumer)
         max_records = self.rt.settings.poll_max_records
         while True:
             try:

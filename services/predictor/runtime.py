@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from typing import Any
 
 import httpx
 
 from contracts.events import ArtifactRef, validate_name
 from libs import telemetry
+from libs.messaging.retry import waiting
 from libs.storage import open_store
 from services.predictor import metrics
 from services.predictor.batching import MicroBatcher
@@ -155,18 +155,16 @@ class PredictorRuntime:
     async def follow_registry(self) -> None:
         """At start: retry the registry with capped exponential backoff until a model serves
         (or every wanted model does); then re-read it every ``reconcile_interval_s``."""
-        delay = 0.2
         async with httpx.AsyncClient(timeout=10.0) as client:
-            while True:
-                try:
-                    await self.sync_from_registry(client)
-                except Exception as exc:
-                    log.warning("cannot load production models yet: %s", exc)
-                ready = self.table.ready() and all(self.table.get(n) for n in self.names)
-                if ready:
-                    break
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.settings.registry_retry_max_s)
+
+            async def serving() -> bool:
+                await self.sync_from_registry(client)
+                return self.table.ready() and all(self.table.get(n) for n in self.names)
+
+            wait = waiting(
+                max_backoff_s=self.settings.registry_retry_max_s, what="production models"
+            )
+            await wait(serving)
             while self.settings.reconcile_interval_s > 0:
                 await asyncio.sleep(self.settings.reconcile_interval_s)
                 try:
