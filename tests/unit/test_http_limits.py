@@ -111,9 +111,7 @@ async def test_upload_routes_have_their_own_limit() -> None:
 
 async def test_a_content_length_that_is_not_a_number_is_a_400() -> None:
     inner = App()
-    status, body, _ = await call(
-        BodySizeLimit(inner, limit=LIMIT), "/x", [b"{}"], declared="12abc"
-    )
+    status, body, _ = await call(BodySizeLimit(inner, limit=LIMIT), "/x", [b"{}"], declared="12abc")
     assert (status, body) == (400, {"error": "invalid Content-Length header"})
     assert inner.calls == 0
 
