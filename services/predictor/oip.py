@@ -54,6 +54,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 _INTEGER_KINDS = frozenset("iu")
+#: value ranges of the integer datatypes (np.iinfo is slow to build per request)
+_IINFO = {dt: np.iinfo(dt) for dt in DATATYPES.values() if dt.kind in _INTEGER_KINDS}
 _MAX_ELEMENTS = 1 << 31
 
 
@@ -123,7 +125,7 @@ def json_array(
                     return np.empty(0, dtype=dtype)
                 raise OIPError(f"{where}: data holds non-integer values for datatype {datatype}")
             if arr.dtype != dtype:
-                info = np.iinfo(dtype)
+                info = _IINFO[dtype]
                 if arr.size and (arr.min() < info.min or arr.max() > info.max):
                     raise OIPError(f"{where}: data holds values out of range for {datatype}")
                 arr = arr.astype(dtype)

@@ -60,13 +60,25 @@ _TRACE_HEADERS = ("traceparent", "tracestate")
 Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
+#: key, value, headers of one answer
+Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+@dataclass
+class _Send:
+    """A poll batch's answers for one partition of the answer topic, in record order."""
+
+    partition: int
+    messages: list[Message] = field(default_factory=list, repr=False)
+    futures: list[asyncio.Future[Any]] = field(default_factory=list)
+
+
 @dataclass
 class _Pending:
     """One poll batch whose answers are with the producer: commit once all are delivered."""
 
-    futures: list[asyncio.Future[Any]]
+    sends: list[_Send]
     offsets: dict[TopicPartition, int]
-    messages: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]] = field(repr=False)
 
 
 class StreamWorker:
@@ -96,6 +108,7 @@ class StreamWorker:
         self._background: set[asyncio.Task[Any]] = set()
         self._tracer = telemetry.tracer("lmesh.predictor")
         self._labels = (SERVICE, self.topic)
+        self._answer_partitions = 0  # of the answer topic, known at the first publish
 
     @property
     def in_flight(self) -> int:
@@ -276,36 +289,64 @@ class StreamWorker:
         answers: dict[int, streaming.Answer],
         fetched: float,
     ) -> _Pending:
+        """Answers go, with their request's key, to the partition of their request (modulo
+        the answer topic's partitions): a key's answers stay in order whatever partitioner
+        its producer used, and no key is hashed here. Record batches are built per
+        partition (one delivery future per batch, not per answer)."""
         assert self.producer is not None
         topic = self.settings.stream_completed_topic
-        futures: list[asyncio.Future[Any]] = []
-        messages: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]] = []
+        if not self._answer_partitions:
+            self._answer_partitions = len(await self.producer.partitions_for(topic))
+        sends: dict[int, _Send] = {}
         offsets: dict[TopicPartition, int] = {}
         sample = self.settings.log_sample_rate
-        now = time.perf_counter()
+        latency_ms = (time.perf_counter() - fetched) * 1000
         for i, record in enumerate(records):
             offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
             answer = answers.get(i)
             if answer is not None:
-                value = streaming.completed_document(answer, record, (now - fetched) * 1000)
                 headers = [
                     ("content-type", b"application/json"),
                     ("event-type", b"InferenceCompleted"),
                     *((k, v) for k, v in record.headers or () if k in _TRACE_HEADERS),
                 ]
-                futures.append(await self.producer.send(topic, value, record.key, headers=headers))
-                messages.append((value, record.key, headers))
+                partition = record.partition % self._answer_partitions
+                send = sends.get(partition)
+                if send is None:
+                    send = sends[partition] = _Send(partition)
+                value = streaming.completed_document(answer, record, latency_ms)
+                send.messages.append((record.key, value, headers))
                 if sample and random.random() < sample:
-                    self._log_prediction(answer, (now - fetched) * 1000)
+                    self._log_prediction(answer, latency_ms)
             elif (rejected := plan.rejected.get(i)) is not None:
                 await self._dead_letter(record, rejected)
-        completed = len(answers)
-        metrics.STREAM_REQUESTS.labels("completed").inc(completed)
+        for send in sends.values():
+            await self._send(send)
+        metrics.STREAM_REQUESTS.labels("completed").inc(len(answers))
         metrics.STREAM_REQUESTS.labels("dead_lettered").inc(len(plan.rejected))
         metrics.STREAM_REQUESTS.labels("duplicate").inc(len(plan.duplicates))
         mesh_metrics.EVENTS_HANDLED.labels(*self._labels).inc(len(records))
         mesh_metrics.LAST_EVENT_TS.labels(*self._labels).set(time.time())
-        return _Pending(futures, offsets, messages)
+        return _Pending(list(sends.values()), offsets)
+
+    async def _send(self, send: _Send) -> None:
+        """Hand one partition's answers to the producer as record batches, in order."""
+        assert self.producer is not None
+        topic = self.settings.stream_completed_topic
+        send.futures = []
+        batch = self.producer.create_batch()
+        for key, value, headers in send.messages:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                send.futures.append(
+                    await self.producer.send_batch(batch, topic, partition=send.partition)
+                )
+                batch = self.producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    raise ValueError(f"an answer of {len(value)} bytes exceeds the batch size")
+        if batch.record_count():
+            send.futures.append(
+                await self.producer.send_batch(batch, topic, partition=send.partition)
+            )
 
     async def _dead_letter(
         self, record: ConsumerRecord[Any, Any], rejected: streaming.Rejected
@@ -372,24 +413,28 @@ class StreamWorker:
                 self._settled.notify_all()
 
     async def _delivered(self, pending: _Pending) -> None:
-        """Await the batch's deliveries; a failed one is sent again (with backoff) until the
-        broker takes it: nothing after it is committed meanwhile."""
+        """Await the batch's deliveries; a partition's answers that failed are sent again
+        (with backoff) until the broker takes them: nothing after them is committed
+        meanwhile (at least once: some may then be delivered twice)."""
         delay = 0.2
         while True:
-            results = await asyncio.gather(*pending.futures, return_exceptions=True)
-            failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+            failed = []
+            for send in pending.sends:
+                results = await asyncio.gather(*send.futures, return_exceptions=True)
+                errors = [r for r in results if isinstance(r, BaseException)]
+                if errors:
+                    failed.append((send, errors[0]))
             if not failed:
                 return
             log.warning(
-                "%d answer(s) not delivered (%s); sending again", len(failed), results[failed[0]]
+                "answers to %d partition(s) not delivered (%s); sending again",
+                len(failed),
+                failed[0][1],
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-            assert self.producer is not None
-            topic = self.settings.stream_completed_topic
-            for i in failed:
-                value, key, headers = pending.messages[i]
-                pending.futures[i] = await self.producer.send(topic, value, key, headers=headers)
+            for send, _ in failed:
+                await self._send(send)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self.consumer is not None

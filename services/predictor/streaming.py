@@ -18,6 +18,7 @@ these steps, and tests drive them with plain objects.
 from __future__ import annotations
 
 import math
+import random
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,6 +27,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import orjson
+
+try:  # the fast JSON -> numpy path; without it, orjson + numpy (the HTTP path's way)
+    import simdjson
+except ImportError:  # pragma: no cover - simdjson is a dependency; kept optional
+    simdjson = None
 from pydantic import ValidationError
 
 from contracts.events import InferenceRequested
@@ -97,6 +103,84 @@ def _contract_reason(exc: ValidationError) -> str:
     return "does not match contract InferenceRequested: " + "; ".join(parts)
 
 
+def _lift_orjson(value: bytes) -> tuple[dict[str, Any], list[Any]]:
+    """The payload with each input's ``data`` replaced by ``[]``, and the data lifted out."""
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(f"value: not valid JSON ({exc})", "contract") from None
+    if not isinstance(doc, dict):
+        raise Rejected("value: must be a JSON object (InferenceRequested)", "contract")
+    raw_inputs = doc.get("inputs")
+    data: list[Any] = []
+    if isinstance(raw_inputs, list):
+        for raw in raw_inputs:
+            if isinstance(raw, dict):
+                data.append(raw.get("data"))
+                raw["data"] = []
+    return doc, data
+
+
+def _python(item: Any) -> Any:
+    if isinstance(item, simdjson.Object):
+        return item.as_dict()
+    if isinstance(item, simdjson.Array):
+        return item.as_list()
+    return item
+
+
+def _lift_simdjson(value: bytes) -> tuple[dict[str, Any], list[Any]] | None:
+    """As :func:`_lift_orjson`, but the data stays a simdjson array that numpy reads as one
+    buffer (no Python number per value: ~3x faster on an image). None: not applicable here
+    (no simdjson, or a payload the orjson path must explain)."""
+    if simdjson is None:
+        return None
+    try:
+        doc = simdjson.Parser().parse(value)  # a parser per payload: its arrays outlive it
+    except (ValueError, RuntimeError):
+        return None
+    if not isinstance(doc, simdjson.Object):
+        return None
+    envelope: dict[str, Any] = {}
+    data: list[Any] = []
+    for key in doc:
+        item = doc[key]
+        if key == "inputs" and isinstance(item, simdjson.Array):
+            inputs = []
+            for raw in item:
+                if not isinstance(raw, simdjson.Object):
+                    return None
+                tensor = {k: _python(raw[k]) for k in raw if k != "data"}
+                tensor["data"] = []
+                data.append(raw.get("data", None))
+                inputs.append(tensor)
+            envelope[key] = inputs
+        else:
+            envelope[key] = _python(item)
+    return envelope, data
+
+
+def _array(data: Any, dtype: np.dtype[Any], datatype: str, count: int) -> np.ndarray:
+    """Lifted data -> a flat numpy array of ``dtype``, checked as the HTTP path checks it."""
+    if simdjson is not None and isinstance(data, simdjson.Array) and dtype.kind in "iuf":
+        try:
+            buffer = data.as_buffer(of_type="d" if dtype.kind == "f" else "i")
+        except (TypeError, ValueError):
+            pass  # not all numbers of that kind: the general path says which
+        else:
+            arr = np.frombuffer(buffer, dtype=np.float64 if dtype.kind == "f" else np.int64)
+            if arr.size == count and (dtype.kind == "f" or not arr.size or _in_range(arr, dtype)):
+                return arr.astype(dtype)
+    if simdjson is not None and isinstance(data, simdjson.Array):
+        data = data.as_list()
+    return json_array(data, dtype, datatype, count, "inputs.0.data")
+
+
+def _in_range(arr: np.ndarray, dtype: np.dtype[Any]) -> bool:
+    info = np.iinfo(dtype)
+    return bool(arr.min() >= info.min and arr.max() <= info.max)
+
+
 def decode(value: bytes | None, *, max_bytes: int) -> StreamRequest:
     """One record's value -> a request whose single input is a numpy array (raw dtype)."""
     if value is None:
@@ -107,21 +191,9 @@ def decode(value: bytes | None, *, max_bytes: int) -> StreamRequest:
             "(PREDICTOR_STREAM_MAX_REQUEST_BYTES)",
             "oversized",
         )
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise Rejected(f"value: not valid JSON ({exc})", "contract") from None
-    if not isinstance(doc, dict):
-        raise Rejected("value: must be a JSON object (InferenceRequested)", "contract")
     # The envelope is checked by the contract itself; each input's data (thousands of
     # numbers) is lifted out first and goes straight into numpy below.
-    raw_inputs = doc.get("inputs")
-    data: list[Any] = []
-    if isinstance(raw_inputs, list):
-        for raw in raw_inputs:
-            if isinstance(raw, dict):
-                data.append(raw.get("data"))
-                raw["data"] = []
+    doc, data = _lift_simdjson(value) or _lift_orjson(value)
     try:
         event = InferenceRequested.model_validate(doc, extra="ignore")
     except ValidationError as exc:
@@ -138,7 +210,7 @@ def decode(value: bytes | None, *, max_bytes: int) -> StreamRequest:
         )
     shape = tuple(tensor.shape)
     try:
-        array = json_array(data[0], dtype, tensor.datatype, math.prod(shape), "inputs.0.data")
+        array = _array(data[0], dtype, tensor.datatype, math.prod(shape)).reshape(shape)
     except OIPError as exc:
         raise Rejected(exc.message, "contract") from None
     return StreamRequest(
@@ -331,7 +403,8 @@ def completed_document(answer: Answer, record: Record, latency_ms: float) -> byt
     model = answer.model
     card = model.card
     doc = {
-        "event_id": str(uuid.uuid4()),
+        # a version-4 UUID from the process's seeded generator (no system call per answer)
+        "event_id": str(uuid.UUID(int=random.getrandbits(128), version=4)),
         "occurred_at": datetime.now(UTC),
         "request_id": answer.request.request_id,
         "model_name": model.name,

@@ -314,3 +314,43 @@ def test_only_the_outputs_asked_for_are_sent(
     (answer,) = streaming.run(model, streaming.plan(decoded, table).groups[model])
     event = decode_event(InferenceCompleted, streaming.completed_document(answer, FakeRecord(), 0))
     assert [t.name for t in event.outputs] == ["label"]
+
+
+def _tensor(datatype: str, shape: list[int], data: Any) -> dict[str, Any]:
+    return {"name": "input", "datatype": datatype, "shape": shape, "data": data}
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        _tensor("UINT8", [1, 2, 2], [[1, 2], [3, 255]]),
+        _tensor("UINT8", [1, 4], [1, 2, 3, 4]),
+        _tensor("FP32", [1, 3], [0.5, 1, -2.25]),
+        _tensor("INT64", [1, 2], [-(2**62), 2**62]),
+        _tensor("UINT8", [1, 2], [1, 2.5]),
+        _tensor("UINT8", [1, 2], [1, 256]),
+        _tensor("UINT8", [1, 2], [1, None]),
+        _tensor("FP32", [1, 2], [1.0, None]),
+        _tensor("FP32", [1, 2], [1.0, "2"]),
+        _tensor("UINT8", [1, 3], [1, 2]),
+        _tensor("UINT8", [1, 2], "12"),
+        _tensor("BOOL", [1, 2], [True, False]),
+        {"name": "input", "datatype": "UINT8", "shape": [1, 1]},
+    ],
+)
+def test_the_fast_json_path_decodes_and_rejects_as_the_general_one(
+    tensor: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert streaming.simdjson is not None  # a dependency: the fast path is under test
+    value = encode(request(inputs=[tensor]))
+
+    def outcome() -> tuple[str, Any]:
+        try:
+            req = streaming.decode(value, max_bytes=LIMIT)
+        except streaming.Rejected as exc:
+            return "rejected", exc.reason
+        return str(req.array.dtype), req.array.tolist()
+
+    fast = outcome()
+    monkeypatch.setattr(streaming, "simdjson", None)
+    assert outcome() == fast
