@@ -4,9 +4,9 @@ Every 4xx/5xx a service answers is ``{"error": "<what went wrong>"}`` (the Open 
 Protocol's shape, which the predictor must use anyway); a 422 adds ``details``, one entry per
 invalid field. :func:`install_error_handlers` (called by :func:`libs.service.create_app`)
 turns FastAPI's own errors - ``HTTPException``, request validation, an unknown path, a method
-the path does not take (with an ``Allow`` header listing the ones it does) - into that body,
-and rewrites the app's OpenAPI document so that every error response it declares carries the
-:class:`ErrorBody` schema.
+the path does not take (with an ``Allow`` header listing the ones it does), a bug (500) - into
+that body, and rewrites the app's OpenAPI document so that every error response it declares
+carries the :class:`ErrorBody` schema.
 """
 
 from __future__ import annotations
@@ -91,6 +91,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), headers)
 
 
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette re-raises the exception after this answer, so the server still logs it.
+    return error_response(500, f"internal error ({type(exc).__name__}); see the service's log")
+
+
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     details = [
@@ -141,6 +146,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Answer every error of ``app`` with :class:`ErrorBody`, and document it."""
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _server_error)
     _wrap_openapi(app, document_errors)
 
 

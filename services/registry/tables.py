@@ -28,6 +28,10 @@ from contracts.events import (
     PreprocessingSpec,
 )
 
+#: Versions (and offsets over them) are INTEGER columns: larger numbers are refused with a
+#: 422 instead of overflowing the database driver (a 500).
+MAX_VERSION = 2**31 - 1
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -208,7 +212,7 @@ class AliasHistoryPublic(AliasHistoryBase):
 class AliasMove(SQLModel):
     """Body of ``POST /models/{name}/aliases/{alias}``."""
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     reason: str = Field(default="", max_length=1000)
     actor: str | None = Field(default=None, max_length=255, description="who asks (default: api)")
     allow_signature_change: bool = Field(

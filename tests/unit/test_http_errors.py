@@ -32,6 +32,10 @@ def app() -> FastAPI:
     async def move_thing(name: str, body: Move) -> dict[str, int]:
         return {"version": body.version}
 
+    @app.get("/bug")
+    async def bug() -> None:
+        raise ZeroDivisionError("division by zero")
+
     @app.get("/secret")
     async def secret() -> None:
         raise HTTPException(401, "missing token", {"WWW-Authenticate": "Bearer"})
@@ -68,6 +72,14 @@ async def test_invalid_requests_are_422_with_every_field(client: httpx.AsyncClie
     assert {"msg", "type"} <= set(body["details"][0])
     r = await client.get("/things/UPPER")
     assert r.status_code == 422 and r.json()["details"][0]["loc"] == ["path", "name"]
+
+
+async def test_a_bug_is_a_500_with_the_error_body(app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.get("/bug")
+    assert r.status_code == 500
+    assert r.json() == {"error": "internal error (ZeroDivisionError); see the service's log"}
 
 
 async def test_unknown_paths_and_methods(client: httpx.AsyncClient) -> None:

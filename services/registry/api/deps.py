@@ -14,6 +14,7 @@ from sqlmodel import Session
 from contracts.events import NAME_SCHEMA, validate_name
 from services.registry.database import read_session
 from services.registry.runtime import RegistryRuntime
+from services.registry.tables import MAX_VERSION
 
 _bearer = HTTPBearer(auto_error=False, description="REGISTRY_TOKEN")
 
@@ -73,4 +74,4 @@ AliasName = Annotated[
     Path(description="alias name", json_schema_extra=NAME_SCHEMA),
     AfterValidator(validate_name),
 ]
-Version = Annotated[int, Path(ge=1, le=2**31 - 1, description="model version")]
+Version = Annotated[int, Path(ge=1, le=MAX_VERSION, description="model version")]

@@ -11,7 +11,13 @@ from services.registry import queries
 from services.registry.api.deps import ModelName, RuntimeDep, SessionDep, Version
 from services.registry.cards import CardUnavailable
 from services.registry.errors import NotFound
-from services.registry.tables import Lineage, ModelSummary, ModelVersionPublic, ModelVersionsPublic
+from services.registry.tables import (
+    MAX_VERSION,
+    Lineage,
+    ModelSummary,
+    ModelVersionPublic,
+    ModelVersionsPublic,
+)
 
 router = APIRouter(prefix="/models", tags=["models"])
 _404: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown model or version"}}
@@ -28,7 +34,7 @@ def list_versions(
     session: SessionDep,
     name: ModelName,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_VERSION)] = 0,
 ) -> ModelVersionsPublic:
     """Versions of a model, newest first."""
     return queries.list_versions(session, name, limit=limit, offset=offset)
