@@ -6,6 +6,7 @@ dead-lettered with the field while the partition keeps moving."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from typing import Any
 
@@ -341,3 +342,58 @@ async def test_bad_requests_are_dead_lettered_and_a_stream_waits_for_its_first_v
     assert "request_id" in reasons[4] and "inputs" in reasons[4]
     assert reasons[5].startswith("value: ") and "exceeds the limit of 16384" in reasons[5]
     assert all(m["service"] == "predictor" for m in letters)
+
+
+def test_cli_predicts_via_kafka_and_tails_the_answers(
+    kafka_settings, kafka_bootstrap, store_url, unique, tmp_path, monkeypatch
+) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from lmesh.cli import app as cli_app
+
+    name = f"cli-{unique}"
+    store = open_store(store_url)
+    net = trained(seed=3, epochs=2)
+    stub = RegistryStub(store=store)
+    stub.add(
+        write_model_version(
+            store,
+            name,
+            1,
+            hidden_sizes=[32],
+            network=net,
+            label_names=[f"class-{i}" for i in range(10)],
+        )
+    )
+    x, _ = fashion_shaped(1, seed=11)
+    image = tmp_path / "item.png"
+    Image.fromarray(x[0]).save(image)
+    with running_stream_worker(
+        kafka_settings, store_url, stub, models=name, stream_group=f"predictor-stream-{unique}"
+    ) as s:
+        monkeypatch.setenv("LMESH_REGISTRY_URL", s.registry_url)
+        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+        runner = CliRunner()
+        result = runner.invoke(
+            cli_app, ["predict", name, "--file", str(image), "--via", "kafka", "--timeout", "60"]
+        )
+        assert result.exit_code == 0, result.output
+        label = int(local_labels(net, x)[0])
+        assert f"class {label} (class-{label})" in result.output
+        assert f"model {name} version 1" in result.output
+        assert f"run run-{name}-1, dataset synthetic v1; request inference.requested.v1[" in (
+            result.output
+        )
+        found = re.search(r"request (cli-[0-9a-f]{12}): ", result.output)
+        assert found, result.output
+        request_id = found.group(1)
+        tail = runner.invoke(
+            cli_app, ["stream", "tail", "--from-beginning", "--model", name, "--count", "1"]
+        )
+        assert tail.exit_code == 0, tail.output
+        assert tail.output.startswith(f"{request_id} key={request_id} label=[{label}] {name} v1")
+        missing = runner.invoke(
+            cli_app, ["predict", "no-such-model", "--file", str(image), "--via", "kafka"]
+        )
+        assert missing.exit_code == 1 and "404" in missing.output

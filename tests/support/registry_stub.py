@@ -87,10 +87,11 @@ def write_model_version(
 class RegistryStub:
     """Fixed JSON for the two read endpoints the predictor uses; tests move aliases."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Any = None) -> None:
         self.versions: dict[str, dict[int, dict[str, Any]]] = {}
         self.aliases: dict[str, dict[str, int]] = {}
         self.available = True
+        self.store = store  # serves request schemas from the versions' cards when set
 
     def add(self, mv: dict[str, Any], *, alias: str | None = "production") -> None:
         self.versions.setdefault(mv["model_name"], {})[mv["version"]] = mv
@@ -125,11 +126,22 @@ class RegistryStub:
         mv["aliases"] = [a for a, v in self.aliases[name].items() if v == version]
         return JSONResponse(mv)
 
+    async def _schema(self, request: Request) -> JSONResponse:
+        from contracts.request_schema import request_schema
+
+        name, version = request.path_params["name"], int(request.path_params["version"])
+        mv = self.versions.get(name, {}).get(version)
+        if mv is None or self.store is None:
+            return JSONResponse({"detail": f"no version {version} of {name}"}, status_code=404)
+        card = ModelCard.model_validate_json(self.store.get(mv["card"]["uri"]))
+        return JSONResponse(request_schema(name, version, card.input))
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/models", self._models),
                 Route("/models/{name}/aliases/{alias}", self._alias),
+                Route("/models/{name}/versions/{version}/schema", self._schema),
             ]
         )
 
