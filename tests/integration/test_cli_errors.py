@@ -82,6 +82,12 @@ def test_mesh_not_running(
     assert not Path(no_mesh["LMESH_HOME"]).exists(), "a failed command creates no mesh state"
 
 
+def test_lmesh_debug_shows_the_traceback(no_mesh: dict[str, str], tmp_path: Path) -> None:
+    proc = lmesh("models", env={**no_mesh, "LMESH_DEBUG": "1"}, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "ConnectError" in proc.stderr
+
+
 def test_up_with_an_unreachable_broker(no_mesh: dict[str, str], tmp_path: Path) -> None:
     """`lmesh up --detach` against a broker address nobody answers: the supervisor it starts
     gives up, and the user reads why in one line (with the log to look at)."""
