@@ -20,6 +20,7 @@ __all__ = [
     "NAME_PATTERN",
     "NAME_SCHEMA",
     "ArtifactRef",
+    "DataDrift",
     "DatasetIngested",
     "DatasetPrepared",
     "DatasetSchema",
@@ -29,10 +30,12 @@ __all__ = [
     "InferenceCompleted",
     "InferenceRequested",
     "InferenceTensor",
+    "ModelHealth",
     "ModelPromoted",
     "ModelRegistered",
     "ModelSpec",
     "Name",
+    "PredictionFeedback",
     "PredictionLineage",
     "PredictionLogged",
     "PreparedDatasetRef",
@@ -167,6 +170,12 @@ class PreparedDatasetRef(Contract):
     counts: dict[str, int]
     schema_: DatasetSchema = Field(alias="schema")
     preprocessing: PreprocessingSpec
+    reference: ArtifactRef | None = Field(
+        default=None,
+        description="Reference statistics JSON (libs.drift): per-feature-group distribution "
+        "summaries of the training split's raw inputs and the class prior; the monitor "
+        "compares live traffic against it. None: made before reference statistics existed",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -251,6 +260,12 @@ class TrainingRequested(Event):
     model: ModelSpec = Field(default_factory=ModelSpec)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     requested_by: str = "cli"
+    reason: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="Why this run was requested (e.g. 'retrained after drift score D at time "
+        "T'); carried to training.completed.v1 and the run's lineage",
+    )
 
 
 class TrainingProgress(Event):
@@ -287,6 +302,9 @@ class TrainingCompleted(Event):
     training_seconds: float
     worker: str
     code_version: str
+    reason: str | None = Field(
+        default=None, max_length=1000, description="The request's reason, when it gave one"
+    )
 
 
 class TrainingFailed(Event):
@@ -329,13 +347,26 @@ class ModelPromoted(Event):
 
 
 class PredictionLogged(Event):
-    """A sampled prediction. Key: model_name."""
+    """A sampled prediction (one request, one or more rows). Key: model_name."""
 
     model_name: Name
     version: int
     request_id: str
-    predictions: list[int]
+    predictions: list[int] = Field(description="Predicted class per row, in request order")
     latency_ms: float
+    source: Literal["http", "stream"] = Field(
+        default="http",
+        description="http: the Open Inference Protocol route; stream: a stream worker (its "
+        "answer is also on inference.completed.v1, so the monitor counts it there once)",
+    )
+    input_summary: list[list[float]] | None = Field(
+        default=None,
+        description="Per row: libs.drift.summarize_rows of the raw input (the mean, then the "
+        "standard deviation, of each feature group); None: inputs not summarized",
+    )
+    error: str | None = Field(
+        default=None, max_length=1000, description="Set when the prediction failed"
+    )
 
 
 #: Open Inference Protocol tensor datatypes (BYTES: UTF-8 strings, e.g. a label's name).
@@ -412,6 +443,59 @@ class InferenceCompleted(Event):
     latency_ms: float = Field(
         ge=0, description="Request fetched by the stream worker -> answer handed to the producer"
     )
+
+
+class PredictionFeedback(Event):
+    """The true label of a prediction, learnt later by an upstream system. Key: request_id."""
+
+    request_id: str = Field(min_length=1, max_length=128, description="The prediction's id")
+    label: int = Field(ge=0, description="The true class")
+    row: int = Field(default=0, ge=0, description="Row of the request (0 for one-row requests)")
+
+
+class ModelHealth(Event):
+    """One window of live traffic of one model version, published every monitor period.
+    Key: model_name."""
+
+    model_name: Name
+    version: int = Field(ge=1)
+    window_start: datetime
+    window_end: datetime
+    count: int = Field(ge=0, description="Predicted rows in the window")
+    requests: int = Field(ge=0, description="Prediction events (requests) in the window")
+    input_drift: float | None = Field(
+        default=None, description="Mean PSI of the feature-group summaries; None: no reference"
+    )
+    input_drift_groups: dict[str, float] = Field(
+        default_factory=dict,
+        description="The most drifted summaries, e.g. {'mean[3]': 0.41, 'std[7]': 0.2}",
+    )
+    prediction_drift: float | None = Field(
+        default=None, description="PSI of the predicted classes vs the validation predictions"
+    )
+    accuracy: float | None = Field(default=None, description="Live accuracy from feedback")
+    labelled: int = Field(default=0, ge=0, description="Rows with feedback in the window")
+    latency_ms_p50: float | None = None
+    latency_ms_p95: float | None = None
+    latency_ms_p99: float | None = None
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    drifting: bool = Field(default=False, description="Input drift raised and not cleared")
+    notes: list[str] = Field(default_factory=list, description="e.g. 'no reference statistics'")
+
+
+class DataDrift(Event):
+    """Input drift of a model version crossed its threshold (with hysteresis). Key: model_name."""
+
+    model_name: Name
+    version: int = Field(ge=1)
+    score: float
+    threshold: float
+    window_start: datetime
+    window_end: datetime
+    count: int = Field(ge=0, description="Rows in the window that raised it")
+    dataset: Name | None = Field(default=None, description="The version's training dataset")
+    dataset_version: int | None = None
+    reason: str
 
 
 class DeadLetter(Event):

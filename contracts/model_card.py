@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.events import Contract, Hyperparameters, ModelSpec, PreprocessingSpec
+from contracts.events import ArtifactRef, Contract, Hyperparameters, ModelSpec, PreprocessingSpec
 
 CARD_FORMAT: Literal["lmesh.model-card/v1"] = "lmesh.model-card/v1"
 
@@ -56,3 +56,13 @@ class ModelCard(Contract):
     dataset_sha256: str
     code_version: str
     created_at: datetime
+    reference: ArtifactRef | None = Field(
+        default=None,
+        description="The dataset's reference statistics (dataset.prepared.v1): what the "
+        "monitor compares this model's live inputs against",
+    )
+    validation_predictions: list[int] | None = Field(
+        default=None,
+        description="Predicted rows per class on the validation split (label 0 first): the "
+        "reference for the monitor's prediction-distribution drift",
+    )

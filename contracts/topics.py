@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from contracts import events as ev
 
-SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor")
+SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor", "monitor")
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,27 @@ _TOPICS = [
         "the request's key",
         "Answers to inference.requested.v1 with the model version and lineage that made them",
     ),
+    Topic(
+        "prediction.feedback.v1",
+        ev.PredictionFeedback,
+        3,
+        "request_id",
+        "True labels of earlier predictions, from upstream systems that learn them later",
+    ),
+    Topic(
+        "model.health.v1",
+        ev.ModelHealth,
+        3,
+        "model_name",
+        "One window of live traffic per model version: drift, accuracy, latency, errors",
+    ),
+    Topic(
+        "data.drift.v1",
+        ev.DataDrift,
+        3,
+        "model_name",
+        "A model version's input drift crossed its threshold (hysteresis: k windows over)",
+    ),
     *(
         Topic(dlq_topic(s), ev.DeadLetter, 1, "source_topic", f"Messages {s} could not handle")
         for s in SERVICES
@@ -99,6 +120,7 @@ CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
     "trainer": ("training.requested.v1",),
     "registry": ("dataset.prepared.v1", "training.completed.v1", "training.failed.v1"),
     "predictor-stream": ("inference.requested.v1",),
+    "monitor": ("prediction.logged.v1", "inference.completed.v1", "prediction.feedback.v1"),
 }
 
 

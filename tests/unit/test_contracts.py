@@ -36,7 +36,8 @@ def test_every_event_has_id_and_time_and_round_trips_as_json() -> None:
 def test_topic_table_names_carry_major_version_and_dlq_per_service() -> None:
     assert all(name.endswith(".v1") for name in TOPICS)
     assert {t.name for t in TOPICS.values() if t.event is DeadLetter} == {
-        f"{s}.dlq.v1" for s in ("ingest", "preprocess", "trainer", "registry", "predictor")
+        f"{s}.dlq.v1"
+        for s in ("ingest", "preprocess", "trainer", "registry", "predictor", "monitor")
     }
     assert topic_for(TrainingRequested).name == "training.requested.v1"
 
