@@ -237,6 +237,11 @@ class Mesh:
 
     def _popen(self, p: ServiceProcess, env: dict[str, str]) -> None:
         with open(p.log, "ab") as log_file:
+            if p.record is not None and p.record.last_exit:  # a restart: say so in its log
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                reason = p.record.last_exit["reason"]
+                log_file.write(f"--- {stamp} lmesh: restarting {p.name} ({reason})\n".encode())
+                log_file.flush()
             p.process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{p.service}"],
                 stdout=log_file,
