@@ -33,6 +33,7 @@ from services.predictor.endpoint import (
     openapi_paths,
 )
 from services.predictor.model import LoadedModel
+from services.predictor.responses import Liveness, ModelMetadata, Readiness, ServerMetadata
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
 
@@ -49,18 +50,13 @@ ModelName = Annotated[
 ]
 VersionNumber = Annotated[str, Path(pattern=VERSION_PATTERN, description="model version")]
 _404: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown model or version"}}
-
-
-class Readiness(BaseModel):
-    """OIP readiness: 200 when ready, 400 when not."""
-
-    name: str | None = None
-    ready: bool
-
-
 _NOT_READY: dict[int | str, dict[str, Any]] = {
     400: {"model": Readiness, "description": "Not ready"}
 }
+
+
+def _ok(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model}}
 
 
 class PredictorApp:
@@ -151,7 +147,7 @@ def build_app(
     def ready() -> bool:
         return runtime.table.ready() and runtime.events_ready
 
-    @api.get("/v2", tags=["inference"])
+    @api.get("/v2", tags=["inference"], response_model=None, responses=_ok(ServerMetadata))
     async def server_metadata() -> dict[str, Any]:
         return {
             "name": SERVER_NAME,
@@ -159,11 +155,16 @@ def build_app(
             "extensions": ["binary_tensor_data"],
         }
 
-    @api.get("/v2/health/live", tags=["inference"])
+    @api.get("/v2/health/live", tags=["inference"], response_model=None, responses=_ok(Liveness))
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @api.get("/v2/health/ready", tags=["inference"], responses=_NOT_READY)
+    @api.get(
+        "/v2/health/ready",
+        tags=["inference"],
+        response_model=None,
+        responses={**_ok(Readiness), **_NOT_READY},
+    )
     async def server_ready() -> JSONResponse:
         ok = ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 400)
@@ -179,7 +180,12 @@ def build_app(
             return error_response(404, f"version {version} of model {name!r} is not served")
         return model
 
-    @api.get("/v2/models/{name}", tags=["inference"], response_model=None, responses=_404)
+    @api.get(
+        "/v2/models/{name}",
+        tags=["inference"],
+        response_model=None,
+        responses={**_ok(ModelMetadata), **_404},
+    )
     async def model_metadata(name: ModelName) -> Any:
         model = model_or_error(name, None)
         if isinstance(model, JSONResponse):
@@ -190,7 +196,7 @@ def build_app(
         "/v2/models/{name}/versions/{version}",
         tags=["inference"],
         response_model=None,
-        responses=_404,
+        responses={**_ok(ModelMetadata), **_404},
     )
     async def model_version_metadata(name: ModelName, version: VersionNumber) -> Any:
         model = model_or_error(name, version)
@@ -202,7 +208,7 @@ def build_app(
         "/v2/models/{name}/ready",
         tags=["inference"],
         response_model=None,
-        responses={**_404, **_NOT_READY},
+        responses={**_ok(Readiness), **_404, **_NOT_READY},
     )
     async def model_ready(name: ModelName) -> Any:
         if runtime.table.holder(name) is None and not (runtime.names and name in runtime.names):
@@ -214,7 +220,7 @@ def build_app(
         "/v2/models/{name}/versions/{version}/ready",
         tags=["inference"],
         response_model=None,
-        responses=_404,
+        responses={**_ok(Readiness), **_404},
     )
     async def model_version_ready(name: ModelName, version: VersionNumber) -> Any:
         model = model_or_error(name, version)
