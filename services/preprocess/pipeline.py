@@ -47,6 +47,7 @@ class DatasetPreparer:
             save_file(result.tensors, str(path))
             tensors = self.store.put_file(path, SAFETENSORS)
         stats = self.store.put(result.stats_json(), "application/json")
+        reference = self.store.put(result.reference, "application/json")
         log.info(
             "prepared %s v%d in %.2fs: %s",
             event.dataset,
@@ -63,6 +64,7 @@ class DatasetPreparer:
                 counts=result.counts,
                 schema=event.schema_,
                 preprocessing=result.spec,
+                reference=reference,
             ),
             source_sha256=event.artifact.sha256,
             dropped={

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from contracts.events import DatasetSchema, PreprocessingSpec
+from libs.drift import build_reference
 
 __all__ = [
     "PreparationError",
@@ -37,6 +38,7 @@ class Prepared:
     spec: PreprocessingSpec
     counts: dict[str, int]
     stats: dict[str, Any]
+    reference: bytes = b""  # libs.drift reference statistics (JSON) of the raw training split
 
     def stats_json(self) -> bytes:
         return json.dumps(self.stats, sort_keys=True, indent=1).encode()
@@ -198,4 +200,7 @@ def prepare(
             name: _histogram(tensors[f"y_{name}"], schema.num_classes) for name in parts
         },
     }
-    return Prepared(tensors=tensors, spec=spec, counts=counts, stats=stats)
+    reference = build_reference(
+        x_all[train_idx], y_all[train_idx], schema.num_classes, seed=seed
+    ).to_json()
+    return Prepared(tensors=tensors, spec=spec, counts=counts, stats=stats, reference=reference)

@@ -46,7 +46,15 @@ from libs.storage import ArtifactStore, open_store
 from services.trainer import admission, checkpoints, validation
 from services.trainer.datasets import BadDataset, DatasetNotFound, load_splits, resolve_dataset
 from services.trainer.optimization import optimize
-from services.trainer.training import EpochStats, FitResult, Splits, evaluate, fit, resolve_device
+from services.trainer.training import (
+    EpochStats,
+    FitResult,
+    Splits,
+    evaluate,
+    fit,
+    predicted_counts,
+    resolve_device,
+)
 
 log = logging.getLogger("lmesh.trainer")
 
@@ -344,6 +352,8 @@ class TrainingJob:
             dataset_sha256=prepared.tensors.sha256,
             code_version=code_version(),
             created_at=datetime.now(UTC),
+            reference=prepared.reference,
+            validation_predictions=predicted_counts(net_cpu, splits.x_val, schema.num_classes),
         )
         card_ref = store.put(
             card.model_dump_json(indent=2, by_alias=True).encode(), "application/json"
@@ -362,4 +372,5 @@ class TrainingJob:
             training_seconds=seconds,
             worker=self.config.worker,
             code_version=code_version(),
+            reason=event.reason,
         )

@@ -149,6 +149,22 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(y)
 
 
+def predicted_counts(
+    model: nn.Module, x: torch.Tensor, num_classes: int, batch_size: int = 2048
+) -> list[int]:
+    """Rows of ``x`` the model predicts for each class (label 0 first)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out = model(x[i : i + batch_size].to(device, non_blocking=True))
+            counts += torch.bincount(out.argmax(1).cpu(), minlength=num_classes)[:num_classes]
+    model.train(was_training)
+    return [int(c) for c in counts]
+
+
 def capture_state(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
