@@ -18,7 +18,7 @@ from fastapi import FastAPI, Path
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel
 
-from contracts.events import NAME_SCHEMA, ModelPromoted, PredictionLogged, validate_name
+from contracts.events import NAME_SCHEMA, ModelPromoted, validate_name
 from libs import telemetry
 from libs.http_errors import add_openapi_paths, error_response
 from libs.messaging import create_broker, publish, subscribe
@@ -33,6 +33,7 @@ from services.predictor.endpoint import (
     openapi_paths,
 )
 from services.predictor.model import LoadedModel
+from services.predictor.prediction_log import prediction_logged
 from services.predictor.responses import Liveness, ModelMetadata, Readiness, ServerMetadata
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
@@ -107,14 +108,10 @@ def build_app(
     async def model_promoted(event: ModelPromoted) -> None:
         await handlers.on_model_promoted(event, runtime)
 
-    def log_prediction(model: LoadedModel, request_id: str, labels: np.ndarray, ms: float) -> None:
-        event = PredictionLogged(
-            model_name=model.name,
-            version=model.version,
-            request_id=request_id,
-            predictions=labels.tolist(),
-            latency_ms=round(ms, 3),
-        )
+    def log_prediction(
+        model: LoadedModel, request_id: str, labels: np.ndarray, ms: float, rows: np.ndarray
+    ) -> None:
+        event = prediction_logged(model.name, model.version, request_id, labels, ms, rows)
         task = asyncio.get_running_loop().create_task(publish(broker, event))
         background.add(task)
         task.add_done_callback(background.discard)

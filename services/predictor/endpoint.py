@@ -35,7 +35,8 @@ from services.predictor.oip import (
 
 log = logging.getLogger("lmesh.predictor")
 
-PredictionSink = Callable[[LoadedModel, str, np.ndarray, float], None]
+#: (model, request id, predicted labels, latency ms, the request's rows)
+PredictionSink = Callable[[LoadedModel, str, np.ndarray, float, np.ndarray], None]
 _JSON = [(b"content-type", b"application/json")]
 _ALLOW_POST = [*_JSON, (b"allow", b"POST")]
 
@@ -239,7 +240,7 @@ class InferenceEndpoint:
             and self.on_prediction is not None
             and random.random() < self.sample_rate
         ):
-            self.on_prediction(model, request.id or "", labels, elapsed * 1000)
+            self.on_prediction(model, request.id or "", labels, elapsed * 1000, rows)
 
 
 # --------------------------------------------------------------------------- OpenAPI

@@ -37,7 +37,7 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from opentelemetry.trace import SpanKind
 
-from contracts.events import ModelPromoted, PredictionLogged
+from contracts.events import ModelPromoted
 from libs import telemetry
 from libs.messaging import create_broker, publish, subscribe
 from libs.messaging.middleware import dead_letter_from_record, publish_dead_letter
@@ -47,6 +47,7 @@ from libs.storage import StoreSettings
 from libs.telemetry import metrics as mesh_metrics
 from services.predictor import handlers, metrics, streaming
 from services.predictor.app import wait_positioned
+from services.predictor.prediction_log import prediction_logged
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
 
@@ -369,12 +370,14 @@ class StreamWorker:
         await publish_dead_letter(self.broker, letter)  # awaited: committed after it
 
     def _log_prediction(self, answer: streaming.Answer, latency_ms: float) -> None:
-        event = PredictionLogged(
-            model_name=answer.model.name,
-            version=answer.model.version,
-            request_id=answer.request.request_id,
-            predictions=answer.labels.tolist(),
-            latency_ms=round(latency_ms, 3),
+        event = prediction_logged(
+            answer.model.name,
+            answer.model.version,
+            answer.request.request_id,
+            answer.labels,
+            latency_ms,
+            answer.request.array,
+            source="stream",
         )
         task = asyncio.get_running_loop().create_task(publish(self.broker, event))
         self._background.add(task)

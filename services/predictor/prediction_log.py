@@ -1,0 +1,41 @@
+"""prediction.logged.v1 for one answered request (HTTP or stream): the predicted classes,
+the latency and, for the monitor's drift test, per-row summaries of the raw input
+(libs.drift: the mean and std of each feature group; 32 numbers per 784-pixel row)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from contracts.events import PredictionLogged
+from libs.drift import feature_groups, summarize_rows
+
+#: Decimals kept of each summary (the monitor bins them; more only costs bytes on Kafka).
+SUMMARY_DECIMALS = 3
+
+
+def prediction_logged(
+    model_name: str,
+    version: int,
+    request_id: str,
+    labels: np.ndarray,
+    latency_ms: float,
+    rows: np.ndarray | None,
+    source: Literal["http", "stream"] = "http",
+) -> PredictionLogged:
+    summary = None
+    if rows is not None and len(rows):
+        flat = np.asarray(rows).reshape(len(rows), -1)
+        summary = (
+            summarize_rows(flat, feature_groups(flat.shape[1])).round(SUMMARY_DECIMALS).tolist()
+        )
+    return PredictionLogged(
+        model_name=model_name,
+        version=version,
+        request_id=request_id,
+        predictions=np.asarray(labels).tolist(),
+        latency_ms=round(latency_ms, 3),
+        source=source,
+        input_summary=summary,
+    )
