@@ -66,7 +66,8 @@ class ServiceSettings(BaseSettings):
 HTTP_GRACEFUL_S = 3
 #: The lifespan's shutdown steps (broker client, service hook) get this long together.
 STOP_BUDGET_S = 3.0
-_exit_deadline = {"seconds": ServiceSettings.model_fields["shutdown_timeout_s"].default}
+#: Set by :func:`enable_exit_deadline` in service processes (inherited by uvicorn workers).
+EXIT_DEADLINE_ENV = "LMESH_SHUTDOWN_DEADLINE_S"
 _exit_armed = threading.Event()
 
 
@@ -79,17 +80,30 @@ async def _bounded(what: str, step: Awaitable[None], deadline: float) -> None:
         log.warning("%s did not finish in time (broker unreachable?); going on", what)
 
 
+def enable_exit_deadline(seconds: float) -> None:
+    """Make this service process, and the worker processes it starts, end at most
+    ``seconds`` after its shutdown starts (:func:`arm_exit_deadline`). Only a service's entry
+    point calls this: an app served inside another program (a test) is never cut short."""
+    os.environ[EXIT_DEADLINE_ENV] = str(seconds)
+
+
 def arm_exit_deadline(seconds: float | None = None) -> None:
-    """From now on the process has ``seconds`` to exit, or it is ended with ``os._exit``.
+    """From now on the process has ``seconds`` (default: what :func:`enable_exit_deadline`
+    set; nothing happens when it was not called) to exit, or it is ended with ``os._exit``.
 
     Graceful shutdown waits on things that may never answer (a publish to a broker that is
     gone, aiokafka's close retries, an OTLP export, a training job's thread that the
     interpreter joins at exit); this bounds all of them. Idempotent: the first call wins.
     """
+    if seconds is None:
+        enabled = os.environ.get(EXIT_DEADLINE_ENV)
+        if not enabled:
+            return
+        seconds = float(enabled)
     if _exit_armed.is_set():
         return
     _exit_armed.set()
-    limit = float(seconds if seconds is not None else _exit_deadline["seconds"])
+    limit = float(seconds)
 
     def exit_now() -> None:
         os.write(2, f"shutdown took longer than {limit:g}s: exiting now\n".encode())
@@ -229,7 +243,7 @@ def serve(
     )
     if kafka is not None:
         check_broker(kafka)
-    _exit_deadline["seconds"] = settings.shutdown_timeout_s
+    enable_exit_deadline(settings.shutdown_timeout_s)
     config = uvicorn.Config(
         app,
         host=settings.http_host,

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from libs.messaging.settings import KafkaSettings
-from libs.service import HTTP_GRACEFUL_S, check_broker, serve
+from libs.service import HTTP_GRACEFUL_S, check_broker, enable_exit_deadline, serve
 from services.predictor.app import build_app
 from services.predictor.settings import PredictorSettings
 
@@ -30,6 +30,7 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     check_broker(kafka)
+    enable_exit_deadline(settings.shutdown_timeout_s)  # each worker ends within it too
     # Each worker builds its own app from the environment (factory), loads the models and
     # subscribes to model.promoted.v1 as a broadcast consumer of its own.
     uvicorn.run(
