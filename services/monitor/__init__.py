@@ -1,0 +1,1 @@
+"""The monitor: live windows per served model version (drift, accuracy, latency, errors)."""

@@ -1,0 +1,178 @@
+"""The monitor process: subscribers, the periodic evaluation task, HTTP (/models)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query
+from pydantic import BaseModel
+
+from contracts.events import (
+    NAME_SCHEMA,
+    DatasetPrepared,
+    InferenceCompleted,
+    ModelHealth,
+    ModelPromoted,
+    PredictionFeedback,
+    PredictionLogged,
+)
+from libs.messaging import KafkaSettings, create_broker, publish, subscribe
+from libs.service import create_app
+from libs.storage import open_store
+from services.monitor import handlers
+from services.monitor.runtime import MonitorRuntime
+from services.monitor.settings import MonitorSettings
+from services.monitor.windows import Monitor
+
+SERVICE = "monitor"
+log = logging.getLogger("lmesh.monitor")
+
+
+class VersionWindowPublic(BaseModel):
+    """One version's window now, with its last evaluation."""
+
+    model_name: str
+    version: int
+    rows: int
+    rows_with_inputs: int
+    labelled: int
+    total_rows: int
+    drifting: bool
+    reference: bool
+    last_health: ModelHealth | None
+
+
+class WindowsPublic(BaseModel):
+    ready: bool
+    windows: list[VersionWindowPublic]
+    ignored: dict[str, int]
+
+
+async def wait_positioned(subscribers: list[Any]) -> None:
+    """Until every subscriber's consumer holds its partitions and knows its position."""
+    for subscriber in subscribers:
+        # FastStream has no "assigned" event: poll (start-up only)
+        while getattr(subscriber, "consumer", None) is None or not subscriber.consumer.assignment():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for tp in list(subscriber.consumer.assignment()):
+            await subscriber.consumer.position(tp)
+
+
+def build_app(
+    settings: MonitorSettings | None = None, kafka: KafkaSettings | None = None
+) -> FastAPI:
+    settings = settings or MonitorSettings()
+    kafka = kafka or KafkaSettings()
+    broker = create_broker(SERVICE, kafka)
+
+    async def publish_event(event: BaseModel) -> None:
+        await publish(broker, event)
+
+    rt = MonitorRuntime(Monitor(settings.windows()), open_store(), publish_event)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def traffic(topic: str) -> Any:
+        return subscribe(
+            broker,
+            topic,
+            group_id=settings.consumer_group,
+            settings=kafka,
+            auto_offset_reset=settings.consume_from,
+        )
+
+    def history(topic: str) -> Any:  # every process reads the whole (small) topic
+        return subscribe(broker, topic, group_id=None, settings=kafka, auto_offset_reset="earliest")
+
+    logged_sub = traffic("prediction.logged.v1")
+    completed_sub = traffic("inference.completed.v1")
+    feedback_sub = traffic("prediction.feedback.v1")
+    promoted_sub = history("model.promoted.v1")
+    prepared_sub = history("dataset.prepared.v1")
+
+    @logged_sub
+    async def prediction_logged(event: PredictionLogged) -> None:
+        await handlers.on_prediction_logged(event, rt)
+
+    @completed_sub
+    async def inference_completed(event: InferenceCompleted) -> None:
+        await handlers.on_inference_completed(event, rt)
+
+    @feedback_sub
+    async def prediction_feedback(event: PredictionFeedback) -> None:
+        await handlers.on_feedback(event, rt)
+
+    @promoted_sub
+    async def model_promoted(event: ModelPromoted) -> None:
+        await handlers.on_model_promoted(event, rt)
+
+    @prepared_sub
+    async def dataset_prepared(event: DatasetPrepared) -> None:
+        await handlers.on_dataset_prepared(event, rt)
+
+    async def periodic() -> None:
+        every = min(1.0, settings.period_s)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await handlers.tick(rt)
+            except Exception:  # one bad evaluation never stops the watching
+                log.exception("periodic evaluation failed")
+
+    async def positioned() -> None:
+        await wait_positioned([logged_sub, completed_sub, feedback_sub, promoted_sub, prepared_sub])
+        rt.ready = True
+
+    async def on_startup(app: FastAPI) -> None:
+        loop = asyncio.get_running_loop()
+        tasks.add(loop.create_task(periodic()))
+        tasks.add(loop.create_task(positioned()))
+
+    async def on_shutdown(app: FastAPI) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    app = create_app(
+        SERVICE,
+        broker,
+        title="lepton-mesh monitor",
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        lag_group=settings.consumer_group,
+        kafka=kafka,
+        body_limit=settings.body_limit(),
+        description="Live windows per model version: input and prediction drift, live "
+        "accuracy from feedback, latency percentiles, error rate.",
+    )
+    app.state.runtime = rt
+
+    @app.get("/models", tags=["monitor"])
+    async def windows(
+        model: Annotated[
+            str | None, Query(description="only this model", json_schema_extra=NAME_SCHEMA)
+        ] = None,
+    ) -> WindowsPublic:
+        """Every watched model version's current window and its last evaluation."""
+        found = [
+            VersionWindowPublic(
+                model_name=w.model_name,
+                version=w.version,
+                rows=w.rows,
+                rows_with_inputs=w.input_rows,
+                labelled=len(w.labelled),
+                total_rows=w.total_rows,
+                drifting=w.drifting,
+                reference=w.info.reference is not None,
+                last_health=w.last_health,
+            )
+            for (name, _), w in sorted(rt.monitor.windows.items())
+            if model is None or name == model
+        ]
+        return WindowsPublic(ready=rt.ready, windows=found, ignored=dict(rt.monitor.ignored))
+
+    return app

@@ -1,0 +1,213 @@
+"""The monitor's pure logic: sliding windows, hysteresis, the feedback join, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from contracts.events import (
+    InferenceCompleted,
+    InferenceTensor,
+    PredictionFeedback,
+    PredictionLineage,
+    PredictionLogged,
+    RecordPosition,
+)
+from libs.drift import build_reference, feature_groups, summarize_rows
+from services.monitor.windows import Monitor, VersionInfo, WindowConfig, predicted_labels
+from tests.support.monitor_data import fashion_like
+
+X_REF, Y_REF = fashion_like(3000, seed=1)
+REFERENCE = build_reference(X_REF, Y_REF, 10)
+GROUPS = feature_groups(784)
+
+
+def logged(rows: np.ndarray, request_id: str, version: int = 1, **kw: object) -> PredictionLogged:
+    return PredictionLogged(
+        model_name="m",
+        version=version,
+        request_id=request_id,
+        predictions=[int(i % 10) for i in range(len(rows))],
+        latency_ms=float(kw.pop("latency_ms", 5.0)),  # type: ignore[arg-type]
+        input_summary=summarize_rows(rows, GROUPS).round(3).tolist(),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def monitor(**cfg: object) -> Monitor:
+    m = Monitor(WindowConfig(**{"size": 400, "step": 200, "min_rows": 200, **cfg}))  # type: ignore[arg-type]
+    m.set_info("m", 1, VersionInfo(reference=REFERENCE, expected_predictions=[1] * 10))
+    return m
+
+
+def feed(m: Monitor, rows: np.ndarray, start: int, now: float, per_request: int = 50) -> list:
+    out = []
+    for i in range(0, len(rows), per_request):
+        m.observe_logged(logged(rows[i : i + per_request], f"r{start + i}"), now)
+        out += m.evaluate_due(now)
+    return out
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ValueError):
+        WindowConfig(size=10, min_rows=11)
+    with pytest.raises(ValueError):
+        WindowConfig(threshold=0.1, clear_threshold=0.2)
+
+
+def test_window_slides_and_evaluates_every_step() -> None:
+    m = monitor()
+    results = feed(m, fashion_like(1000, seed=2)[0], 0, 100.0)
+    assert len(results) == 5  # every 200 rows
+    w = m.windows[("m", 1)]
+    assert w.rows == 400 and w.input_rows == 400 and w.total_rows == 1000
+    health, drift = results[-1]
+    assert drift is None and not health.drifting
+    assert health.count == 400 and health.requests == 8
+    assert health.input_drift is not None and health.input_drift < 0.1
+    assert health.latency_ms_p50 == 5.0 and health.error_rate == 0.0
+    assert health.prediction_drift is not None and health.prediction_drift < 0.01
+
+
+def test_drift_needs_k_windows_over_and_clears_under_the_lower_threshold() -> None:
+    m = monitor(raise_after=3)
+    clean = fashion_like(2000, seed=2)[0]
+    inverted = 255 - fashion_like(2000, seed=3)[0]
+    assert all(d is None for _, d in feed(m, clean[:400], 0, 1.0))
+    first = feed(m, inverted[:600], 1000, 2.0)  # three windows over: raised at the third
+    assert [d is None for _, d in first] == [True, True, False]
+    health, drift = first[-1]
+    assert drift is not None and health.drifting
+    assert drift.score >= 0.1 and drift.count == 400 and "consecutive" in drift.reason
+    assert drift.window_start <= drift.window_end
+    names = {f"{s}[{i}]" for s in ("mean", "std") for i in range(16)}
+    assert health.input_drift_groups and set(health.input_drift_groups) <= names
+    # still drifting: no second event while it stays raised
+    assert all(d is None for _, d in feed(m, inverted[600:1200], 2000, 3.0))
+    # back to clean traffic: cleared once the window is under the lower threshold
+    results = feed(m, clean[400:1200], 3000, 4.0)
+    assert all(d is None for _, d in results)
+    assert not results[-1][0].drifting
+    assert any("cleared" in n for h, _ in results for n in h.notes)
+
+
+def test_a_burst_shorter_than_a_step_does_not_raise() -> None:
+    """Windows overlap (size 400, step 200): a burst of under one step is in at most two
+    evaluations, fewer than the three consecutive ones that raise."""
+    m = monitor(raise_after=3)
+    inverted = 255 - fashion_like(150, seed=3)[0]
+    clean = fashion_like(1000, seed=2)[0]
+    results = feed(m, clean[:400], 0, 1.0, per_request=50)
+    results += feed(m, inverted, 500, 2.0, per_request=50)
+    results += feed(m, clean[400:], 900, 3.0, per_request=50)
+    assert any(h.input_drift is not None and h.input_drift >= 0.1 for h, _ in results)
+    assert all(d is None for _, d in results)
+
+
+def test_feedback_joins_by_request_id_and_row_late_early_duplicate_unknown() -> None:
+    m = monitor()
+    rows = fashion_like(4, seed=2)[0]
+    m.observe_logged(logged(rows, "a"), 1.0)  # predictions 0, 1, 2, 3
+    assert m.observe_feedback(PredictionFeedback(request_id="a", label=0, row=0), 2.0) == "joined"
+    assert m.observe_feedback(PredictionFeedback(request_id="a", label=9, row=1), 2.0) == "joined"
+    assert (
+        m.observe_feedback(PredictionFeedback(request_id="a", label=0, row=0), 2.0) == "duplicate"
+    )
+    assert (
+        m.observe_feedback(PredictionFeedback(request_id="a", label=0, row=7), 2.0)
+        == "out_of_range"
+    )
+    # feedback before its prediction waits, and joins when the prediction comes
+    assert m.observe_feedback(PredictionFeedback(request_id="b", label=0), 2.0) == "pending"
+    m.observe_logged(logged(rows[:1], "b"), 3.0)
+    # feedback whose prediction never comes is forgotten after a while, counted
+    assert m.observe_feedback(PredictionFeedback(request_id="never", label=1), 3.0) == "pending"
+    assert m.expire_pending(3.0 + m.config.pending_feedback_s + 1) == 1
+    w = m.windows[("m", 1)]
+    assert list(w.labelled) == [True, False, True]
+    assert m.ignored == {
+        "duplicate_feedback": 1,
+        "feedback_row_out_of_range": 1,
+        "unknown_request_id": 1,
+    }
+    health, _ = w.evaluate(10.0)
+    assert health.labelled == 3 and health.accuracy == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_versions_without_reference_are_watched_with_a_note_and_counted() -> None:
+    m = monitor()
+    rows = fashion_like(300, seed=2)[0]
+    m.observe_logged(logged(rows, "x", version=7), 1.0)
+    health, drift = m.windows[("m", 7)].evaluate(2.0)
+    assert drift is None and health.input_drift is None and health.count == 300
+    assert health.notes == ["no reference statistics for this version"]
+    assert m.ignored["no_reference"] == 1
+    # another model version keeps its drift score
+    feed(m, rows, 100, 3.0)
+    assert m.windows[("m", 1)].last_health is not None
+    assert m.windows[("m", 1)].last_health.input_drift is not None
+
+
+def test_malformed_summaries_are_counted_not_fatal() -> None:
+    m = monitor()
+    event = PredictionLogged(
+        model_name="m",
+        version=1,
+        request_id="z",
+        predictions=[1, 2],
+        latency_ms=1.0,
+        input_summary=[[1.0, 2.0]],
+    )
+    m.observe_logged(event, 1.0)
+    assert m.ignored == {"malformed_input_summary": 1}
+    assert m.windows[("m", 1)].rows == 2 and m.windows[("m", 1)].input_rows == 0
+
+
+def test_errors_and_latency_percentiles() -> None:
+    m = monitor(size=100, step=1000, min_rows=10)
+    for i in range(100):
+        m.observe_logged(
+            PredictionLogged(
+                model_name="m",
+                version=1,
+                request_id=f"e{i}",
+                predictions=[] if i % 10 == 0 else [1],
+                latency_ms=float(i),
+                error="boom" if i % 10 == 0 else None,
+            ),
+            1.0,
+        )
+    health, _ = m.windows[("m", 1)].evaluate(2.0)
+    assert health.error_rate == pytest.approx(0.1)
+    assert health.latency_ms_p50 is not None and 45 <= health.latency_ms_p50 <= 55
+    assert health.latency_ms_p99 is not None and health.latency_ms_p99 >= 97
+
+
+def test_stream_answers_count_once_and_their_inputs_come_from_logged_events() -> None:
+    m = monitor()
+    rows = fashion_like(3, seed=2)[0]
+    completed = InferenceCompleted(
+        request_id="s1",
+        model_name="m",
+        model_version=1,
+        outputs=[InferenceTensor(name="label", datatype="INT64", shape=[3], data=[4, 5, 6])],
+        lineage=PredictionLineage(run_id="r", dataset="d", dataset_version=1),
+        source=RecordPosition(topic="inference.requested.v1", partition=0, offset=1),
+        latency_ms=3.0,
+    )
+    m.observe_completed(completed, 1.0)
+    m.observe_logged(logged(rows, "s1", source="stream"), 1.0)
+    w = m.windows[("m", 1)]
+    assert w.rows == 3 and w.input_rows == 3
+    assert m.observe_feedback(PredictionFeedback(request_id="s1", label=5, row=1), 2.0) == "joined"
+    assert list(w.labelled) == [True]
+    probs = completed.model_copy(
+        update={
+            "outputs": [
+                InferenceTensor(
+                    name="probabilities", datatype="FP32", shape=[2, 2], data=[0.1, 0.9, 0.8, 0.2]
+                )
+            ]
+        }
+    )
+    assert predicted_labels(probs).tolist() == [1, 0]  # type: ignore[union-attr]
