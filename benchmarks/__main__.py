@@ -24,6 +24,7 @@ SUITE: dict[str, list[str]] = {
     "predictor_load": ["--archs", "mlp,cnn", "--duration", "6", "--rounds", "2"],
     "tracing_overhead": ["--duration", "6", "--rounds", "3"],
     "time_to_production": ["--epochs", "5"],
+    "chaos": ["--pg-outage", "30"],
 }
 TAKES_DEVICE = {"trainer_throughput", "accuracy", "predictor_load"}
 

@@ -160,6 +160,9 @@ class Chaos:
             await asyncio.sleep(0.02)
         raise TimeoutError(f"no {what} within {self.opts.wait_s:.0f}s")
 
+    def seen(self, topic: str, **fields: Any) -> bool:
+        return any(self.on(topic, **fields)(m) for m in self.reader.messages)
+
     def on(self, topic: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
         return lambda m: m["_topic"] == topic and all(m.get(k) == v for k, v in fields.items())
 
@@ -250,7 +253,10 @@ class Chaos:
         at = time.monotonic()
         try:
             r = await self.http.post(
-                f"{self.mesh.url('predictor')}/v2/models/{self.model}/infer", json=body, timeout=5
+                # generous: on a loaded machine a slow answer is not a failed one
+                f"{self.mesh.url('predictor')}/v2/models/{self.model}/infer",
+                json=body,
+                timeout=30,
             )
         except httpx.HTTPError as exc:
             return Prediction(at, False, error=type(exc).__name__)
@@ -380,8 +386,9 @@ class Chaos:
 
     async def kill_registry_recording_a_completion(self) -> None:
         done = await self.next_event(self.on("training.completed.v1"), "a completed run")
+        recorded = self.seen("model.registered.v1", run_id=done["run_id"])
         await self.kill("registry", f"right after training.completed.v1 of {done['run_id']}")
-        self.notes["registry_killed_on"] = done["run_id"]
+        self.notes["registry_killed_on"] = {"run_id": done["run_id"], "had_registered": recorded}
 
     async def kill_ingest_mid_batch(self) -> None:
         killed = asyncio.Event()
@@ -416,7 +423,17 @@ class Chaos:
         ingested = await self.next_event(
             self.on("dataset.ingested.v1", dataset=self.stream), "a stream version"
         )
+        prepared = any(
+            m["_topic"] == "dataset.prepared.v1"
+            and m["prepared"]["dataset"] == self.stream
+            and m["prepared"]["version"] == ingested["version"]
+            for m in self.reader.messages
+        )
         await self.kill("preprocess", f"right after dataset.ingested.v1 v{ingested['version']}")
+        self.notes["preprocess_killed_on"] = {
+            "version": ingested["version"],
+            "had_prepared": prepared,
+        }
 
     async def postgres_outage(self) -> None:
         d = Disruption(
@@ -427,6 +444,25 @@ class Chaos:
         await asyncio.sleep(self.opts.pg_outage_s)  # the outage itself, not a wait
         self.proxy.up()
         d.back_at = time.monotonic()
+        # Runs that finished while the database was gone: recorded once it is back.
+        waiting = self.completed_not_registered()
+        deadline = time.monotonic() + self.opts.wait_s
+        while True:
+            left = waiting & self.completed_not_registered()
+            if not left or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        self.notes["postgres_outage"] = {
+            "runs_completed_while_down": len(waiting),
+            "recorded_after_s": round(time.monotonic() - d.back_at, 1) if not left else None,
+        }
+
+    def completed_not_registered(self) -> set[str]:
+        runs: dict[str, set[str]] = {"training.completed.v1": set(), "model.registered.v1": set()}
+        for m in self.reader.messages:
+            if m["_topic"] in runs and isinstance(m.get("run_id"), str):
+                runs[m["_topic"]].add(m["run_id"])
+        return runs["training.completed.v1"] - runs["model.registered.v1"]
 
     # ------------------------------------------------------------------ the run
     async def run(self) -> dict[str, Any]:
@@ -604,6 +640,7 @@ def run_chaos(opts: ChaosOptions) -> dict[str, Any]:
         with Mesh(config, on_event=events.append) as mesh:
             account = asyncio.run(Chaos(mesh, proxy, opts).run())
         account["supervisor_events"] = events
+        account["home"] = str(home)  # the services' logs are under logs/
         account["postgres_proxy_connections"] = proxy.connections
     return account
 

@@ -55,6 +55,8 @@ def test_no_event_is_lost_at_any_hop(account: dict[str, Any]) -> None:
     assert lost["stream_versions_not_one_batch"] == []  # the killed batch closed whole, once
     assert lost["runs_registered_twice"] == []
     assert account["catch_up_s"] is not None
+    # runs that finished while PostgreSQL was unreachable were recorded once it returned
+    assert account["notes"]["postgres_outage"]["recorded_after_s"] is not None
 
 
 def test_every_training_request_is_answered_exactly_once(account: dict[str, Any]) -> None:
