@@ -118,7 +118,12 @@ CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest.records.v1",),
     "preprocess": ("dataset.ingested.v1",),
     "trainer": ("training.requested.v1",),
-    "registry": ("dataset.prepared.v1", "training.completed.v1", "training.failed.v1"),
+    "registry": (
+        "dataset.prepared.v1",
+        "training.completed.v1",
+        "training.failed.v1",
+        "data.drift.v1",
+    ),
     "predictor-stream": ("inference.requested.v1",),
     "monitor": ("prediction.logged.v1", "inference.completed.v1", "prediction.feedback.v1"),
 }

@@ -9,7 +9,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from contracts.events import DatasetPrepared, ModelPromoted, TrainingCompleted, TrainingFailed
+from contracts.events import (
+    DataDrift,
+    DatasetPrepared,
+    ModelPromoted,
+    TrainingCompleted,
+    TrainingFailed,
+)
 from libs.http_errors import error_response
 from libs.messaging import KafkaSettings, create_broker, publish, subscribe
 from libs.messaging.deadletters import StoreReplayLedger
@@ -57,6 +63,10 @@ def build_app(
     @on("training.failed.v1")
     async def training_failed(event: TrainingFailed) -> None:
         await handlers.on_training_failed(event, runtime)
+
+    @on("data.drift.v1")
+    async def data_drift(event: DataDrift) -> None:
+        await handlers.on_data_drift(event, runtime)
 
     async def publish_event(event: BaseModel) -> None:
         await publish(broker, event)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from contracts.events import DatasetPrepared, TrainingCompleted, TrainingFailed
+from contracts.events import DataDrift, DatasetPrepared, TrainingCompleted, TrainingFailed
 from services.registry import operations
 from services.registry.database import write_session
-from services.registry.runtime import RETRAINS_REQUESTED, VERSIONS_REGISTERED, RegistryRuntime
+from services.registry.runtime import (
+    DRIFT_RETRAINS,
+    RETRAINS_REQUESTED,
+    VERSIONS_REGISTERED,
+    RegistryRuntime,
+)
 
 log = logging.getLogger("lmesh.registry")
 
@@ -50,6 +55,30 @@ async def on_dataset_prepared(event: DatasetPrepared, rt: RegistryRuntime) -> No
     if run_id := await asyncio.to_thread(record):
         RETRAINS_REQUESTED.inc()
         log.info("auto-retrain: requested run %s for %s", run_id, event.prepared.dataset)
+    await outbox.flush()
+
+
+async def on_data_drift(event: DataDrift, rt: RegistryRuntime) -> None:
+    engine, outbox = rt.require()
+    s = rt.settings
+
+    def decide() -> tuple[str | None, str]:
+        with write_session(engine) as session:
+            d = operations.request_drift_retrain(
+                session,
+                event,
+                enabled=s.drift_retrain,
+                cooldown_s=s.drift_retrain_cooldown_s,
+                daily_cap=s.drift_retrain_daily_cap,
+            )
+            return (d.request.run_id if d.request else None), d.reason
+
+    run_id, reason = await asyncio.to_thread(decide)
+    DRIFT_RETRAINS.labels("requested" if run_id else "skipped").inc()
+    if run_id:
+        log.warning("drift retrain: requested run %s: %s", run_id, reason)
+    else:
+        log.info("drift retrain: none: %s", reason)
     await outbox.flush()
 
 

@@ -9,7 +9,9 @@ number versions without collisions and concurrent alias moves serialize.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from contracts.events import (
     ArtifactRef,
+    DataDrift,
     DatasetPrepared,
     Hyperparameters,
     ModelPromoted,
@@ -31,7 +34,7 @@ from contracts.events import (
 from contracts.topics import topic_for
 from services.registry import policy
 from services.registry.errors import Conflict, NotFound
-from services.registry.queries import find_version
+from services.registry.queries import find_version, prepared_ref
 from services.registry.tables import (
     AliasHistory,
     DatasetVersion,
@@ -145,6 +148,7 @@ def register_model_version(
             model_spec=event.model.model_dump(mode="json"),
             hyperparameters=event.hyperparameters.model_dump(mode="json"),
             metrics=event.metrics,
+            reason=event.reason,
         )
     )
     known = session.exec(
@@ -319,6 +323,90 @@ def record_prepared_dataset(
     if request is not None:
         enqueue(session, request)
     return request
+
+
+def _last_completed_run(session: Session, **where: str) -> policy.LastRun | None:
+    query = select(TrainingRun).where(TrainingRun.status == "completed")
+    for column, value in where.items():
+        query = query.where(getattr(TrainingRun, column) == value)
+    run = session.exec(query.order_by(col(TrainingRun.recorded_at).desc())).first()
+    if run is None:
+        return None
+    return policy.LastRun(
+        run_id=run.run_id,
+        model_name=run.model_name,
+        dataset_version=run.dataset_version or 0,
+        model=ModelSpec.model_validate(run.model_spec or {}),
+        hyperparameters=Hyperparameters.model_validate(run.hyperparameters or {}),
+    )
+
+
+def drift_retrains_since(session: Session, model_name: str, since: datetime) -> list[datetime]:
+    """When each drift retrain of ``model_name`` was requested since ``since`` (the outbox
+    keeps every event it published)."""
+    rows = session.exec(
+        select(OutboxEvent).where(
+            OutboxEvent.topic == topic_for(TrainingRequested).name,
+            col(OutboxEvent.created_at) >= since,
+        )
+    ).all()
+    found = []
+    for row in rows:
+        payload = json.loads(row.payload)
+        if (
+            payload.get("requested_by") == policy.DRIFT_RETRAIN_ACTOR
+            and payload.get("model_name") == model_name
+        ):
+            created = row.created_at
+            found.append(created if created.tzinfo else created.replace(tzinfo=since.tzinfo))
+    return found
+
+
+def request_drift_retrain(
+    session: Session,
+    event: DataDrift,
+    *,
+    enabled: bool,
+    cooldown_s: float,
+    daily_cap: int,
+) -> policy.DriftRetrainDecision:
+    """Apply the drift-retrain policy (one transaction, the model's row locked so two drift
+    events never both pass the cooldown); enqueue the request it makes."""
+    try:
+        lock_model(session, event.model_name)
+    except NotFound:
+        return policy.DriftRetrainDecision(None, f"drift on unknown model {event.model_name!r}")
+    dataset = event.dataset
+    if dataset is None:
+        mv = session.exec(
+            select(ModelVersion).where(
+                ModelVersion.model_name == event.model_name, ModelVersion.version == event.version
+            )
+        ).first()
+        dataset = mv.dataset if mv is not None else None
+    newest = (
+        session.exec(
+            select(DatasetVersion)
+            .where(DatasetVersion.dataset == dataset)
+            .order_by(col(DatasetVersion.version).desc())
+        ).first()
+        if dataset is not None
+        else None
+    )
+    now = utcnow()
+    decision = policy.plan_drift_retrain(
+        event,
+        prepared=prepared_ref(newest) if newest is not None else None,
+        last_run=_last_completed_run(session, model_name=event.model_name),
+        previous=drift_retrains_since(session, event.model_name, now - timedelta(days=1)),
+        now=now,
+        cooldown_s=cooldown_s,
+        daily_cap=daily_cap,
+        enabled=enabled,
+    )
+    if decision.request is not None:
+        enqueue(session, decision.request)
+    return decision
 
 
 def record_failed_run(session: Session, event: TrainingFailed) -> bool:

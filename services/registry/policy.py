@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from contracts.events import (
+    DataDrift,
     Hyperparameters,
     ModelSpec,
     PreparedDatasetRef,
@@ -21,6 +23,7 @@ STAGING = "staging"
 UNKNOWN_DATASET = "unknown-dataset"
 POLICY_ACTOR = "registry-policy"
 AUTO_RETRAIN_ACTOR = "auto-retrain"
+DRIFT_RETRAIN_ACTOR = "drift-retrain"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,69 @@ def plan_retrain(
         hyperparameters=last_run.hyperparameters,
         requested_by=AUTO_RETRAIN_ACTOR,
     )
+
+
+@dataclass(frozen=True)
+class DriftRetrainDecision:
+    request: TrainingRequested | None
+    reason: str
+
+
+def plan_drift_retrain(
+    event: DataDrift,
+    *,
+    prepared: PreparedDatasetRef | None,
+    last_run: LastRun | None,
+    previous: list[datetime],
+    now: datetime,
+    cooldown_s: float,
+    daily_cap: int,
+    enabled: bool = True,
+) -> DriftRetrainDecision:
+    """Drift raised on a model version: request the model's last training (spec,
+    hyperparameters) on the newest prepared version of its dataset, unless drift retrains
+    are off, the last one (``previous``: when each drift retrain of this model was
+    requested) is within ``cooldown_s``, or ``daily_cap`` of them were requested in the
+    last 24 hours. The request's reason names the score and the time."""
+    what = f"{event.model_name} v{event.version}"
+    if not enabled:
+        return DriftRetrainDecision(None, f"drift on {what}: drift retrains are disabled")
+    if prepared is None:
+        return DriftRetrainDecision(None, f"drift on {what}: no prepared dataset version known")
+    if last_run is None:
+        return DriftRetrainDecision(None, f"drift on {what}: no completed run to repeat")
+    if previous:
+        latest = max(previous)
+        if (now - latest).total_seconds() < cooldown_s:
+            after = latest + timedelta(seconds=cooldown_s)
+            return DriftRetrainDecision(
+                None,
+                f"drift on {what}: in cooldown (last drift retrain {latest.isoformat()}, "
+                f"next allowed after {after.isoformat()})",
+            )
+        today = [p for p in previous if now - p < timedelta(days=1)]
+        if len(today) >= daily_cap:
+            return DriftRetrainDecision(
+                None, f"drift on {what}: daily cap of {daily_cap} drift retrains reached"
+            )
+    elif daily_cap < 1:
+        return DriftRetrainDecision(None, f"drift on {what}: daily cap is {daily_cap}")
+    reason = (
+        f"retrained after drift score {event.score:.3f} at {event.window_end.isoformat()} "
+        f"(model {what}, threshold {event.threshold})"
+    )
+    request = TrainingRequested(
+        run_id=retrain_run_id(prepared.dataset, prepared.version),
+        dataset=prepared.dataset,
+        dataset_version=prepared.version,
+        prepared=prepared,
+        model_name=last_run.model_name or event.model_name,
+        model=last_run.model,
+        hyperparameters=last_run.hyperparameters,
+        requested_by=DRIFT_RETRAIN_ACTOR,
+        reason=reason,
+    )
+    return DriftRetrainDecision(request, reason)
 
 
 def retrain_run_id(dataset: str, version: int) -> str:

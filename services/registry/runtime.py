@@ -30,6 +30,14 @@ RETRAINS_REQUESTED = Counter(
 )
 
 
+DRIFT_RETRAINS = Counter(
+    "lmesh_registry_drift_retrain_decisions_total",
+    "data.drift.v1 events by what the drift-retrain policy decided",
+    ["decision"],
+    registry=REGISTRY,
+)
+
+
 @dataclass
 class RegistryRuntime:
     settings: RegistrySettings

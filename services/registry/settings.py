@@ -37,6 +37,16 @@ class RegistrySettings(ServiceSettings):
         default=True,
         description="Request training when a new version of an already-trained dataset is prepared",
     )
+    drift_retrain: bool = Field(
+        default=True,
+        description="Request training (last spec, newest dataset version) on data.drift.v1",
+    )
+    drift_retrain_cooldown_s: float = Field(
+        default=3600.0, ge=0, description="Seconds between two drift retrains of one model"
+    )
+    drift_retrain_daily_cap: int = Field(
+        default=3, ge=0, description="Drift retrains of one model per 24 hours at most"
+    )
     consumer_group: str = "registry"
     consume_from: Literal["earliest", "latest"] = Field(
         default="earliest", description="Where a consumer group without committed offsets starts"
