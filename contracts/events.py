@@ -33,6 +33,7 @@ __all__ = [
     "ModelHealth",
     "ModelPromoted",
     "ModelRegistered",
+    "ModelRollout",
     "ModelSpec",
     "Name",
     "PredictionFeedback",
@@ -41,6 +42,8 @@ __all__ = [
     "PreparedDatasetRef",
     "PreprocessingSpec",
     "RecordPosition",
+    "RolloutEvidence",
+    "RolloutStep",
     "TrainingCompleted",
     "TrainingFailed",
     "TrainingProgress",
@@ -367,6 +370,17 @@ class PredictionLogged(Event):
     error: str | None = Field(
         default=None, max_length=1000, description="Set when the prediction failed"
     )
+    role: Literal["champion", "shadow", "canary"] | None = Field(
+        default=None,
+        description="Under a rollout: champion (the alias holder answered), canary (the "
+        "candidate answered the client) or shadow (the candidate's answer, never returned)",
+    )
+    champion_version: int | None = Field(
+        default=None, description="shadow: the version whose answer the client received"
+    )
+    champion_predictions: list[int] | None = Field(
+        default=None, description="shadow: the champion's predicted class per row (agreement)"
+    )
 
 
 #: Open Inference Protocol tensor datatypes (BYTES: UTF-8 strings, e.g. a label's name).
@@ -481,6 +495,62 @@ class ModelHealth(Event):
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     drifting: bool = Field(default=False, description="Input drift raised and not cleared")
     notes: list[str] = Field(default_factory=list, description="e.g. 'no reference statistics'")
+    agreement: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Shadow: share of rows on which this version agreed with the champion",
+    )
+    compared: int = Field(default=0, ge=0, description="Rows behind agreement")
+    load_error: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="Set by a predictor that could not load this version (a rollout candidate)",
+    )
+
+
+RolloutStep = Literal["shadow", "canary", "promoted", "aborted"]
+
+
+class RolloutEvidence(Contract):
+    """What a rollout step was decided on: the candidate's and the champion's live figures
+    (from model.health.v1 windows, summed over the current step)."""
+
+    predictions: int = Field(default=0, ge=0, description="Candidate rows seen in this step")
+    champion_predictions: int = Field(default=0, ge=0)
+    agreement: float | None = Field(default=None, description="With the champion (shadow)")
+    compared: int = Field(default=0, ge=0)
+    accuracy: float | None = Field(default=None, description="Live, from feedback")
+    champion_accuracy: float | None = None
+    labelled: int = Field(default=0, ge=0)
+    error_rate: float | None = None
+    champion_error_rate: float | None = None
+    latency_ms_p99: float | None = None
+    champion_latency_ms_p99: float | None = None
+    windows: int = Field(default=0, ge=0, description="model.health.v1 windows behind it")
+    notes: list[str] = Field(default_factory=list)
+
+
+class ModelRollout(Event):
+    """One step of a rollout: a candidate version sees a copy of the traffic (shadow), then
+    a share of it (canary), then holds the alias (promoted), or is sent back (aborted).
+    Key: model_name. Predictors route by the latest step of each model."""
+
+    model_name: Name
+    rollout_id: int = Field(ge=1, description="The registry's rollout number")
+    candidate_version: int = Field(ge=1)
+    champion_version: int | None = Field(default=None, ge=1, description="The alias holder")
+    alias: Name = "production"
+    step: RolloutStep
+    canary_percent: float | None = Field(
+        default=None, gt=0, lt=100, description="canary: share of keys the candidate answers"
+    )
+    reason: str
+    actor: str
+    evidence: RolloutEvidence = Field(default_factory=RolloutEvidence)
+    weights: ArtifactRef = Field(description="The candidate's weights (safetensors)")
+    card: ArtifactRef = Field(description="The candidate's model card")
+    variants: dict[str, ArtifactRef] = Field(default_factory=dict)
 
 
 class DataDrift(Event):

@@ -66,6 +66,13 @@ _TOPICS = [
     ),
     Topic("model.registered.v1", ev.ModelRegistered, 3, "model_name", "A new model version"),
     Topic("model.promoted.v1", ev.ModelPromoted, 3, "model_name", "An alias moved to a version"),
+    Topic(
+        "model.rollout.v1",
+        ev.ModelRollout,
+        3,
+        "model_name",
+        "Each step of a rollout (shadow, canary, promoted, aborted) with its reason and evidence",
+    ),
     Topic("prediction.logged.v1", ev.PredictionLogged, 3, "model_name", "Sampled predictions"),
     Topic(
         "inference.requested.v1",
@@ -112,8 +119,8 @@ _TOPICS = [
 TOPICS: dict[str, Topic] = {t.name: t for t in _TOPICS}
 
 
-#: Who consumes what as a consumer group (predictors subscribe to model.promoted.v1 as a
-#: broadcast, without a group). Used for consumer-lag reporting and deployment checks.
+#: Who consumes what as a consumer group (predictors subscribe to model.promoted.v1 and
+#: model.rollout.v1 as a broadcast, without a group). Used for consumer-lag reporting and deployment checks.
 CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest.records.v1",),
     "preprocess": ("dataset.ingested.v1",),
@@ -123,6 +130,7 @@ CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
         "training.completed.v1",
         "training.failed.v1",
         "data.drift.v1",
+        "model.health.v1",
     ),
     "predictor-stream": ("inference.requested.v1",),
     "monitor": ("prediction.logged.v1", "inference.completed.v1", "prediction.feedback.v1"),
