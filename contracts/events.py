@@ -365,7 +365,8 @@ class PredictionLogged(Event):
     input_summary: list[list[float]] | None = Field(
         default=None,
         description="Per row: libs.drift.summarize_rows of the raw input (the mean, then the "
-        "standard deviation, of each feature group); None: inputs not summarized",
+        "standard deviation, of each feature group); at most 512 rows, evenly spaced over a "
+        "larger request; None: inputs not summarized",
     )
     error: str | None = Field(
         default=None, max_length=1000, description="Set when the prediction failed"

@@ -196,6 +196,8 @@ class Mesh:
             "REGISTRY_DATABASE_URL": f"sqlite:///{self.home / 'registry.db'}",
             "LMESH_SPANS_DIR": str(self.home / "spans"),
             "INGEST_DATA_DIR": str(self.home / "ingest"),
+            # every HTTP prediction is logged for the monitor (drift, accuracy, latency)
+            "PREDICTOR_LOG_SAMPLE_RATE": "1.0",
         }
         explicit = {
             "STORE_URL": c.store_url,

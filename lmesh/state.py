@@ -14,18 +14,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
-SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor")
+SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor", "monitor")
 DEFAULT_PORTS = {
     "ingest": 8101,
     "preprocess": 8102,
     "trainer": 8103,
     "registry": 8104,
     "predictor": 8105,
+    "monitor": 8106,
 }
 
 
 def ports() -> dict[str, int]:
-    """Service ports: the defaults, or ``LMESH_BASE_PORT`` + 1..5 (ingest..predictor)."""
+    """Service ports: the defaults, or ``LMESH_BASE_PORT`` + 1..6 (ingest..monitor)."""
     base = os.environ.get("LMESH_BASE_PORT")
     if not base:
         return dict(DEFAULT_PORTS)

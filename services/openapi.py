@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor")
+SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor", "monitor")
 OUT = Path(__file__).resolve().parents[1] / "contracts" / "openapi"
 
 

@@ -126,6 +126,19 @@ class VersionWindow:
         while len(self.inputs) > 1 and self.input_rows - len(self.inputs[0][1]) >= self.config.size:
             self.input_rows -= len(self.inputs.popleft()[1])
 
+    def fits(self, summaries: np.ndarray, predictions: int) -> bool:
+        """At most one summary per predicted row, as many columns as the reference (or as
+        the summaries already in the window), all finite."""
+        if not 1 <= len(summaries) <= max(predictions, 1):
+            return False
+        if self.info.reference is not None:
+            width = len(self.info.reference.edges)
+        elif self.inputs:
+            width = self.inputs[0][1].shape[1]
+        else:
+            width = summaries.shape[1]
+        return summaries.shape[1] == width and bool(np.isfinite(summaries).all())
+
     def add_label(self, correct: bool) -> None:
         self.labelled.append(correct)
         if len(self.labelled) > self.config.size:
@@ -147,16 +160,11 @@ class VersionWindow:
             return None, {}, self.info.note or "no reference statistics for this version"
         if self.input_rows < self.config.min_rows:
             return None, {}, f"{self.input_rows} rows with inputs (< {self.config.min_rows})"
-        summaries = np.concatenate([s for _, s in self.inputs])
-        if summaries.shape[1] != len(ref.edges):
-            return (
-                None,
-                {},
-                (
-                    f"input summaries have {summaries.shape[1]} columns, the reference "
-                    f"{len(ref.edges)}"
-                ),
-            )
+        width = len(ref.edges)
+        parts = [s for _, s in self.inputs if s.shape[1] == width]
+        if sum(len(s) for s in parts) < self.config.min_rows:  # logged before the reference
+            return None, {}, "too few rows with inputs of the reference's width"
+        summaries = np.concatenate(parts)
         per_column = ref.psi(ref.bin_counts(summaries))
         order = np.argsort(per_column)[::-1][:TOP_GROUPS]
         names = ref.names
@@ -309,8 +317,12 @@ class Monitor:
             w.add(now, labels, event.latency_ms, event.error is not None)
             self._remember(event.request_id, w, labels, now)
         if event.input_summary:
-            summaries = np.asarray(event.input_summary, dtype=np.float32)
-            if summaries.ndim != 2 or len(summaries) != max(len(event.predictions), 1):
+            try:
+                summaries = np.asarray(event.input_summary, dtype=np.float32)
+            except ValueError:  # ragged rows
+                self.count_ignored("malformed_input_summary")
+                return
+            if summaries.ndim != 2 or not w.fits(summaries, len(event.predictions)):
                 self.count_ignored("malformed_input_summary")
             else:
                 w.add_inputs(now, summaries)

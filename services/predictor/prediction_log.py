@@ -13,6 +13,9 @@ from libs.drift import feature_groups, summarize_rows
 
 #: Decimals kept of each summary (the monitor bins them; more only costs bytes on Kafka).
 SUMMARY_DECIMALS = 3
+#: Rows summarized per request at most (evenly spaced): ~130 KB of JSON for 784 features,
+#: well under Kafka's 1 MB message limit whatever the batch size.
+MAX_SUMMARY_ROWS = 512
 
 
 def prediction_logged(
@@ -27,6 +30,8 @@ def prediction_logged(
     summary = None
     if rows is not None and len(rows):
         flat = np.asarray(rows).reshape(len(rows), -1)
+        if len(flat) > MAX_SUMMARY_ROWS:
+            flat = flat[np.linspace(0, len(flat) - 1, MAX_SUMMARY_ROWS).astype(np.int64)]
         summary = (
             summarize_rows(flat, feature_groups(flat.shape[1])).round(SUMMARY_DECIMALS).tolist()
         )

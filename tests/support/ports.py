@@ -6,7 +6,7 @@ import random
 import socket
 
 
-def free_base_port(count: int = 5) -> int:
+def free_base_port(count: int = 6) -> int:
     """A base port B such that B+1 .. B+count are free (LMESH_BASE_PORT convention)."""
     for _ in range(100):
         base = random.randrange(20000, 40000, 10)

@@ -156,11 +156,17 @@ def test_malformed_summaries_are_counted_not_fatal() -> None:
         request_id="z",
         predictions=[1, 2],
         latency_ms=1.0,
-        input_summary=[[1.0, 2.0]],
+        input_summary=[[1.0, 2.0]],  # 2 columns: the reference has 32
     )
     m.observe_logged(event, 1.0)
-    assert m.ignored == {"malformed_input_summary": 1}
-    assert m.windows[("m", 1)].rows == 2 and m.windows[("m", 1)].input_rows == 0
+    more_rows = event.model_copy(update={"input_summary": [[0.0] * 32] * 3})
+    m.observe_logged(more_rows, 1.0)
+    ragged = event.model_copy(update={"input_summary": [[0.0] * 32, [0.0]]})
+    m.observe_logged(ragged, 1.0)
+    not_finite = event.model_copy(update={"input_summary": [[float("nan")] * 32]})
+    m.observe_logged(not_finite, 1.0)
+    assert m.ignored == {"malformed_input_summary": 4}
+    assert m.windows[("m", 1)].rows == 8 and m.windows[("m", 1)].input_rows == 0
 
 
 def test_errors_and_latency_percentiles() -> None:
