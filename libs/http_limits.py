@@ -12,6 +12,8 @@ routes take more than JSON routes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: JSON routes: enough for any request of the mesh's APIs.
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: Before refusing, read and discard at most this much of the rest of the body (for at most
+#: DRAIN_TIMEOUT_S), so that a client still sending gets the 413 instead of a broken
+#: connection (the "lingering close" web servers do). Nothing read is kept.
+DRAIN_MAX_BYTES = 16 << 20
+DRAIN_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class BodySizeLimit:
             await error_response(400, "invalid Content-Length header")(scope, receive, send)
             return
         if declared is not None and declared > limit.max_bytes:
+            await _drain(receive)
             await error_response(413, limit.message(declared), {"Connection": "close"})(
                 scope, receive, send
             )
@@ -113,9 +121,28 @@ class BodySizeLimit:
             if not exceeded or started:
                 raise
         if exceeded and not started:
+            await _drain(receive)
             await error_response(413, limit.message(), {"Connection": "close"})(
                 scope, receive, send
             )
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop what is left of the request body, bounded in bytes and time."""
+    drained = 0
+
+    async def read_rest() -> None:
+        nonlocal drained
+        while drained <= DRAIN_MAX_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(read_rest(), DRAIN_TIMEOUT_S)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -124,3 +124,30 @@ async def test_non_http_scopes_pass_through() -> None:
 
     await BodySizeLimit(lifespan_app, limit=LIMIT)({"type": "lifespan"}, None, None)
     assert seen == ["lifespan"]
+
+
+async def test_the_rest_of_a_refused_body_is_read_before_the_answer() -> None:
+    """A client still sending when the 413 comes would see a broken connection instead of
+    the answer: the middleware reads (and drops) the rest first, as web servers' lingering
+    close does, within a bound."""
+    left: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b"x" * 700, "more_body": i < 4} for i in range(5)
+    ]
+    order: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        order.append("read")
+        return left.pop(0) if left else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        order.append(message["type"])
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/x",
+        "headers": [(b"content-length", b"3500")],
+    }
+    await BodySizeLimit(App(), limit=LIMIT)(scope, receive, send)
+    assert left == []
+    assert order[:5] == ["read"] * 5 and order[5] == "http.response.start"
