@@ -52,31 +52,12 @@ def load_records(path: Path, feature_shape: list[int]) -> np.ndarray:
             f"--file {path} has shape {list(arr.shape)}; the model takes records of {feature_shape}",
             BAD_INPUT,
         )
-    from PIL import Image, UnidentifiedImageError
+    from libs.images import image_records
 
-    if len(feature_shape) == 3 and feature_shape[0] == 3:
-        h, w, mode = feature_shape[1], feature_shape[2], "RGB"
-    elif len(feature_shape) >= 2:
-        h, w, mode = feature_shape[-2], feature_shape[-1], "L"
-    else:
-        side = math.isqrt(feature_shape[0])
-        if side * side != feature_shape[0]:
-            raise CLIError(
-                f"the model takes records of {feature_shape}, not images: pass a .npy array",
-                BAD_INPUT,
-            )
-        h = w = side
-        mode = "L"
     try:
-        with Image.open(path) as img:
-            pixels = np.asarray(img.convert(mode).resize((w, h)), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CLIError(
-            f"--file {path}: not an image (png, jpg, ...) nor a .npy array ({exc})", BAD_INPUT
-        ) from None
-    if mode == "RGB":
-        pixels = pixels.transpose(2, 0, 1)
-    return pixels.reshape(1, *feature_shape)
+        return image_records(path.read_bytes(), feature_shape)
+    except ValueError as exc:
+        raise CLIError(f"--file {path}: {exc} (give an image or a .npy array)", BAD_INPUT) from None
 
 
 def describe(body: dict[str, Any], *, served_by: bool = True) -> list[str]:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from contracts.events import (
     DataDrift,
     DatasetPrepared,
+    ModelHealth,
     ModelPromoted,
     TrainingCompleted,
     TrainingFailed,
@@ -23,11 +24,12 @@ from libs.service import create_app
 from libs.storage import open_store
 from libs.telemetry import instrument_sqlalchemy
 from services.registry import handlers, policy
-from services.registry.api import aliases, datasets, deadletters, models
+from services.registry.api import aliases, datasets, deadletters, models, rollouts, runs
 from services.registry.cards import CardReader
 from services.registry.database import make_engine, migrate
 from services.registry.errors import Conflict, NotFound
 from services.registry.outbox import OutboxPublisher
+from services.registry.rollout import RolloutRefused
 from services.registry.runtime import ALIAS_MOVES, RegistryRuntime
 from services.registry.settings import RegistrySettings
 
@@ -68,6 +70,23 @@ def build_app(
     async def data_drift(event: DataDrift) -> None:
         await handlers.on_data_drift(event, runtime)
 
+    @on("model.health.v1")
+    async def model_health(event: ModelHealth) -> None:
+        await handlers.on_model_health(event, runtime)
+
+    async def check_rollouts() -> None:
+        while True:
+            await asyncio.sleep(settings.rollout_check_interval_s)
+            try:
+                await handlers.check_rollouts(runtime)
+            except Exception:
+                log.exception(
+                    "checking running rollouts failed; next check in %.0f s",
+                    settings.rollout_check_interval_s,
+                )
+
+    background: set[asyncio.Task[None]] = set()
+
     async def publish_event(event: BaseModel) -> None:
         await publish(broker, event)
         if isinstance(event, ModelPromoted):
@@ -84,8 +103,11 @@ def build_app(
         await broker.connect()
         if sent := await runtime.outbox.flush():
             log.info("published %d event(s) left pending by the last run", sent)
+        background.add(asyncio.get_running_loop().create_task(check_rollouts()))
 
     async def shutdown(app: FastAPI) -> None:
+        for task in background:
+            task.cancel()
         if runtime.engine is not None:
             runtime.engine.dispose()
 
@@ -103,12 +125,18 @@ def build_app(
     app.include_router(datasets.router)
     app.include_router(models.router)
     app.include_router(aliases.router)
+    app.include_router(runs.router)
+    app.include_router(rollouts.router)
     app.include_router(deadletters.router)
     app.state.dead_letters = deadletters.DeadLetterDesk(kafka, StoreReplayLedger(open_store()))
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
         return error_response(404, str(exc))
+
+    @app.exception_handler(RolloutRefused)
+    async def refused(_: Request, exc: RolloutRefused) -> JSONResponse:
+        return error_response(422, str(exc))
 
     @app.exception_handler(Conflict)
     async def conflict(_: Request, exc: Conflict) -> JSONResponse:

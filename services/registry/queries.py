@@ -22,7 +22,12 @@ from services.registry.tables import (
     RegisteredModel,
     TrainingRun,
     TrainingRunPublic,
+    TrainingRunsPublic,
+    TrainingRunSummary,
 )
+
+#: ``GET /runs?sort=``: a column, newest/largest first with a leading ``-``.
+RUN_SORTS = ("recorded_at", "training_seconds", "run_id", "status", "model_name")
 
 
 def list_datasets(session: Session) -> list[DatasetSummary]:
@@ -174,12 +179,72 @@ def lineage(session: Session, name: str, version: int) -> Lineage:
             }
         )
     run = session.get(TrainingRun, mv.run_id)
-    run_public = (
-        TrainingRunPublic.model_validate(
-            {**run.model_dump(), "model": run.model_spec, "hyperparameters": run.hyperparameters}
-        )
-        if run is not None
-        else None
-    )
+    run_public = run_to_public(run, mv.version) if run is not None else None
     public = to_public(mv, aliases)
     return Lineage(dataset=dataset, run=run_public, model_version=public, aliases=public.aliases)
+
+
+def run_to_public(run: TrainingRun, model_version: int | None) -> TrainingRunPublic:
+    return TrainingRunPublic.model_validate(
+        {
+            **run.model_dump(),
+            "model": run.model_spec,
+            "hyperparameters": run.hyperparameters,
+            "model_version": model_version,
+        }
+    )
+
+
+def list_runs(
+    session: Session,
+    *,
+    status: str | None = None,
+    model_name: str | None = None,
+    dataset: str | None = None,
+    dataset_version: int | None = None,
+    run_id_prefix: str | None = None,
+    sort: str = "-recorded_at",
+    limit: int = 50,
+    offset: int = 0,
+) -> TrainingRunsPublic:
+    """Finished runs, one page, with the model version each registered (indexed filters)."""
+    filters = []
+    if status:
+        filters.append(TrainingRun.status == status)
+    if model_name:
+        filters.append(TrainingRun.model_name == model_name)
+    if dataset:
+        filters.append(TrainingRun.dataset == dataset)
+    if dataset_version is not None:
+        filters.append(TrainingRun.dataset_version == dataset_version)
+    if run_id_prefix:
+        escaped = run_id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        filters.append(col(TrainingRun.run_id).like(f"{escaped}%", escape="\\"))
+    total = session.exec(select(func.count()).select_from(TrainingRun).where(*filters)).one()
+    column = col(getattr(TrainingRun, sort.lstrip("-")))
+    order = [column.desc() if sort.startswith("-") else column.asc()]
+    if sort.lstrip("-") != "run_id":
+        order.append(col(TrainingRun.run_id).asc())  # a stable page order
+    rows = session.exec(
+        select(TrainingRun, ModelVersion.version)
+        .join(ModelVersion, col(ModelVersion.run_id) == TrainingRun.run_id, isouter=True)
+        .where(*filters)
+        .order_by(*order)
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    items = [
+        TrainingRunSummary.model_validate({**run.model_dump(), "model_version": version})
+        for run, version in rows
+    ]
+    return TrainingRunsPublic(items=items, total=total)
+
+
+def get_run(session: Session, run_id: str) -> TrainingRunPublic:
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise NotFound(f"no finished training run {run_id!r}")
+    version = session.exec(
+        select(ModelVersion.version).where(ModelVersion.run_id == run_id)
+    ).first()
+    return run_to_public(run, version)

@@ -101,6 +101,13 @@ class TrainingRunBase(SQLModel):
 
 class TrainingRun(TrainingRunBase, table=True):
     __tablename__ = "training_run"
+    # the console's run list: newest first, filtered by status, model or dataset version
+    __table_args__ = (
+        Index("ix_training_run_recorded_at", "recorded_at"),
+        Index("ix_training_run_status_recorded_at", "status", "recorded_at"),
+        Index("ix_training_run_model_name_recorded_at", "model_name", "recorded_at"),
+        Index("ix_training_run_dataset_version", "dataset", "dataset_version"),
+    )
 
     model_spec: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     hyperparameters: dict[str, Any] | None = Field(default=None, sa_type=JSON)
@@ -115,6 +122,22 @@ class TrainingRunPublic(TrainingRunBase):
     hyperparameters: Hyperparameters | None = None
     metrics: dict[str, float] = {}
     recorded_at: datetime
+    model_version: int | None = Field(
+        default=None, description="the model version registered from this run, if any"
+    )
+
+
+class TrainingRunSummary(TrainingRunBase):
+    """One row of ``GET /runs``: no model spec or hyperparameters (``GET /runs/{run_id}``)."""
+
+    metrics: dict[str, float] = {}
+    recorded_at: datetime
+    model_version: int | None = None
+
+
+class TrainingRunsPublic(SQLModel):
+    items: list[TrainingRunSummary]
+    total: int
 
 
 # ------------------------------------------------------------------ models and versions

@@ -1,0 +1,201 @@
+"""The console's only way to the mesh's state: the services' HTTP APIs (httpx).
+
+Reads raise :class:`NotFound` (a 404 page) or :class:`Unavailable` (a section that says the
+service does not answer); actions raise :class:`ActionFailed` with the service's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+class NotFound(Exception):
+    """The service answered 404 for what a page asked about."""
+
+
+class Unavailable(Exception):
+    """The service did not answer, or answered something other than what was asked."""
+
+
+class ActionFailed(Exception):
+    """An action the service refused or could not do; the message is its reason."""
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:300]}"
+    if isinstance(body, dict) and "error" in body:
+        details = body.get("details")
+        return f"{body['error']}" + (f" ({details})" if details else "")
+    return f"HTTP {response.status_code}: {str(body)[:300]}"
+
+
+@dataclass
+class Health:
+    name: str
+    url: str
+    alive: bool
+    detail: str
+    uptime_s: float | None = None
+    version: str | None = None
+
+
+class MeshClient:
+    """One pooled HTTP client per base URL; every call is bounded by ``timeout_s``."""
+
+    def __init__(
+        self,
+        *,
+        registry: str,
+        ingest: str,
+        predictor: str,
+        monitor: str,
+        token: str,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.urls = {
+            "registry": registry.rstrip("/"),
+            "ingest": ingest.rstrip("/"),
+            "predictor": predictor.rstrip("/"),
+            "monitor": monitor.rstrip("/"),
+        }
+        self._token = token
+        self._http = httpx.AsyncClient(
+            timeout=timeout_s, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------ plumbing
+    async def get(self, service: str, path: str, **params: Any) -> Any:
+        url = self.urls[service] + path
+        clean = {k: v for k, v in params.items() if v is not None and v != ""}
+        try:
+            response = await self._http.get(url, params=clean)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"{service} does not answer ({type(exc).__name__})") from None
+        if response.status_code == 404:
+            raise NotFound(_reason(response))
+        if response.status_code >= 400:
+            raise Unavailable(f"{service}: {_reason(response)}")
+        return response.json()
+
+    async def post(self, service: str, path: str, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        try:
+            response = await self._http.post(self.urls[service] + path, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ActionFailed(f"{service} does not answer ({type(exc).__name__})") from None
+        if response.status_code >= 400:
+            raise ActionFailed(f"{service} refused: {_reason(response)}")
+        return response.json()
+
+    async def optional(self, service: str, path: str, **params: Any) -> Any | None:
+        """``None`` when the service does not answer or has nothing there (a section that
+        says "no data yet")."""
+        try:
+            return await self.get(service, path, **params)
+        except (NotFound, Unavailable):
+            return None
+
+    async def health(self, name: str, url: str) -> Health:
+        try:
+            response = await self._http.get(url.rstrip("/") + "/healthz", timeout=1.5)
+            body = response.json() if response.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError) as exc:
+            return Health(name, url, False, type(exc).__name__)
+        if response.status_code != 200:
+            return Health(name, url, False, f"HTTP {response.status_code}")
+        return Health(
+            name, url, True, "ok", uptime_s=body.get("uptime_s"), version=body.get("version")
+        )
+
+    async def healths(self, services: dict[str, str]) -> list[Health]:
+        return list(await asyncio.gather(*(self.health(n, u) for n, u in services.items())))
+
+    # ------------------------------------------------------------------ registry reads
+    async def runs(self, **filters: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get("registry", "/runs", **filters)
+        return result
+
+    async def run(self, run_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get("registry", f"/runs/{run_id}")
+        return result
+
+    async def models(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.get("registry", "/models")
+        return result
+
+    async def versions(self, name: str, *, limit: int, offset: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get(
+            "registry", f"/models/{name}/versions", limit=limit, offset=offset
+        )
+        return result
+
+    async def version(self, name: str, version: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get("registry", f"/models/{name}/versions/{version}")
+        return result
+
+    async def alias_history(self, name: str, alias: str) -> list[dict[str, Any]]:
+        try:
+            result: list[dict[str, Any]] = await self.get(
+                "registry", f"/models/{name}/aliases/{alias}/history"
+            )
+        except NotFound:
+            return []
+        return result
+
+    async def datasets(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.get("registry", "/datasets")
+        return result
+
+    async def dead_letters(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get("registry", "/dead-letters")
+        return result
+
+    async def letters(self, service: str, *, limit: int, reason: str | None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get(
+            "registry", f"/dead-letters/{service}", limit=limit, reason=reason
+        )
+        return result
+
+    # ------------------------------------------------------------------ actions
+    async def promote(self, name: str, alias: str, version: int, actor: str, reason: str) -> Any:
+        return await self.post(
+            "registry",
+            f"/models/{name}/aliases/{alias}",
+            json={"version": version, "actor": actor, "reason": reason},
+        )
+
+    async def rollback(self, name: str, alias: str, actor: str, reason: str) -> Any:
+        return await self.post(
+            "registry",
+            f"/models/{name}/aliases/{alias}/rollback",
+            json={"actor": actor, "reason": reason},
+        )
+
+    async def replay(self, service: str, event_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.post(
+            "registry", f"/dead-letters/{service}/replay", json={"event_id": event_id}
+        )
+        return result
+
+    async def infer(self, model: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.post(
+            "predictor", f"/v2/models/{model}/infer", json={"inputs": inputs}
+        )
+        return result
+
+    async def model_metadata(self, model: str) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = await self.get("predictor", f"/v2/models/{model}")
+        except (NotFound, Unavailable) as exc:
+            raise ActionFailed(f"the predictor cannot serve {model!r}: {exc}") from None
+        return result

@@ -1,0 +1,93 @@
+"""Pure view-model builders: lineage columns, run trace rows, overview rows, pagination."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def pages(total: int, limit: int, offset: int) -> dict[str, Any]:
+    """Pagination facts for a list of ``total`` rows shown ``limit`` at a time."""
+    count = max(1, math.ceil(total / limit))
+    current = offset // limit + 1
+    return {
+        "total": total,
+        "page": current,
+        "pages": count,
+        "prev": max(0, offset - limit) if offset > 0 else None,
+        "next": offset + limit if offset + limit < total else None,
+        "limit": limit,
+    }
+
+
+def dataset_lineage(
+    versions: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    aliases: dict[str, dict[str, int]],
+) -> list[dict[str, Any]]:
+    """dataset version -> runs -> model versions -> aliases, one entry per dataset version.
+
+    ``runs`` are the registry's run summaries of the dataset; ``aliases`` maps each model
+    to its alias -> version table."""
+    by_version: dict[int, list[dict[str, Any]]] = {}
+    for run in runs:
+        if run.get("dataset_version") is not None:
+            by_version.setdefault(int(run["dataset_version"]), []).append(run)
+    out = []
+    for v in versions:
+        entries = []
+        for run in by_version.get(int(v["version"]), []):
+            model, mv = run.get("model_name"), run.get("model_version")
+            held = sorted(
+                a for a, held_v in aliases.get(model or "", {}).items() if mv and held_v == mv
+            )
+            entries.append({"run": run, "model": model, "model_version": mv, "aliases": held})
+        out.append({"version": v, "runs": entries})
+    return out
+
+
+def waterfall(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A trace's spans as rows (depth-first by start), with offset and width in percent."""
+    if not spans:
+        return []
+    ids = {s["span_id"] for s in spans}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for s in spans:
+        parent = s.get("parent_span_id") if s.get("parent_span_id") in ids else None
+        children.setdefault(parent, []).append(s)
+    start = min(s["start_ns"] for s in spans)
+    end = max(s["end_ns"] for s in spans)
+    total = max(1, end - start)
+    rows: list[dict[str, Any]] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        for s in sorted(children.get(parent, []), key=lambda s: s["start_ns"]):
+            rows.append(
+                {
+                    "service": s.get("service", "?"),
+                    "name": s.get("name", "?"),
+                    "depth": depth,
+                    "offset_ms": (s["start_ns"] - start) / 1e6,
+                    "duration_ms": (s["end_ns"] - s["start_ns"]) / 1e6,
+                    "left_pct": 100 * (s["start_ns"] - start) / total,
+                    "width_pct": max(0.3, 100 * (s["end_ns"] - s["start_ns"]) / total),
+                }
+            )
+            walk(s["span_id"], depth + 1)
+
+    walk(None, 0)
+    return rows
+
+
+def restarts(mesh_state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each service's supervision record from lmesh up's mesh.json (empty when not local)."""
+    services: dict[str, Any] = mesh_state.get("services") or {}
+    return {
+        name: {
+            "state": record.get("state", "?"),
+            "restarts": record.get("restarts", 0),
+            "last_exit": (record.get("last_exit") or {}).get("reason"),
+        }
+        for name, record in services.items()
+        if isinstance(record, dict)
+    }

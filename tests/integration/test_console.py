@@ -1,0 +1,249 @@
+"""The console over real HTTP against a real registry (SQLite) on the real broker: pages,
+404 pages, login + CSRF + promote, refused actions with their reason, reading behind a
+login outside a local mesh, live progress over SSE; and the registry's run list it reads."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from libs.messaging import KafkaSettings
+from services.console.app import build_app as build_console
+from services.console.settings import ConsoleSettings
+from services.registry import operations
+from services.registry.app import build_app as build_registry
+from services.registry.database import make_engine, write_session
+from services.registry.settings import RegistrySettings
+from tests.integration.registry_support import dataset_prepared, training_completed
+from tests.support.kafka import produce
+from tests.support.polling import eventually
+from tests.support.servers import serve_app
+
+pytestmark = pytest.mark.kafka
+TOKEN = "console-test-token-0123456789"
+
+
+@dataclass
+class Mesh:
+    registry: str
+    console: str
+    engine: Engine
+    model: str
+    kafka: KafkaSettings
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Iterator[Mesh]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('console') / 'registry.db'}"
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    registry = build_registry(
+        RegistrySettings(
+            database_url=url,
+            token=TOKEN,
+            consumer_group=f"registry-console-{uuid.uuid4().hex[:8]}",
+            consume_from="latest",
+        ),
+        kafka,
+    )
+    model = f"console-{uuid.uuid4().hex[:8]}"
+    with serve_app(registry) as registry_url:
+        engine = make_engine(url)
+        with write_session(engine) as s:
+            operations.record_prepared_dataset(
+                s, dataset_prepared(f"ds-{model}", 1), auto_retrain=False
+            )
+        for i, acc in enumerate([0.80, 0.90, 0.85], start=1):
+            with write_session(engine) as s:
+                operations.register_model_version(
+                    s,
+                    training_completed(
+                        model, f"{model}-run{i}", dataset=f"ds-{model}", val_accuracy=acc
+                    ),
+                    metric="val_accuracy",
+                    margin=0.0,
+                )
+        console = build_console(
+            ConsoleSettings(
+                registry_url=registry_url,
+                ingest_url="http://127.0.0.1:9",  # nothing there: sections say so
+                token=TOKEN,
+                public_read=True,
+                services={"registry": registry_url},
+                sample_interval_s=0.5,
+            ),
+            kafka,
+        )
+        with serve_app(console) as console_url:
+            try:
+                yield Mesh(registry_url, console_url, engine, model, kafka)
+            finally:
+                engine.dispose()
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "the page has no form with a CSRF token"
+    return found.group(1)
+
+
+def _login(http: httpx.Client, token: str = TOKEN) -> httpx.Response:
+    csrf = _csrf(http.get("/login").text)
+    return http.post("/login", data={"token": token, "csrf": csrf, "next": "/models"})
+
+
+def test_registry_lists_runs_filtered_sorted_and_paginated(mesh: Mesh) -> None:
+    with httpx.Client(base_url=mesh.registry) as http:
+        page = http.get("/runs", params={"model": mesh.model, "limit": 2}).json()
+        assert page["total"] == 3 and len(page["items"]) == 2
+        rest = http.get("/runs", params={"model": mesh.model, "limit": 2, "offset": 2}).json()
+        ids = {r["run_id"] for r in page["items"] + rest["items"]}
+        assert ids == {f"{mesh.model}-run{i}" for i in (1, 2, 3)}
+        by_id = http.get("/runs", params={"model": mesh.model, "sort": "run_id"}).json()
+        assert [r["run_id"] for r in by_id["items"]] == sorted(ids)
+        assert [r["model_version"] for r in by_id["items"]] == [1, 2, 3]
+        prefix = http.get("/runs", params={"run_id": f"{mesh.model}-run2"}).json()
+        assert [r["run_id"] for r in prefix["items"]] == [f"{mesh.model}-run2"]
+        one = http.get(f"/runs/{mesh.model}-run2").json()
+        assert one["hyperparameters"]["epochs"] == 2 and one["model_version"] == 2
+        assert http.get("/runs/no-such-run").status_code == 404
+        assert http.get("/runs", params={"sort": "reason"}).status_code == 422
+
+
+def test_pages_render_and_unknown_ids_are_404_pages(mesh: Mesh) -> None:
+    m = mesh.model
+    with httpx.Client(base_url=mesh.console) as http:
+        for path, expected in [
+            ("/", "Services"),
+            ("/runs", f"{m}-run3"),
+            (f"/runs?model={m}&sort=run_id", f"{m}-run1"),
+            (f"/runs/{m}-run2", "test-worker"),
+            ("/models", m),
+            (f"/models/{m}", "Promotion history"),
+            (f"/models/{m}/versions/2", f"{m}-run2"),
+            ("/datasets", f"ds-{m}"),
+            ("/dead-letters", "Dead letters"),
+            ("/try", "Predict"),
+        ]:
+            r = http.get(path)
+            assert r.status_code == 200, (path, r.text[:500])
+            assert expected in r.text, path
+        model_page = http.get(f"/models/{m}").text
+        assert "no data yet" in model_page  # no monitor answers here
+        for path, message in [
+            ("/runs/no-such-run", "no-such-run"),
+            ("/models/no-such-model", "no-such-model"),
+            (f"/models/{m}/versions/99", "99"),
+            ("/no/such/page", "Not found"),
+        ]:
+            r = http.get(path)
+            assert r.status_code == 404 and "<html" in r.text and message in r.text, path
+            assert "Traceback" not in r.text
+        # the ingest service does not answer: the page says so instead of failing
+        assert "ingest does not answer" in http.get(f"/datasets/ds-{m}").text
+
+
+def test_actions_need_a_login_and_a_csrf_token_and_show_their_reason(mesh: Mesh) -> None:
+    m = mesh.model
+    with httpx.Client(base_url=mesh.console) as http:
+        csrf = _csrf(http.get(f"/models/{m}").text)
+        anonymous = http.post(f"/models/{m}/promote", data={"version": 1, "csrf": csrf})
+        assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login")
+        wrong = _login(http, "not-the-token")
+        assert wrong.status_code == 401 and "wrong API token" in wrong.text
+        ok = _login(http)
+        assert ok.status_code == 303 and ok.headers["location"] == "/models"
+        csrf = _csrf(http.get(f"/models/{m}").text)
+        forged = http.post(f"/models/{m}/promote", data={"version": 1, "csrf": "forged"})
+        assert forged.status_code == 403
+        done = http.post(
+            f"/models/{m}/promote", data={"version": 1, "csrf": csrf}, follow_redirects=True
+        )
+        assert done.status_code == 200 and "production -&gt; version 1" in done.text
+        holder = httpx.get(f"{mesh.registry}/models/{m}/aliases/production").json()
+        assert holder["version"] == 1
+        refused = http.post(
+            f"/models/{m}/promote", data={"version": 77, "csrf": csrf}, follow_redirects=True
+        )
+        assert "registry refused" in refused.text and "no version 77" in refused.text
+        back = http.post(
+            f"/models/{m}/rollback",
+            data={"alias": "production", "csrf": csrf},
+            follow_redirects=True,
+        )
+        assert "rolled back to version 2" in back.text
+        history = httpx.get(f"{mesh.registry}/models/{m}/aliases/production/history").json()
+        assert [h["actor"] for h in history[:2]] == ["console", "console"]
+        # a session signed by another console (or expired) is stale: log in again
+        http.cookies.set("lmesh_console", "tampered.value.sig")
+        stale = http.post(f"/models/{m}/promote", data={"version": 1, "csrf": csrf})
+        assert (
+            stale.status_code == 303
+            and "expired" in httpx.URL(stale.headers["location"]).params["why"]
+        )
+
+
+def test_reading_needs_a_login_outside_a_local_mesh(mesh: Mesh) -> None:
+    console = build_console(
+        ConsoleSettings(registry_url=mesh.registry, token=TOKEN, services={}), mesh.kafka
+    )
+    with serve_app(console) as url, httpx.Client(base_url=url) as http:
+        r = http.get("/runs")
+        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+        assert http.get("/healthz").status_code == 200
+        assert _login(http).status_code == 303
+        assert http.get("/runs").status_code == 200
+
+
+async def test_training_progress_reaches_the_run_page_live(mesh: Mesh) -> None:
+    run_id = f"live-{uuid.uuid4().hex[:8]}"
+    seen: list[str] = []
+
+    async def listen() -> None:
+        async with (
+            httpx.AsyncClient(base_url=mesh.console, timeout=30) as http,
+            http.stream("GET", "/events", params={"run": run_id}) as stream,
+        ):
+            async for line in stream.aiter_lines():
+                if line.startswith("data:") and run_id in line:
+                    seen.append(line)
+
+    listener = asyncio.create_task(listen())
+
+    def progress(epoch: int) -> dict[str, object]:
+        return {
+            "event_id": uuid.uuid4().hex,
+            "occurred_at": "2026-11-29T21:00:00Z",
+            "run_id": run_id,
+            "epoch": epoch,
+            "epochs": 5,
+            "loss": 1.0 / epoch,
+            "train_accuracy": 0.5,
+            "val_accuracy": 0.5 + epoch / 20,
+            "samples_per_sec": 100.0,
+            "elapsed_s": float(epoch),
+            "worker": "worker-x",
+        }
+
+    try:
+        # until the console's consumer is positioned, events may pass before it listens
+        epoch = 0
+
+        async def arrived() -> bool:
+            nonlocal epoch
+            epoch += 1
+            await produce(mesh.kafka.bootstrap_servers, "training.progress.v1", [progress(epoch)])
+            return bool(seen)
+
+        await eventually(arrived, timeout=60, interval=0.5, what="a progress event over SSE")
+        async with httpx.AsyncClient(base_url=mesh.console) as http:
+            page = await http.get(f"/runs/{run_id}")
+        assert page.status_code == 200 and "worker-x" in page.text and '"epoch":' in page.text
+    finally:
+        listener.cancel()
