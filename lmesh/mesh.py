@@ -189,8 +189,11 @@ class Mesh:
         """The service's environment: the mesh's wiring (broker, ports, registry address,
         worker name), the explicit config, the user's environment, the local defaults."""
         c = self.config
-        port = c.ports[name] + (100 * replica if replica else 0)
+        port = _port(c.ports, name) + (100 * replica if replica else 0)
         registry = f"http://127.0.0.1:{c.ports['registry']}"
+        local = {
+            n: f"http://127.0.0.1:{_port(c.ports, n)}" for n in ("ingest", "predictor", "monitor")
+        }
         local_defaults = {
             "STORE_URL": (self.home / "artifacts").as_uri(),
             "REGISTRY_DATABASE_URL": f"sqlite:///{self.home / 'registry.db'}",
@@ -203,6 +206,7 @@ class Mesh:
             "STORE_URL": c.store_url,
             "REGISTRY_DATABASE_URL": c.database_url,
             "OTEL_EXPORTER_OTLP_ENDPOINT": c.otlp_endpoint,
+            "CONSOLE_TRACING_UI_URL": (c.tracing_ui or {}).get("url"),
         }
         wiring = {
             "PYTHONUNBUFFERED": "1",
@@ -215,6 +219,15 @@ class Mesh:
             "TRAINER_WORKER_ID": _replica_name(name, replica),
             "PREDICTOR_REGISTRY_URL": registry,
             "PREDICTOR_WORKERS": str(c.predictor_workers),
+            # the console reads the services' APIs, acts with the registry's token, shows
+            # restarts from mesh.json; a local mesh's pages are readable without a login
+            "CONSOLE_REGISTRY_URL": registry,
+            "CONSOLE_INGEST_URL": local["ingest"],
+            "CONSOLE_PREDICTOR_URL": local["predictor"],
+            "CONSOLE_MONITOR_URL": local["monitor"],
+            "CONSOLE_TOKEN": self.tokens["registry"],
+            "CONSOLE_MESH_STATE": str(self.state_path),
+            "CONSOLE_PUBLIC_READ": "true",
         }
         return {
             **local_defaults,
@@ -441,6 +454,16 @@ class Mesh:
             },
             self.state_path,
         )
+
+
+def _port(ports: dict[str, int], name: str) -> int:
+    """A service's port; one the config does not name follows the others' numbering
+    (``base + 1 + its place in SERVICES``, base = the lowest port given - 1)."""
+    if name in ports:
+        return ports[name]
+    return (
+        min(ports.values()) + SERVICES.index(name) if name in SERVICES else max(ports.values()) + 1
+    )
 
 
 def _replica_name(name: str, replica: int) -> str:

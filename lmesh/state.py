@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor", "monitor")
+SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor", "monitor", "console")
 DEFAULT_PORTS = {
     "ingest": 8101,
     "preprocess": 8102,
@@ -22,11 +22,12 @@ DEFAULT_PORTS = {
     "registry": 8104,
     "predictor": 8105,
     "monitor": 8106,
+    "console": 8107,
 }
 
 
 def ports() -> dict[str, int]:
-    """Service ports: the defaults, or ``LMESH_BASE_PORT`` + 1..6 (ingest..monitor)."""
+    """Service ports: the defaults, or ``LMESH_BASE_PORT`` + 1..7 (ingest..console)."""
     base = os.environ.get("LMESH_BASE_PORT")
     if not base:
         return dict(DEFAULT_PORTS)
