@@ -27,6 +27,7 @@ from libs import telemetry
 from libs.http_errors import install_error_handlers
 from libs.http_limits import DEFAULT_MAX_BODY_BYTES, BodyLimit, BodySizeLimit, RouteLimit
 from libs.messaging.admin import wait_until_reachable
+from libs.messaging.broker import release_deliveries
 from libs.messaging.errors import BrokerUnreachable
 from libs.messaging.settings import KafkaSettings
 from libs.telemetry import metrics
@@ -155,6 +156,8 @@ def create_app(
                 lag_task.cancel()
             deadline = time.monotonic() + STOP_BUDGET_S
             if broker is not None:
+                # A stop on purpose is not a death: do not count it against the events.
+                await _bounded("releasing deliveries", release_deliveries(broker), deadline)
                 await _bounded("stopping the broker client", broker.stop(), deadline)
             if on_shutdown:
                 await _bounded("the shutdown hook", on_shutdown(app), deadline)

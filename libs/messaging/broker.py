@@ -75,6 +75,14 @@ def create_broker(
     return broker
 
 
+async def release_deliveries(broker: KafkaBroker) -> None:
+    """Call on a graceful stop, before the broker client closes: the deliveries in flight
+    are not counted as deaths of this worker (see ``MeshMiddlewareFactory.release_in_flight``)."""
+    mesh: MeshMiddlewareFactory | None = getattr(broker, "mesh_middleware", None)
+    if mesh is not None:
+        await mesh.release_in_flight()
+
+
 def contract_decoder(event_type: type[BaseModel]) -> Any:
     async def decode(msg: StreamMessage[Any]) -> BaseModel:
         return decode_event(event_type, msg.body)

@@ -67,6 +67,20 @@ class MeshMiddlewareFactory:
         #: topic -> consumer group, filled by ``subscribe``; broadcast topics are absent
         #: (every replica gets every event: there is no one delivery to count).
         self.groups: dict[str, str] = {}
+        self.in_flight: set[str] = set()  # delivery keys this process is handling
+
+    async def release_in_flight(self) -> None:
+        """A graceful stop (SIGTERM, a deploy) is not a death: forget the deliveries this
+        process has in flight, so that they do not count against their events even if the
+        process is ended before its handlers return."""
+        if self.deliveries is None:
+            return
+        for delivery in list(self.in_flight):
+            try:
+                await asyncio.to_thread(self.deliveries.finish, delivery)
+            except Exception as exc:
+                log.warning("cannot clear delivery %s (%s)", delivery, exc)
+            self.in_flight.discard(delivery)
 
     def __call__(self, msg: Any, /, *, context: Any) -> MeshMiddleware:
         return MeshMiddleware(msg, context=context, factory=self)
@@ -174,6 +188,7 @@ class MeshMiddleware(BaseMiddleware):
 
     async def _begin(self, delivery: str) -> int:
         assert self.factory.deliveries is not None
+        self.factory.in_flight.add(delivery)
         try:
             return await asyncio.to_thread(self.factory.deliveries.begin, delivery)
         except Exception as exc:  # a safety net must not stop the consumer
@@ -182,6 +197,7 @@ class MeshMiddleware(BaseMiddleware):
 
     async def _finish(self, delivery: str) -> None:
         assert self.factory.deliveries is not None
+        self.factory.in_flight.discard(delivery)
         try:
             await asyncio.to_thread(self.factory.deliveries.finish, delivery)
         except Exception as exc:

@@ -205,3 +205,39 @@ async def test_an_event_that_killed_its_worker_twice_is_answered_and_dead_letter
             assert deliveries.begin(key) == 0, "the record was cleared once answered"
         finally:
             await broker.stop()
+
+
+async def test_a_graceful_stop_does_not_count_as_a_death_of_the_worker(
+    kafka_settings: KafkaSettings, unique: str, store_url: str
+) -> None:
+    import asyncio
+
+    from libs.messaging.broker import release_deliveries
+    from libs.messaging.deliveries import StoreDeliveryLog, delivery_key
+    from libs.storage import open_store
+
+    store = open_store(store_url)
+    broker = create_broker("ingest", kafka_settings, deliveries=StoreDeliveryLog(lambda: store))
+    group = f"stop-{unique}"
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @subscribe(broker, "ingest.records.v1", group_id=group, settings=kafka_settings)
+    async def on_record(event: UpstreamRecord) -> None:
+        if event.dataset == unique:
+            started.set()
+            await release.wait()
+
+    record = UpstreamRecord(dataset=unique, features=[1.0], label=1)
+    pointer = "deliveries/" + delivery_key(
+        "ingest", group, "ingest.records.v1", str(record.event_id)
+    )
+    await broker.start()
+    try:
+        await publish(broker, record)
+        await asyncio.wait_for(started.wait(), 30)
+        assert store.read_pointer(pointer) is not None, "in flight: on record"
+        await release_deliveries(broker)  # what the service lifespan does on SIGTERM
+        assert store.read_pointer(pointer) is None
+    finally:
+        release.set()
+        await broker.stop()
