@@ -67,6 +67,10 @@ class MeshConfig:
     services: tuple[str, ...] = SERVICES
     restart: RestartPolicy = field(default_factory=RestartPolicy.from_env)
     supervise: bool = True
+    #: how long `start` waits for every service to answer /healthz (LMESH_START_TIMEOUT_S)
+    start_timeout_s: float = field(
+        default_factory=lambda: float(os.environ.get("LMESH_START_TIMEOUT_S", "60"))
+    )
     tracing_ui: dict[str, Any] | None = None  # recorded in mesh.json for `lmesh down`
 
     def to_json(self) -> dict[str, Any]:
@@ -125,7 +129,8 @@ class Mesh:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, *, timeout_s: float = 60.0, detach: bool = False) -> Mesh:
+    def start(self, *, timeout_s: float | None = None, detach: bool = False) -> Mesh:
+        timeout_s = self.config.start_timeout_s if timeout_s is None else timeout_s
         self._refuse_if_running()
         self._check_security()
         (self.home / "logs").mkdir(parents=True, exist_ok=True)

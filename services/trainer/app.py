@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from fastapi import FastAPI
 from faststream.kafka.annotations import KafkaMessage
 
@@ -79,7 +80,8 @@ def build_app(
         listener=tracker,
         # A rebalance (a trainer restarted, another added) never moves the partition of the
         # job in progress: the newcomer would receive the same request again mid-job.
-        partition_assignment_strategy=(assignor,),
+        # Round-robin stays listed so that a group mixing older workers still forms.
+        partition_assignment_strategy=(assignor, RoundRobinPartitionAssignor),
     )
     tracker.subscriber = subscriber
 

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from lmesh.mesh import _alive
+from lmesh.state import SERVICES
 from tests.integration.registry_support import POSTGRES_URL, database_url
 from tests.support.otlp import otlp_receiver
 from tests.support.polling import wait_for
@@ -71,7 +72,7 @@ def test_exported_database_store_tokens_and_otlp_win_over_the_local_defaults(
         env: dict[str, Any] = {
             **os.environ,
             "LMESH_HOME": str(home),
-            "LMESH_BASE_PORT": str(free_base_port()),
+            "LMESH_BASE_PORT": str(free_base_port(len(SERVICES))),
             "REGISTRY_DATABASE_URL": db_url,
             "STORE_URL": store.as_uri(),
             "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
@@ -80,7 +81,7 @@ def test_exported_database_store_tokens_and_otlp_win_over_the_local_defaults(
         }
         for key in ("KAFKA_BOOTSTRAP_SERVERS", "LMESH_TOKEN"):
             env.pop(key, None)
-        up = lmesh(env, "up", "--detach", timeout=180)
+        up = lmesh(env, "up", "--detach", timeout=300)
         assert up.returncode == 0, up.stdout + up.stderr
         try:
             st = json.loads((home / "mesh.json").read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lmesh.mesh import _alive
+from lmesh.state import SERVICES
 from tests.support.ports import free_base_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -24,12 +25,12 @@ def test_up_status_down(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "LMESH_HOME": str(tmp_path / "mesh"),
-        "LMESH_BASE_PORT": str(free_base_port()),
+        "LMESH_BASE_PORT": str(free_base_port(len(SERVICES))),
     }
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     started = time.monotonic()
     up = subprocess.run(
-        [*LMESH, "up", "--detach"], env=env, capture_output=True, text=True, timeout=120
+        [*LMESH, "up", "--detach"], env=env, capture_output=True, text=True, timeout=300
     )
     took = time.monotonic() - started
     print(f"lmesh up --detach took {took:.1f}s")
@@ -37,7 +38,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         st = json.loads((tmp_path / "mesh" / "mesh.json").read_text())
         assert (tmp_path / "mesh" / "mesh.json").stat().st_mode & 0o777 == 0o600
-        assert set(st["services"]) == {"ingest", "preprocess", "trainer", "registry", "predictor"}
+        assert set(st["services"]) == set(SERVICES)
         assert _alive(st["supervisor_pid"]), "--detach leaves a supervisor process running"
         status = subprocess.run(
             [*LMESH, "status", "--json"], env=env, capture_output=True, text=True, timeout=60

@@ -25,6 +25,7 @@ import pytest
 from contracts.events import Hyperparameters, ModelSpec, PreparedDatasetRef, TrainingRequested
 from libs.storage import open_store
 from lmesh.mesh import Mesh, MeshConfig, _alive
+from lmesh.state import SERVICES
 from lmesh.supervision import RestartPolicy
 from tests.support.kafka import TopicReader, produce
 from tests.support.polling import wait_for
@@ -35,7 +36,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 LMESH = [sys.executable, "-m", "lmesh"]
 RESULTS = ("training.progress.v1", "training.completed.v1", "training.failed.v1")
-NAMES = ("ingest", "preprocess", "trainer", "registry", "predictor")
 
 
 def lmesh(
@@ -51,7 +51,7 @@ def detached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[st
     env = {
         **os.environ,
         "LMESH_HOME": str(home),
-        "LMESH_BASE_PORT": str(free_base_port()),
+        "LMESH_BASE_PORT": str(free_base_port(len(SERVICES))),
         # Long enough for the surviving trainer to take the killed one's job (session timeout
         # 2 s + a join) before the restarted one is back: then the busy-aware assignor keeps
         # it there. (Sooner, the restarted trainer would take it back; also correct, but not
@@ -60,7 +60,7 @@ def detached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[st
         "TRAINER_THREADS": "1",
     }
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    up = lmesh(env, "up", "--detach", "--trainers", "2", timeout=180)
+    up = lmesh(env, "up", "--detach", "--trainers", "2", timeout=300)
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         yield env, home
@@ -258,10 +258,10 @@ def test_sigkill_of_the_supervisor_leaves_no_process(detached: tuple[dict[str, s
 
 
 def test_every_service_exits_within_10s_of_sigterm_with_the_broker_gone(tmp_path: Path) -> None:
-    base = free_base_port()
+    base = free_base_port(len(SERVICES))
     config = MeshConfig(
         home=tmp_path / "mesh",
-        ports={n: base + i + 1 for i, n in enumerate(NAMES)},
+        ports={n: base + i + 1 for i, n in enumerate(SERVICES)},
         supervise=False,
         extra_env={"TRAINER_THREADS": "1"},
     )
@@ -310,16 +310,16 @@ def test_every_service_exits_within_10s_of_sigterm_with_the_broker_gone(tmp_path
                 pytest.fail(f"{p.name} still running 10 s after SIGTERM with the broker gone")
             took[p.name] = round(time.monotonic() - started, 2)
     print(f"\nexit after SIGTERM, broker gone: {took}")
-    assert set(took) == set(NAMES)
+    assert set(took) == set(SERVICES)
 
 
 def test_a_service_that_keeps_dying_is_reported_failed_and_the_rest_keeps_running(
     tmp_path: Path,
 ) -> None:
-    base = free_base_port()
+    base = free_base_port(len(SERVICES))
     config = MeshConfig(
         home=tmp_path / "mesh",
-        ports={n: base + i + 1 for i, n in enumerate(NAMES)},
+        ports={n: base + i + 1 for i, n in enumerate(SERVICES)},
         services=("ingest", "preprocess"),
         restart=RestartPolicy(backoff_s=0.2, max_per_minute=1),
     )
@@ -348,10 +348,10 @@ def test_a_service_that_keeps_dying_is_reported_failed_and_the_rest_keeps_runnin
 def test_a_dead_broker_is_restarted_on_its_address_and_services_publish_again(
     tmp_path: Path,
 ) -> None:
-    base = free_base_port()
+    base = free_base_port(len(SERVICES))
     config = MeshConfig(
         home=tmp_path / "mesh",
-        ports={n: base + i + 1 for i, n in enumerate(NAMES)},
+        ports={n: base + i + 1 for i, n in enumerate(SERVICES)},
         services=("ingest",),
         restart=RestartPolicy(backoff_s=0.2),
     )
