@@ -250,7 +250,6 @@ class Chaos:
                  "data": x.ravel().tolist()}
             ]
         }  # fmt: skip
-        at = time.monotonic()
         try:
             r = await self.http.post(
                 # generous: on a loaded machine a slow answer is not a failed one
@@ -259,10 +258,12 @@ class Chaos:
                 timeout=30,
             )
         except httpx.HTTPError as exc:
-            return Prediction(at, False, error=type(exc).__name__)
+            # timed by its outcome: a request in flight when the predictor was killed
+            # fails inside the kill's window
+            return Prediction(time.monotonic(), False, error=type(exc).__name__)
         if r.status_code != 200:
-            return Prediction(at, False, error=f"HTTP {r.status_code}")
-        return Prediction(at, True, version=str(r.json().get("model_version")))
+            return Prediction(time.monotonic(), False, error=f"HTTP {r.status_code}")
+        return Prediction(time.monotonic(), True, version=str(r.json().get("model_version")))
 
     async def train_loop(self) -> None:
         i = 1
@@ -512,8 +513,16 @@ class Chaos:
         account["notes"] = self.notes
         account["setup_s"] = round(setup_s, 1)
         account["catch_up_s"] = catch_up
-        account["supervisor"] = self.mesh.status()
+        account["supervisor"] = self.status_file()
         return account
+
+    def status_file(self) -> dict[str, Any]:
+        """Each service's row of mesh.json, as ``lmesh status`` shows it."""
+        from lmesh import state
+
+        services = state.load(self.mesh.state_path).get("services", {})
+        keep = ("state", "restarts", "last_exit", "pid")
+        return {name: {k: row.get(k) for k in keep} for name, row in services.items()}
 
     def topic_values(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {t: [] for t in WATCH}
@@ -616,6 +625,7 @@ def run_chaos(opts: ChaosOptions) -> dict[str, Any]:
     from sqlalchemy.engine import make_url
 
     from lmesh.mesh import Mesh, MeshConfig
+    from lmesh.state import SERVICES
     from lmesh.supervision import RestartPolicy
     from tests.support.ports import free_base_port
 
@@ -623,10 +633,10 @@ def run_chaos(opts: ChaosOptions) -> dict[str, Any]:
     pg = make_url(opts.postgres_url)
     events: list[str] = []
     with postgres_schema(opts.postgres_url) as schema, TcpProxy(pg.host, pg.port or 5432) as proxy:
-        base = free_base_port()
+        base = free_base_port(len(SERVICES))
         config = MeshConfig(
             home=home,
-            ports={n: base + i + 1 for i, n in enumerate(KILLS)},
+            ports={n: base + i + 1 for i, n in enumerate(SERVICES)},
             trainers=2,
             database_url=proxied_url(opts.postgres_url, proxy, schema),
             restart=RestartPolicy(backoff_s=0.5, max_per_minute=5),
@@ -637,8 +647,12 @@ def run_chaos(opts: ChaosOptions) -> dict[str, Any]:
                 "TRAINER_THREADS": "1",
             },
         )
-        with Mesh(config, on_event=events.append) as mesh:
+        mesh = Mesh(config, on_event=events.append)
+        mesh.start(timeout_s=opts.wait_s)  # seven processes on a loaded machine: generous
+        try:
             account = asyncio.run(Chaos(mesh, proxy, opts).run())
+        finally:
+            mesh.stop()
         account["supervisor_events"] = events
         account["home"] = str(home)  # the services' logs are under logs/
         account["postgres_proxy_connections"] = proxy.connections

@@ -37,8 +37,8 @@ ACCOUNT_TOPICS = (
 
 @dataclass(frozen=True)
 class Prediction:
-    """One HTTP prediction of the load: when (monotonic seconds), whether it was answered
-    (200), and by which model version."""
+    """One HTTP prediction of the load: when its outcome came (monotonic seconds), whether
+    it was answered (200), and by which model version."""
 
     at: float
     ok: bool
