@@ -12,6 +12,7 @@ from rich.table import Table
 
 from lmesh import state
 from lmesh.app import app
+from lmesh.commands.rollout import print_history
 from lmesh.errors import check_response
 
 console = Console()
@@ -38,8 +39,23 @@ def _call(method: str, path: str, *, body: dict[str, Any] | None = None) -> Any:
 
 
 @app.command("models")
-def list_models() -> None:
-    """List registered models: latest version and aliases."""
+def list_models(
+    history: Annotated[
+        str | None,
+        typer.Option("--history", metavar="MODEL", help="MODEL's alias moves and rollout steps"),
+    ] = None,
+) -> None:
+    """List registered models: latest version and aliases (--history MODEL: how its versions
+    reached production: alias moves, and every rollout step with its evidence)."""
+    if history is not None:
+        moves = _call("GET", f"/models/{history}/aliases/production/history")
+        for m in moves:
+            typer.echo(
+                f"{m['at'][:19]}  production -> v{m['version']} (was v{m['previous_version']}) "
+                f"by {m['actor']}: {m['reason']}"
+            )
+        print_history(history)
+        return
     rows = _call("GET", "/models")
     if not rows:
         typer.echo("no models registered yet")

@@ -5,15 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from contracts.events import DataDrift, DatasetPrepared, TrainingCompleted, TrainingFailed
-from services.registry import operations
-from services.registry.database import write_session
+from contracts.events import (
+    DataDrift,
+    DatasetPrepared,
+    ModelHealth,
+    TrainingCompleted,
+    TrainingFailed,
+)
+from services.registry import operations, rollouts
+from services.registry.database import read_session, write_session
 from services.registry.runtime import (
     DRIFT_RETRAINS,
     RETRAINS_REQUESTED,
     VERSIONS_REGISTERED,
     RegistryRuntime,
 )
+from services.registry.tables import utcnow
 
 log = logging.getLogger("lmesh.registry")
 
@@ -30,6 +37,7 @@ async def on_training_completed(event: TrainingCompleted, rt: RegistryRuntime) -
                 metric=s.promotion_metric,
                 margin=s.promotion_margin,
                 signature_change=rt.signature_change(),
+                start_rollout=rollouts.auto_rollout(s.rollout_policy()) if s.rollout_auto else None,
             )
             return (mv.version, mv.flags) if mv else None
 
@@ -90,3 +98,43 @@ async def on_training_failed(event: TrainingFailed, rt: RegistryRuntime) -> None
             return operations.record_failed_run(session, event)
 
     await asyncio.to_thread(record)
+
+
+async def on_model_health(event: ModelHealth, rt: RegistryRuntime) -> None:
+    """A health window may move the model's running rollout on (or abort it)."""
+    engine, outbox = rt.require()
+
+    def observe() -> str | None:
+        with write_session(engine) as session:
+            step = rollouts.observe_health(
+                session, event, policy=rt.settings.rollout_policy(), now=utcnow()
+            )
+            return f"{step.step}: {step.reason}" if step else None
+
+    if taken := await asyncio.to_thread(observe):
+        log.warning("rollout of %s: %s", event.model_name, taken)
+    await outbox.flush()
+
+
+async def check_rollouts(rt: RegistryRuntime) -> int:
+    """Re-evaluate every running rollout (a step without traffic times out); steps taken."""
+    engine, outbox = rt.require()
+    policy = rt.settings.rollout_policy()
+
+    def check() -> list[str]:
+        with read_session(engine) as session:
+            names = rollouts.running_models(session)
+        taken = []
+        for name in names:
+            with write_session(engine) as session:
+                step = rollouts.check_running(session, name, policy=policy, now=utcnow())
+                if step is not None:
+                    taken.append(f"{name}: {step.step}: {step.reason}")
+        return taken
+
+    taken = await asyncio.to_thread(check)
+    for line in taken:
+        log.warning("rollout of %s", line)
+    if taken:
+        await outbox.flush()
+    return len(taken)

@@ -129,9 +129,12 @@ def register_model_version(
     metric: str,
     margin: float,
     signature_change: SignatureChange | None = None,
+    start_rollout: Callable[[Session, ModelVersion, ModelVersion, str], Any] | None = None,
 ) -> ModelVersion | None:
     """Record the run, register the next version of its model, apply the promotion policy.
-    Idempotent on run id: a run already registered returns None and enqueues nothing."""
+    Idempotent on run id: a run already registered returns None and enqueues nothing.
+    With ``start_rollout``, a challenger that would take production from a holder goes to
+    staging and starts a rollout instead (shadow, canary, then promoted from live health)."""
     model = lock_model(session, event.model_name, create=True)
     if session.exec(select(ModelVersion).where(ModelVersion.run_id == event.run_id)).first():
         return None
@@ -214,6 +217,16 @@ def register_model_version(
                 f"input signature differs from production version {holder.version} "
                 f"({change}): not auto-promoted",
             )
+    if decision.alias == policy.PRODUCTION and holder is not None and start_rollout is not None:
+        move_alias(
+            session,
+            mv,
+            policy.STAGING,
+            actor=policy.POLICY_ACTOR,
+            reason=f"{decision.reason}: rolling out (shadow, canary) before production",
+        )
+        start_rollout(session, holder, mv, decision.reason)
+        return mv
     move_alias(session, mv, decision.alias, actor=policy.POLICY_ACTOR, reason=decision.reason)
     return mv
 

@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from libs.service import ServiceSettings
 from libs.tokens import refuse_placeholder
+from services.registry.rollout import RolloutPolicy
 
 
 class RegistrySettings(ServiceSettings):
@@ -47,10 +48,52 @@ class RegistrySettings(ServiceSettings):
     drift_retrain_daily_cap: int = Field(
         default=3, ge=0, description="Drift retrains of one model per 24 hours at most"
     )
+    rollout_auto: bool = Field(
+        default=False,
+        description="A challenger the promotion policy would promote starts a rollout "
+        "(shadow, canary, then promoted from live health) instead of taking production at once",
+    )
+    rollout_min_predictions: int = Field(
+        default=200, ge=1, description="Candidate rows in a step's latest window to advance"
+    )
+    rollout_min_agreement: float = Field(
+        default=0.9, ge=0.0, le=1.0, description="Shadow: agreement with the champion"
+    )
+    rollout_accuracy_tolerance: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Live accuracy >= champion's - this"
+    )
+    rollout_min_labelled: int = Field(
+        default=50, ge=1, description="Labelled rows before live accuracy counts"
+    )
+    rollout_max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    rollout_max_latency_ratio: float = Field(
+        default=1.5, gt=0, description="Candidate p99 <= champion p99 x this"
+    )
+    rollout_canary_percent: float = Field(
+        default=10.0, gt=0, lt=100, description="Canary share when a rollout names none"
+    )
+    rollout_step_timeout_s: float = Field(
+        default=3600.0, gt=0, description="A step without enough traffic by then is aborted"
+    )
+    rollout_check_interval_s: float = Field(
+        default=5.0, gt=0, description="How often running rollouts are checked for timeouts"
+    )
     consumer_group: str = "registry"
     consume_from: Literal["earliest", "latest"] = Field(
         default="earliest", description="Where a consumer group without committed offsets starts"
     )
+
+    def rollout_policy(self) -> RolloutPolicy:
+        return RolloutPolicy(
+            min_predictions=self.rollout_min_predictions,
+            min_agreement=self.rollout_min_agreement,
+            accuracy_tolerance=self.rollout_accuracy_tolerance,
+            min_labelled=self.rollout_min_labelled,
+            max_error_rate=self.rollout_max_error_rate,
+            max_latency_ratio=self.rollout_max_latency_ratio,
+            canary_percent=self.rollout_canary_percent,
+            step_timeout_s=self.rollout_step_timeout_s,
+        )
 
     @model_validator(mode="after")
     def _refuse_placeholder_token(self) -> RegistrySettings:

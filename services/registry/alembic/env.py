@@ -12,7 +12,10 @@ from alembic import context
 from sqlalchemy import Connection, create_engine
 from sqlmodel import SQLModel
 
-from services.registry import tables  # noqa: F401  (registers the tables on the metadata)
+from services.registry import (  # noqa: F401  (they register the tables on the metadata)
+    rollout_tables,
+    tables,
+)
 
 config = context.config
 target_metadata = SQLModel.metadata
