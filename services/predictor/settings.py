@@ -71,12 +71,18 @@ class PredictorSettings(ServiceSettings):
         description="how long a request for a model with no version yet waits (then: dead letter)",
     )
     stream_max_in_flight: int = Field(
-        default=4, ge=1, description="poll batches published but not yet delivered; then pause"
+        default=8, ge=1, description="poll batches published but not yet committed; then pause"
     )
     stream_dedupe_window: int = Field(
         default=100_000, ge=0, description="recent request ids answered once per worker"
     )
     stream_linger_ms: int = Field(default=2, ge=0, description="producer linger for answers")
+    stream_fetch_max_wait_ms: int = Field(
+        default=20,
+        ge=0,
+        description="longest the broker holds a fetch with no data (the embedded broker answers "
+        "a held fetch only at its deadline)",
+    )
 
     def model_names(self) -> list[str]:
         return [n.strip() for n in self.models.split(",") if n.strip()]

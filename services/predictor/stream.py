@@ -162,6 +162,7 @@ class StreamWorker:
                 group_id=self.settings.stream_group,
                 enable_auto_commit=False,  # committed by _settle, after delivery
                 auto_offset_reset="earliest",
+                fetch_max_wait_ms=self.settings.stream_fetch_max_wait_ms,
                 request_timeout_ms=int(self.kafka.connect_timeout_s * 1000),
                 **self.kafka.group_kwargs(),
                 **self.kafka.client_kwargs(),
@@ -404,14 +405,20 @@ class StreamWorker:
             metrics.STREAM_PAUSED.set(0)
 
     async def _settle(self) -> None:
-        """In batch order: wait until every answer is delivered, then commit the offsets."""
+        """In batch order: wait until every answer is delivered, then commit the offsets.
+        Every batch handed over meanwhile is settled with one commit (a commit is a round
+        trip to the group coordinator; under load, batches queue up behind it)."""
         while True:
             async with self._settled:
                 await self._settled.wait_for(lambda: bool(self._pending))
-            pending = self._pending[0]
-            await self._delivered(pending)
-            await self._commit(pending.offsets)
-            self._pending.popleft()
+            settling = list(self._pending)
+            offsets: dict[TopicPartition, int] = {}
+            for pending in settling:
+                await self._delivered(pending)
+                offsets.update(pending.offsets)  # later batches hold later offsets
+            await self._commit(offsets)
+            for _ in settling:
+                self._pending.popleft()
             async with self._settled:
                 self._settled.notify_all()
 

@@ -56,6 +56,10 @@ __all__ = [
 
 PRODUCTION = "production"
 
+#: reused while no document of it is referenced any more (else replaced): allocating a
+#: parser per payload costs as much as parsing it
+_parser: Any = simdjson.Parser() if simdjson is not None else None
+
 
 class Record(Protocol):
     """What the pure steps read of a consumed Kafka record (an aiokafka ConsumerRecord)."""
@@ -135,9 +139,16 @@ def _lift_simdjson(value: bytes) -> tuple[dict[str, Any], list[Any]] | None:
     (no simdjson, or a payload the orjson path must explain)."""
     if simdjson is None:
         return None
+    global _parser
     try:
-        doc = simdjson.Parser().parse(value)  # a parser per payload: its arrays outlive it
-    except (ValueError, RuntimeError):
+        doc = _parser.parse(value)
+    except RuntimeError:  # still referenced by a previous document (an exception's frame)
+        _parser = simdjson.Parser()
+        try:
+            doc = _parser.parse(value)
+        except ValueError:
+            return None
+    except ValueError:
         return None
     if not isinstance(doc, simdjson.Object):
         return None
