@@ -20,6 +20,7 @@ from contracts.events import (
     PredictionLogged,
 )
 from libs.messaging import KafkaSettings, create_broker, publish, subscribe
+from libs.messaging.deliveries import InMemoryDeliveryLog
 from libs.service import create_app
 from libs.storage import open_store
 from services.monitor import handlers
@@ -66,7 +67,10 @@ def build_app(
 ) -> FastAPI:
     settings = settings or MonitorSettings()
     kafka = kafka or KafkaSettings()
-    broker = create_broker(SERVICE, kafka)
+    # Deliveries in flight are counted in memory, not as store pointers (three file
+    # operations per event): the monitor's traffic is every prediction and every label,
+    # and its handlers only update in-memory windows.
+    broker = create_broker(SERVICE, kafka, deliveries=InMemoryDeliveryLog())
 
     async def publish_event(event: BaseModel) -> None:
         await publish(broker, event)

@@ -103,6 +103,7 @@ class VersionWindow:
     input_rows: int = 0
     labelled: deque[bool] = field(default_factory=deque)
     since_evaluation: int = 0
+    labels_since_evaluation: int = 0
     last_evaluation: float = 0.0
     over: int = 0
     drifting: bool = False
@@ -141,16 +142,16 @@ class VersionWindow:
 
     def add_label(self, correct: bool) -> None:
         self.labelled.append(correct)
+        self.labels_since_evaluation += 1
         if len(self.labelled) > self.config.size:
             self.labelled.popleft()
 
     def due(self, now: float) -> bool:
-        if self.since_evaluation <= 0:
-            return False
-        return (
-            self.since_evaluation >= self.config.step
-            or now - self.last_evaluation >= self.config.period_s
-        )
+        """Every ``step`` new rows; after ``period_s`` with new rows or new feedback."""
+        if self.since_evaluation >= self.config.step:
+            return True
+        fresh = self.since_evaluation > 0 or self.labels_since_evaluation > 0
+        return fresh and now - self.last_evaluation >= self.config.period_s
 
     # ------------------------------------------------------------------ evaluate
 
@@ -182,6 +183,7 @@ class VersionWindow:
 
     def evaluate(self, now: float) -> tuple[ModelHealth, DataDrift | None]:
         self.since_evaluation = 0
+        self.labels_since_evaluation = 0
         self.last_evaluation = now
         notes: list[str] = []
         score, groups, why = self.input_drift()
