@@ -18,7 +18,7 @@ from fastapi import FastAPI, Path
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel
 
-from contracts.events import NAME_SCHEMA, ModelPromoted, validate_name
+from contracts.events import NAME_SCHEMA, ModelHealth, ModelPromoted, ModelRollout, validate_name
 from libs import telemetry
 from libs.http_errors import add_openapi_paths, error_response
 from libs.messaging import create_broker, publish, subscribe
@@ -35,8 +35,10 @@ from services.predictor.endpoint import (
 from services.predictor.model import LoadedModel
 from services.predictor.prediction_log import prediction_logged
 from services.predictor.responses import Liveness, ModelMetadata, Readiness, ServerMetadata
+from services.predictor.routing import Role
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
+from services.predictor.shadow import ShadowRunner
 
 log = logging.getLogger("lmesh.predictor")
 
@@ -108,17 +110,36 @@ def build_app(
     async def model_promoted(event: ModelPromoted) -> None:
         await handlers.on_model_promoted(event, runtime)
 
+    @subscribe(
+        broker, "model.rollout.v1", group_id=None, settings=kafka, auto_offset_reset="latest"
+    )
+    async def model_rollout(event: ModelRollout) -> None:
+        async def report(health: ModelHealth) -> None:
+            await publish(broker, health)
+
+        await handlers.on_model_rollout(event, runtime, report)
+
     def log_prediction(
-        model: LoadedModel, request_id: str, labels: np.ndarray, ms: float, rows: np.ndarray
+        model: LoadedModel,
+        request_id: str,
+        labels: np.ndarray,
+        ms: float,
+        rows: np.ndarray,
+        role: Role | None = None,
     ) -> None:
-        event = prediction_logged(model.name, model.version, request_id, labels, ms, rows)
+        event = prediction_logged(
+            model.name, model.version, request_id, labels, ms, rows, role=role
+        )
         task = asyncio.get_running_loop().create_task(publish(broker, event))
         background.add(task)
         task.add_done_callback(background.discard)
 
+    shadow = ShadowRunner(publish=lambda event: publish(broker, event))
+
     async def on_startup(app: FastAPI) -> None:
         torch.set_num_threads(settings.torch_threads)
         runtime.start()
+        shadow.start()
 
         async def positioned() -> None:
             await wait_positioned(promotions, runtime)
@@ -128,6 +149,7 @@ def build_app(
         task.add_done_callback(background.discard)
 
     async def on_shutdown(app: FastAPI) -> None:
+        await shadow.stop()
         await runtime.stop()
         for task in list(background):
             task.cancel()
@@ -231,6 +253,8 @@ def build_app(
         sample_rate=settings.log_sample_rate,
         trace_sample_ratio=settings.trace_sample_ratio,
         on_prediction=log_prediction,
+        rollouts=runtime.rollouts,
+        on_shadow=shadow.submit,
     )
     add_openapi_paths(api, openapi_paths())
     return PredictorApp(api, endpoint, runtime)

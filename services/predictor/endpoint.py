@@ -32,11 +32,14 @@ from services.predictor.oip import (
     encode_response,
     error_body,
 )
+from services.predictor.routing import ROUTING_HEADER, ActiveRollout, Role, choose
 
 log = logging.getLogger("lmesh.predictor")
 
-#: (model, request id, predicted labels, latency ms, the request's rows)
-PredictionSink = Callable[[LoadedModel, str, np.ndarray, float, np.ndarray], None]
+#: (model, request id, predicted labels, latency ms, the request's rows, rollout role)
+PredictionSink = Callable[[LoadedModel, str, np.ndarray, float, np.ndarray, Role | None], None]
+#: (the rollout, the champion that answered, request id, raw rows (a copy), its labels)
+ShadowSink = Callable[[ActiveRollout[LoadedModel], LoadedModel, str, np.ndarray, np.ndarray], None]
 _JSON = [(b"content-type", b"application/json")]
 _ALLOW_POST = [*_JSON, (b"allow", b"POST")]
 
@@ -55,7 +58,11 @@ class InferenceEndpoint:
         sample_rate: float = 0.0,
         trace_sample_ratio: float = 1.0,
         on_prediction: PredictionSink | None = None,
+        rollouts: dict[str, ActiveRollout[LoadedModel]] | None = None,
+        on_shadow: ShadowSink | None = None,
     ) -> None:
+        self.rollouts = rollouts if rollouts is not None else {}
+        self.on_shadow = on_shadow
         self.trace_sample_ratio = trace_sample_ratio
         self.table = table
         self.max_body_bytes = max_body_bytes
@@ -146,8 +153,11 @@ class InferenceEndpoint:
 
         content_length: int | None = None
         header_length: int | None = None
+        routing_key: bytes | None = None
         for key, value in scope["headers"]:
-            if key == b"content-length":
+            if key == ROUTING_HEADER:
+                routing_key = value
+            elif key == b"content-length":
                 content_length = int(value) if value.isdigit() else None
             elif key == b"inference-header-content-length":
                 if not value.strip().isdigit():
@@ -194,6 +204,17 @@ class InferenceEndpoint:
             request = decode_request(body, header_length)
             rows = model.rows(request)
             model.check_outputs(request)
+            rollout = self.rollouts.get(name) if version is None and self.rollouts else None
+            role: Role | None = None
+            shadow_rows = None
+            if rollout is not None:
+                chosen, role = choose(rollout, model, routing_key or request.id)
+                if chosen is not model:  # canary: the candidate answers this key
+                    model = chosen
+                    rows = model.rows(request)
+                    model.check_outputs(request)
+                elif rollout.step == "shadow":
+                    shadow_rows = rows.copy()  # the forward pass may normalize rows in place
         except OIPError as exc:
             await self._error(send, exc.status, exc.message)
             return
@@ -205,7 +226,8 @@ class InferenceEndpoint:
             batcher.arriving -= 1
 
         try:
-            probabilities, labels = await batcher.submit(rows)
+            assert model.batcher is not None
+            probabilities, labels = await model.batcher.submit(rows)
             payload, json_length = encode_response(
                 model.name,
                 model.version_str,
@@ -240,7 +262,9 @@ class InferenceEndpoint:
             and self.on_prediction is not None
             and random.random() < self.sample_rate
         ):
-            self.on_prediction(model, request.id or "", labels, elapsed * 1000, rows)
+            self.on_prediction(model, request.id or "", labels, elapsed * 1000, rows, role)
+        if shadow_rows is not None and rollout is not None and self.on_shadow is not None:
+            self.on_shadow(rollout, model, request.id or "", shadow_rows, labels)
 
 
 # --------------------------------------------------------------------------- OpenAPI

@@ -47,3 +47,9 @@ STREAM_PAUSED = Gauge(
     "1 while the stream worker pauses fetching because publishing is behind",
     registry=REGISTRY,
 )
+SHADOW_DROPPED = Counter(
+    "lmesh_predictor_shadow_dropped_total",
+    "Shadow copies dropped because the shadow queue was full (the champion was not slowed)",
+    ["model"],
+    registry=REGISTRY,
+)

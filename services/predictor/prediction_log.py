@@ -26,6 +26,11 @@ def prediction_logged(
     latency_ms: float,
     rows: np.ndarray | None,
     source: Literal["http", "stream"] = "http",
+    *,
+    role: Literal["champion", "shadow", "canary"] | None = None,
+    champion_version: int | None = None,
+    champion_predictions: np.ndarray | None = None,
+    error: str | None = None,
 ) -> PredictionLogged:
     summary = None
     if rows is not None and len(rows):
@@ -43,4 +48,10 @@ def prediction_logged(
         latency_ms=round(latency_ms, 3),
         source=source,
         input_summary=summary,
+        role=role,
+        champion_version=champion_version,
+        champion_predictions=(
+            np.asarray(champion_predictions).tolist() if champion_predictions is not None else None
+        ),
+        error=error[:1000] if error else None,
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from contracts.events import ArtifactRef, validate_name
+from contracts.events import ArtifactRef, ModelRollout, validate_name
 from libs import telemetry
 from libs.messaging.retry import waiting
 from libs.storage import open_store
@@ -19,6 +19,7 @@ from services.predictor import metrics
 from services.predictor.batching import MicroBatcher
 from services.predictor.holder import ModelTable
 from services.predictor.model import LoadedModel, load_model, resolve_device
+from services.predictor.routing import ActiveRollout
 from services.predictor.settings import PredictorSettings
 
 log = logging.getLogger("lmesh.predictor")
@@ -44,6 +45,8 @@ class PredictorRuntime:
         #: the app clears it until its broadcast consumer is positioned (readiness)
         self.events_ready = True
         self._loads: dict[tuple[str, int], asyncio.Future[LoadedModel]] = {}
+        #: running rollouts by model name (model.rollout.v1): the candidate, loaded
+        self.rollouts: dict[str, ActiveRollout[LoadedModel]] = {}
 
     # ------------------------------------------------------------------ loading
 
@@ -102,6 +105,34 @@ class PredictorRuntime:
             installed = self.table.install(model, ticket)
             span.set_attribute("lmesh.installed", installed)
             return installed
+
+    async def apply_rollout(self, event: ModelRollout) -> str:
+        """Follow a rollout step: load the candidate beside the champion (shadow, canary),
+        install it (promoted) or drop it (aborted). A load that fails raises."""
+        name = event.model_name
+        active = self.rollouts.get(name)
+        if event.step in ("promoted", "aborted"):
+            if active is None or active.rollout_id != event.rollout_id:
+                return f"{event.step} (not routing it)"
+            del self.rollouts[name]
+            if event.step == "promoted":  # no gap: model.promoted.v1 finds it serving
+                self.table.install(active.candidate, self.table.ticket())
+            return event.step
+        if active is not None and active.candidate_version == event.candidate_version:
+            candidate = active.candidate
+        else:
+            candidate = await asyncio.to_thread(
+                self._build, name, event.candidate_version, event.weights, event.card
+            )
+        self.rollouts[name] = ActiveRollout(
+            rollout_id=event.rollout_id,
+            step=event.step,  # type: ignore[arg-type]
+            candidate=candidate,
+            candidate_version=event.candidate_version,
+            champion_version=event.champion_version,
+            canary_percent=event.canary_percent or 0.0,
+        )
+        return f"{event.step} with candidate version {event.candidate_version}"
 
     def _installed(self, model: LoadedModel, old: LoadedModel | None) -> None:
         metrics.MODEL_VERSION.labels(model.name).set(model.version)
