@@ -243,7 +243,7 @@ def open_loop(
     timeout: float,
 ) -> dict[str, Any]:
     """Requests at a fixed rate; latency from each scheduled send time to its answer."""
-    producer = _producer(bootstrap, 0)
+    producer = _producer(bootstrap, 2)  # a client batches a little (2 ms), as real ones do
     n = int(rate * duration)
     ids = [f"{tag}-{i}" for i in range(n)]
     bodies = [request_body(rid, images[i % len(images)]) for i, rid in enumerate(ids)]
