@@ -102,6 +102,8 @@ class VersionWindow:
     inputs: deque[tuple[float, np.ndarray]] = field(default_factory=deque)
     input_rows: int = 0
     labelled: deque[bool] = field(default_factory=deque)
+    #: shadow rows: did this version agree with the champion's answer (rollouts)
+    agreed: deque[bool] = field(default_factory=deque)
     since_evaluation: int = 0
     labels_since_evaluation: int = 0
     last_evaluation: float = 0.0
@@ -139,6 +141,11 @@ class VersionWindow:
         else:
             width = summaries.shape[1]
         return summaries.shape[1] == width and bool(np.isfinite(summaries).all())
+
+    def add_agreement(self, mine: list[int], champion: list[int]) -> None:
+        self.agreed.extend(a == b for a, b in zip(mine, champion, strict=False))
+        while len(self.agreed) > self.config.size:
+            self.agreed.popleft()
 
     def add_label(self, correct: bool) -> None:
         self.labelled.append(correct)
@@ -220,6 +227,8 @@ class VersionWindow:
             error_rate=round(errors / len(self.requests), 6) if self.requests else 0.0,
             drifting=self.drifting,
             notes=notes,
+            agreement=round(sum(self.agreed) / len(self.agreed), 6) if self.agreed else None,
+            compared=len(self.agreed),
         )
         self.last_health = health
         drift = None
@@ -318,6 +327,8 @@ class Monitor:
             labels = np.asarray(event.predictions, dtype=np.int64)
             w.add(now, labels, event.latency_ms, event.error is not None)
             self._remember(event.request_id, w, labels, now)
+        if event.role == "shadow" and event.champion_predictions is not None:
+            w.add_agreement(event.predictions, event.champion_predictions)
         if event.input_summary:
             try:
                 summaries = np.asarray(event.input_summary, dtype=np.float32)
