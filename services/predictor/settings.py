@@ -56,7 +56,7 @@ class PredictorSettings(ServiceSettings):
     )
 
     # ---- stream worker (``python -m services.predictor stream``)
-    stream_http_port: int = Field(default=8106, description="health and metrics of the worker")
+    stream_http_port: int = Field(default=8108, description="health and metrics of the worker")
     stream_topic: str = "inference.requested.v1"
     stream_completed_topic: str = "inference.completed.v1"
     stream_group: str = "predictor-stream"
