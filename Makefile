@@ -14,9 +14,11 @@ PYTEST_ARGS ?=
 # - the tests validate compose/ with `docker-compose config` (no PyPI package ships the
 #   Compose Specification's schema; the real tool also checks interpolation and required
 #   secrets) and make TLS certificates with `openssl`;
+# - the console's browser test drives Debian's `chromium` with Playwright (never a browser
+#   download: no `playwright install`); `chromium-driver` for Selenium users;
 # - the predictor benchmark drives load with `wrk` (it falls back to Python without it).
 DEMO_DEBS := $(if $(findstring --data,$(DEMO_ARGS)),,dataset-fashion-mnist)
-TEST_DEBS := docker-compose openssl
+TEST_DEBS := docker-compose openssl chromium chromium-driver
 BENCH_DEBS := dataset-fashion-mnist wrk
 
 .PHONY: venv system-demo system-test system-bench demo test test-fast bench lint format \

@@ -462,13 +462,12 @@ class Mesh:
 
 
 def _port(ports: dict[str, int], name: str) -> int:
-    """A service's port; one the config does not name follows the others' numbering
-    (``base + 1 + its place in SERVICES``, base = the lowest port given - 1)."""
+    """A service's port; those the config does not name follow its highest port, in
+    SERVICES order (never one the config gives another service)."""
     if name in ports:
         return ports[name]
-    return (
-        min(ports.values()) + SERVICES.index(name) if name in SERVICES else max(ports.values()) + 1
-    )
+    missing = [n for n in (*SERVICES, name) if n not in ports]
+    return max(ports.values()) + 1 + missing.index(name)
 
 
 def _replica_name(name: str, replica: int) -> str:

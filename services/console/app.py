@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -16,7 +18,7 @@ from libs.messaging import KafkaSettings
 from libs.service import create_app
 from services.console import actions, pages
 from services.console.access import COOKIE, CsrfMismatch, LoginRequired, Sessions
-from services.console.clients import MeshClient, NotFound, Unavailable
+from services.console.clients import Invalid, MeshClient, NotFound, Unavailable
 from services.console.live import LiveFeed
 from services.console.settings import DEFAULT_SERVICES, ConsoleSettings
 from services.console.views import page
@@ -72,6 +74,7 @@ def build_app(
     )
 
     async def startup(app: FastAPI) -> None:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per probe
         feed.start()
 
     async def shutdown(app: FastAPI) -> None:
@@ -130,6 +133,17 @@ def build_app(
     async def not_found(request: Request, exc: NotFound) -> HTMLResponse:
         _visited(request)
         return page(request, "error.html", status_code=404, title="Not found", message=str(exc))
+
+    @app.exception_handler(Invalid)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: Exception) -> HTMLResponse:
+        _visited(request)
+        message = str(exc)
+        if isinstance(exc, RequestValidationError):
+            message = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors()
+            )
+        return page(request, "error.html", status_code=400, title="Bad request", message=message)
 
     @app.exception_handler(Unavailable)
     async def unavailable(request: Request, exc: Unavailable) -> HTMLResponse:

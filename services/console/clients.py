@@ -17,6 +17,10 @@ class NotFound(Exception):
     """The service answered 404 for what a page asked about."""
 
 
+class Invalid(Exception):
+    """The service refused what a page asked for (422): a bad filter or sort."""
+
+
 class Unavailable(Exception):
     """The service did not answer, or answered something other than what was asked."""
 
@@ -83,9 +87,14 @@ class MeshClient:
             raise Unavailable(f"{service} does not answer ({type(exc).__name__})") from None
         if response.status_code == 404:
             raise NotFound(_reason(response))
+        if response.status_code == 422:
+            raise Invalid(_reason(response))
         if response.status_code >= 400:
             raise Unavailable(f"{service}: {_reason(response)}")
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            raise Unavailable(f"{service} at {url} did not answer JSON") from None
 
     async def post(self, service: str, path: str, **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}

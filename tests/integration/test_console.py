@@ -145,6 +145,9 @@ def test_pages_render_and_unknown_ids_are_404_pages(mesh: Mesh) -> None:
             r = http.get(path)
             assert r.status_code == 404 and "<html" in r.text and message in r.text, path
             assert "Traceback" not in r.text
+        for path in ("/runs?sort=bogus", "/runs?offset=-1"):
+            r = http.get(path)
+            assert r.status_code == 400 and "<html" in r.text and "Bad request" in r.text, path
         # the ingest service does not answer: the page says so instead of failing
         assert "ingest does not answer" in http.get(f"/datasets/ds-{m}").text
 

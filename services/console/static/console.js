@@ -94,6 +94,12 @@ function overviewPage() {
       const cell = document.querySelector(`[data-end="${CSS.escape(topic)}"]`);
       if (cell) cell.textContent = end;
     }
+    const total = document.getElementById("dlq-total");
+    if (total) {
+      total.textContent = Object.entries(s.ends || {})
+        .filter(([topic]) => topic.endsWith(".dlq.v1"))
+        .reduce((sum, [, end]) => sum + end, 0);
+    }
     for (const [name, alive] of Object.entries(s.alive || {})) {
       const cell = document.querySelector(`tr[data-service="${CSS.escape(name)}"] .alive`);
       if (cell) { cell.textContent = alive ? "alive" : "down"; cell.className = (alive ? "ok" : "bad") + " alive"; }

@@ -1,0 +1,229 @@
+"""The console in a real headless browser (Debian's chromium driven by Playwright; no browser
+download) against a mesh started as separate processes: the overview shows the services
+alive; a run started from the CLI gains points on its learning curve live (SSE, no
+reload); after logging in, a click promotes a version; a click replays a dead letter that
+is then handled (preprocess prepares the repaired dataset)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from contracts.events import DatasetIngested, DatasetSchema
+from libs.storage import open_store
+from lmesh.mesh import Mesh, MeshConfig
+from tests.support.cli import clean_env, lmesh
+from tests.support.kafka import produce
+from tests.support.polling import wait_for
+from tests.support.ports import free_base_port
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor", "console")
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def console_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: make test installs Debian's chromium")
+    home = tmp_path_factory.mktemp("console-mesh")
+    base = free_base_port(8)
+    config = MeshConfig(
+        home=home,
+        ports={n: base + i + 1 for i, n in enumerate(SERVICES)},
+        services=SERVICES,
+        extra_env={"TRAINER_THREADS": "1", "REGISTRY_PROMOTION_MARGIN": "-1"},
+    )
+    with Mesh(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _digits_npz(path: Path, repeat: int) -> Path:
+    digits = load_digits()
+    x = np.repeat((digits.images * 16).clip(0, 255).astype(np.uint8), repeat, axis=0)
+    y = np.repeat(digits.target.astype(np.int64), repeat)
+    buf = io.BytesIO()
+    np.savez(buf, x_train=x, y_train=y)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def _dead_letter(mesh: Mesh) -> tuple[str, Path, bytes]:
+    """A dataset.ingested.v1 whose artifact is corrupt: preprocess dead-letters it. Returns
+    its event id, the artifact's path and the good bytes (the repair)."""
+    store = open_store((mesh.home / "artifacts").as_uri())
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    np.savez(buf, x_train=rng.random((60, 4), np.float32), y_train=rng.integers(0, 3, 60))
+    good = buf.getvalue()
+    ref = store.put(good)
+    artifact = store.local_path(ref)
+    artifact.write_bytes(good[:-10] + b"corrupted!")
+    event = DatasetIngested(
+        dataset=f"late-{uuid.uuid4().hex[:6]}",
+        version=1,
+        artifact=ref,
+        record_count=60,
+        split_counts={"train": 60},
+        schema=DatasetSchema(feature_shape=[4], num_classes=3),
+        source="upload",
+    )
+    publish = produce(
+        mesh.bootstrap,
+        "dataset.ingested.v1",
+        [event.model_dump_json(by_alias=True).encode()],
+        key=event.dataset.encode(),
+    )
+    # Playwright's sync API runs an event loop in this thread: publish from another one
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, publish).result(timeout=60)
+    return str(event.event_id), artifact, good
+
+
+def test_console_in_a_browser(console_mesh: Mesh, browser: Any, tmp_path: Path) -> None:
+    mesh = console_mesh
+    console = mesh.url("console")
+    registry = mesh.url("registry")
+    env = clean_env(mesh.home)
+    token = json.loads((mesh.home / "mesh.json").read_text())["tokens"]["registry"]
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+
+    # the overview: every service alive (sampled in the background)
+    page.goto(console)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#services td.ok').length >= 5", timeout=60_000
+    )
+    assert "registry" in page.inner_text("#services")
+    proc = lmesh("ui", env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == console
+
+    # a run from the CLI: its learning curve gains points on the open page (no reload)
+    data = _digits_npz(tmp_path / "digits.npz", repeat=6)
+    ingested = lmesh("ingest", str(data), "--name", "digits", env=env, cwd=tmp_path)
+    assert ingested.returncode == 0, ingested.stderr
+    wait_for(
+        lambda: httpx.get(f"{registry}/datasets/digits/versions/latest").status_code == 200,
+        timeout=120,
+        what="digits prepared",
+    )
+    run_id = f"browser-{uuid.uuid4().hex[:6]}"
+    started = lmesh(
+        "train", "--dataset", "digits", "--epochs", "40", "--run-id", run_id, "--no-wait",
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+
+    def run_page_open() -> bool:
+        return page.goto(f"{console}/runs/{run_id}").status == 200
+
+    wait_for(run_page_open, timeout=120, interval=0.5, what="the run page")
+    first = int(page.get_attribute("#curve", "data-points") or 0)
+    page.wait_for_function(
+        f"() => Number(document.getElementById('curve').dataset.points) > {first}",
+        timeout=120_000,
+    )
+    assert page.query_selector("#curve canvas") is not None  # uPlot drew it
+    page.wait_for_function(
+        "() => document.getElementById('run-status').textContent === 'completed'",
+        timeout=300_000,
+    )
+    wait_for(
+        lambda: httpx.get(f"{registry}/runs/{run_id}").status_code == 200,
+        timeout=60,
+        what="the run recorded",
+    )
+    page.goto(f"{console}/runs/{run_id}")  # the finished run, as the registry has it
+    assert page.inner_text("#run-status") == "completed"
+    assert "val_accuracy" in page.inner_text("#metrics")
+    page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+
+    # a second, shorter run (version 2, production by the policy); then log in and
+    # promote version 1 to staging with a click
+    model = "digits-mlp"
+    again = lmesh("train", "--dataset", "digits", "--epochs", "5", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    wait_for(
+        lambda: httpx.get(f"{registry}/models/{model}/versions/2").status_code == 200,
+        timeout=60,
+        what="version 2",
+    )
+    page.goto(f"{console}/models/{model}")
+    page.click("#login-link")
+    page.fill("#token", token)
+    page.click("#login-submit")
+    page.wait_for_url(f"{console}/models/{model}")
+    page.select_option('tr[data-version="1"] select[name="alias"]', "staging")
+    page.click("#promote-1")
+    page.wait_for_selector("#flash-done")
+    assert "staging -> version 1" in page.inner_text("#flash-done")
+    staging = httpx.get(f"{registry}/models/{model}/aliases/staging").json()
+    assert staging["version"] == 1
+
+    # a dead letter: shown with its reason; after the repair, a click replays it and
+    # preprocess prepares the dataset
+    event_id, artifact, good = _dead_letter(mesh)
+    letter = f'section.letter[data-event="{event_id}"]'
+
+    def letter_shown() -> bool:
+        page.goto(f"{console}/dead-letters/preprocess")
+        return page.query_selector(letter) is not None
+
+    wait_for(letter_shown, timeout=120, interval=1.0, what="the dead letter on its page")
+    assert "does not match sha256" in page.inner_text(letter)
+    artifact.write_bytes(good)
+    page.click(f"{letter} button.replay")
+    page.wait_for_selector("#flash-done")
+    dataset = httpx.get(f"{registry}/dead-letters/preprocess", params={"event_id": event_id})
+    name = json.loads(dataset.json()["letters"][0]["payload"])["dataset"]
+    wait_for(
+        lambda: httpx.get(f"{registry}/datasets/{name}/versions/1").status_code == 200,
+        timeout=60,
+        what="the replayed dataset prepared",
+    )
+    page.goto(f"{console}/dead-letters/preprocess")
+    assert page.query_selector(f"{letter} .replayed") is not None
+
+    # screenshots for the README (docs/screenshots), taken by the same browser
+    shots = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.goto(console)
+    page.wait_for_function(  # the overview counts the dead letter (live, from end offsets)
+        "() => Number(document.getElementById('dlq-total').textContent) >= 1", timeout=30_000
+    )
+    page.wait_for_selector("[data-spark] canvas")  # the sparklines are drawn
+    page.screenshot(path=str(shots / "console-overview.png"), full_page=True)
+    shutil.copy(tmp_path / "run.png", shots / "console-run.png")
+    page.goto(f"{console}/models/{model}")
+    page.screenshot(path=str(shots / "console-model.png"), full_page=True)
