@@ -25,6 +25,7 @@ SUITE: dict[str, list[str]] = {
     "tracing_overhead": ["--duration", "6", "--rounds", "3"],
     "time_to_production": ["--epochs", "5"],
     "chaos": ["--pg-outage", "30"],
+    "console_pages": ["--requests", "40"],
     "stream_inference": ["--records", "20000", "--duration", "5"],
 }
 TAKES_DEVICE = {"trainer_throughput", "accuracy", "predictor_load"}

@@ -137,6 +137,8 @@ async def replay(
         result = await _client(request).replay(service, event_id)
     except ActionFailed as exc:
         return _back(request, back, error=str(exc))
+    finally:
+        request.app.state.dead_letter_reads.clear()  # "replayed" marks changed
     if not result["replayed"]:
         why = "; ".join(s["why"] for s in result["skipped"]) or "no letter matched"
         return _back(request, back, error=f"nothing replayed: {why}")

@@ -18,9 +18,10 @@ from libs.messaging import KafkaSettings
 from libs.service import create_app
 from services.console import actions, pages
 from services.console.access import COOKIE, CsrfMismatch, LoginRequired, Sessions
-from services.console.clients import Invalid, MeshClient, NotFound, Unavailable
+from services.console.clients import Invalid, MeshClient, NotFound, ReadCache, Unavailable
 from services.console.live import LiveFeed
 from services.console.settings import DEFAULT_SERVICES, ConsoleSettings
+from services.console.spans import SpanIndex
 from services.console.views import page
 
 SERVICE = "console"
@@ -107,6 +108,8 @@ def build_app(
     app.state.client = client
     app.state.feed = feed
     app.state.sessions = sessions
+    app.state.dead_letter_reads = ReadCache(ttl_s=30.0)
+    app.state.spans = SpanIndex(settings.spans_dir) if settings.spans_dir else None
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)
     app.include_router(actions.router)

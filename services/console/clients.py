@@ -7,6 +7,8 @@ service does not answer); actions raise :class:`ActionFailed` with the service's
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,30 @@ def _reason(response: httpx.Response) -> str:
         details = body.get("details")
         return f"{body['error']}" + (f" ({details})" if details else "")
     return f"HTTP {response.status_code}: {str(body)[:300]}"
+
+
+class ReadCache:
+    """Answers of slow reads (the registry reads whole DLQ topics for a dead-letter page),
+    kept while what they depend on (``version``: e.g. the DLQ end offsets) is unchanged,
+    for ``ttl_s`` at most; :meth:`clear` after an action that changes them."""
+
+    def __init__(self, ttl_s: float = 30.0) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[Hashable, tuple[Hashable, float, Any]] = {}
+
+    async def get(
+        self, key: Hashable, version: Hashable, load: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        hit = self._entries.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] == version and now - hit[1] < self.ttl_s:
+            return hit[2]
+        value = await load()
+        self._entries[key] = (version, now, value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 @dataclass

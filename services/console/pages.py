@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,10 +16,10 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from contracts.events import NAME_SCHEMA
-from lmesh.traces import load_spans, traces_for
 from services.console import viewmodels
-from services.console.clients import MeshClient, NotFound, Unavailable
+from services.console.clients import MeshClient, NotFound, ReadCache, Unavailable
 from services.console.live import LiveFeed
+from services.console.spans import SpanIndex
 from services.console.views import page
 
 router = APIRouter()
@@ -141,14 +142,8 @@ async def runs(
 
 
 def _trace_rows(request: Request, run_id: str) -> list[dict[str, Any]]:
-    spans_dir: Path | None = request.app.state.settings.spans_dir
-    if spans_dir is None or not spans_dir.is_dir():
-        return []
-    spans = load_spans(spans_dir)
-    trace_ids = traces_for(spans, run_id=run_id)
-    if not trace_ids:
-        return []
-    return viewmodels.waterfall([s for s in spans if s["trace_id"] == trace_ids[0]])
+    spans: SpanIndex | None = request.app.state.spans
+    return viewmodels.waterfall(spans.trace_of_run(run_id)) if spans is not None else []
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
@@ -212,9 +207,18 @@ async def model_version(
     return page(request, "version.html", name=name, lineage=lineage)
 
 
+def _dead_letter_reads(request: Request) -> tuple[ReadCache, Hashable]:
+    """The cache of dead-letter reads and what they depend on: the DLQs' end offsets."""
+    ends = _feed(request).rates.ends
+    version = tuple(sorted((t, n) for t, n in ends.items() if t.endswith(".dlq.v1")))
+    cache: ReadCache = request.app.state.dead_letter_reads
+    return cache, version
+
+
 @router.get("/dead-letters", response_class=HTMLResponse)
 async def dead_letters(request: Request) -> HTMLResponse:
-    summary, error = await _soft(_client(request).dead_letters())
+    cache, version = _dead_letter_reads(request)
+    summary, error = await _soft(cache.get("summary", version, _client(request).dead_letters))
     return page(
         request, "dead_letters.html", services=(summary or {}).get("services", []), error=error
     )
@@ -226,7 +230,12 @@ async def service_dead_letters(
     service: Name,
     reason: Annotated[str | None, Query(max_length=500)] = None,
 ) -> HTMLResponse:
-    letters = await _client(request).letters(service, limit=100, reason=reason)
+    cache, version = _dead_letter_reads(request)
+    letters = await cache.get(
+        (service, reason),
+        version,
+        lambda: _client(request).letters(service, limit=100, reason=reason),
+    )
     return page(request, "letters.html", service=service, page_data=letters, reason=reason)
 
 
