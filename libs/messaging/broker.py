@@ -40,11 +40,14 @@ def create_broker(
     idempotency: IdempotencyStore | None = None,
     deliveries: DeliveryLog | None = None,
     poison_answer: PoisonAnswer | None = None,
+    traced: bool = True,
     **kwargs: Any,
 ) -> KafkaBroker:
     """``deliveries`` counts deliveries in flight (default: the artifact store at
     ``STORE_URL``); ``poison_answer`` is the service's answer to an event that killed its
-    worker ``KAFKA_MAX_DELIVERIES`` times."""
+    worker ``KAFKA_MAX_DELIVERIES`` times. ``traced=False``: no span per consumed or
+    published event (a consumer of telemetry itself, e.g. the monitor, whose every event
+    would otherwise cost a span)."""
     settings = settings or KafkaSettings()
     mesh = MeshMiddlewareFactory(
         service,
@@ -58,7 +61,11 @@ def create_broker(
         settings.bootstrap_servers,
         client_id=f"lmesh-{service}",
         middlewares=[
-            KafkaTelemetryMiddleware(tracer_provider=trace.get_tracer_provider()),
+            *(
+                [KafkaTelemetryMiddleware(tracer_provider=trace.get_tracer_provider())]
+                if traced
+                else []
+            ),
             mesh,
         ],
         # A handler still running at shutdown gets this long; its offset is not committed,
@@ -97,10 +104,14 @@ def subscribe(
     group_id: str | None,
     settings: KafkaSettings | None = None,
     auto_offset_reset: str = "earliest",
+    ack_policy: AckPolicy | None = None,
     **kwargs: Any,
 ) -> Any:
     """A subscriber on a contract topic. ``group_id=None`` makes a broadcast subscriber
-    (every process receives every event, e.g. predictor replicas on model.promoted.v1)."""
+    (every process receives every event, e.g. predictor replicas on model.promoted.v1).
+    A group commits each event after its handler (``AckPolicy.ACK``) unless ``ack_policy``
+    says otherwise (``ACK_FIRST``: offsets auto-committed in the background, for telemetry
+    streams where an event lost in a crash costs less than a commit per event)."""
     spec: Topic = TOPICS[topic]
     settings = settings or KafkaSettings()
     options: dict[str, Any] = {}
@@ -111,7 +122,9 @@ def subscribe(
             "max_poll_interval_ms": settings.retry_poll_interval_ms(),
         }
         mesh = getattr(broker, "mesh_middleware", None)
-        if mesh is not None:
+        # Deliveries are counted only where a crash redelivers (offsets committed after the
+        # handler); ACK_FIRST commits on receipt, so there is nothing to contain.
+        if mesh is not None and ack_policy in (None, AckPolicy.ACK):
             mesh.groups[topic] = group_id
     options.update(kwargs)
     return broker.subscriber(  # type: ignore[call-overload]
@@ -119,7 +132,7 @@ def subscribe(
         group_id=group_id,
         decoder=contract_decoder(spec.event),
         auto_offset_reset=auto_offset_reset,
-        ack_policy=AckPolicy.ACK if group_id else AckPolicy.ACK_FIRST,
+        ack_policy=ack_policy or (AckPolicy.ACK if group_id else AckPolicy.ACK_FIRST),
         title=f"{topic}:{group_id or 'broadcast'}",
         description=spec.description,
         **options,
