@@ -191,6 +191,17 @@ def test_console_in_a_browser(console_mesh: Mesh, browser: Any, tmp_path: Path) 
     staging = httpx.get(f"{registry}/models/{model}/aliases/staging").json()
     assert staging["version"] == 1
 
+    # Try it: an image of a digit, answered by the production version (2)
+    from PIL import Image
+
+    digit = Image.fromarray((load_digits().images[0] * 16).clip(0, 255).astype(np.uint8))
+    digit.resize((32, 32)).save(tmp_path / "digit.png")
+    page.goto(f"{console}/try")
+    page.set_input_files('input[name="image"]', str(tmp_path / "digit.png"))
+    page.click("#try-submit")
+    page.wait_for_selector("#try-result")
+    assert f"answered by {model} v2" in page.inner_text("#try-result")
+
     # a dead letter: shown with its reason; after the repair, a click replays it and
     # preprocess prepares the dataset
     event_id, artifact, good = _dead_letter(mesh)
