@@ -323,7 +323,8 @@ class Monitor:
 
     def observe_logged(self, event: PredictionLogged, now: float) -> None:
         w = self.window(event.model_name, event.version)
-        if event.source != "stream":  # stream answers are counted from inference.completed
+        # stream answers are counted from inference.completed; shadow answers are not on it
+        if event.source != "stream" or event.role == "shadow":
             labels = np.asarray(event.predictions, dtype=np.int64)
             w.add(now, labels, event.latency_ms, event.error is not None)
             self._remember(event.request_id, w, labels, now)

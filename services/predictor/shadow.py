@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -31,8 +31,13 @@ _Item = tuple[ActiveRollout[LoadedModel], LoadedModel, str, np.ndarray, np.ndarr
 
 
 class ShadowRunner:
-    def __init__(self, publish: Callable[[BaseModel], Awaitable[Any]]) -> None:
+    def __init__(
+        self,
+        publish: Callable[[BaseModel], Awaitable[Any]],
+        source: Literal["http", "stream"] = "http",
+    ) -> None:
         self.publish = publish
+        self.source = source
         self.queue: asyncio.Queue[_Item] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -100,6 +105,7 @@ class ShadowRunner:
                         mine,
                         ms,
                         rows,
+                        self.source,
                         role="shadow",
                         champion_version=champion.version,
                         champion_predictions=champion_labels,

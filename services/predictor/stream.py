@@ -37,7 +37,7 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from opentelemetry.trace import SpanKind
 
-from contracts.events import ModelPromoted
+from contracts.events import ModelHealth, ModelPromoted, ModelRollout
 from libs import telemetry
 from libs.messaging import create_broker, publish, subscribe
 from libs.messaging.middleware import dead_letter_from_record, publish_dead_letter
@@ -50,6 +50,7 @@ from services.predictor.app import wait_positioned
 from services.predictor.prediction_log import prediction_logged
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
+from services.predictor.shadow import ShadowRunner
 
 log = logging.getLogger("lmesh.predictor.stream")
 
@@ -110,6 +111,8 @@ class StreamWorker:
         self._tracer = telemetry.tracer("lmesh.predictor")
         self._labels = (SERVICE, self.topic)
         self._answer_partitions = 0  # of the answer topic, known at the first publish
+        #: rollouts in shadow: candidates run off the answer path
+        self.shadow = ShadowRunner(lambda event: publish(broker, event), source="stream")
 
     @property
     def in_flight(self) -> int:
@@ -237,7 +240,13 @@ class StreamWorker:
         missing = streaming.missing_models(decoded, self.runtime.table, self.gave_up)
         if missing:
             await self._wait_for_models(missing)
-        plan = streaming.plan(decoded, self.runtime.table, self.seen)
+        plan = streaming.plan(
+            decoded,
+            self.runtime.table,
+            self.seen,
+            rollouts=self.runtime.rollouts,
+            keys=[r.key for r in records],
+        )
         answers: dict[int, streaming.Answer] = {}
         for model, items in plan.groups.items():
             try:
@@ -257,6 +266,15 @@ class StreamWorker:
                 continue
             for a in done:
                 answers[a.index] = a
+            for p in items:  # shadow: the candidate runs later, off this path
+                if p.shadow is not None and p.shadow_rows is not None and p.index in answers:
+                    self.shadow.submit(
+                        p.shadow,
+                        model,
+                        p.request.request_id,
+                        p.shadow_rows,
+                        answers[p.index].labels,
+                    )
         return plan, answers
 
     async def _wait_for_models(self, names: set[str]) -> None:
@@ -497,9 +515,19 @@ def build_stream_app(
     async def model_promoted(event: ModelPromoted) -> None:
         await handlers.on_model_promoted(event, runtime)
 
+    @subscribe(
+        broker, "model.rollout.v1", group_id=None, settings=kafka, auto_offset_reset="latest"
+    )
+    async def model_rollout(event: ModelRollout) -> None:
+        async def report(health: ModelHealth) -> None:
+            await publish(broker, health)
+
+        await handlers.on_model_rollout(event, runtime, report)
+
     async def on_startup(app: FastAPI) -> None:
         torch.set_num_threads(settings.torch_threads)
         runtime.start()
+        worker.shadow.start()
         worker.start()
         task = asyncio.get_running_loop().create_task(wait_positioned(promotions, runtime))
         background.add(task)
@@ -509,6 +537,7 @@ def build_stream_app(
         for task in list(background):
             task.cancel()
         await worker.stop()
+        await worker.shadow.stop()
         await runtime.stop()
 
     app = create_app(

@@ -38,6 +38,7 @@ from contracts.events import InferenceRequested
 from services.predictor.holder import ModelTable
 from services.predictor.model import LoadedModel
 from services.predictor.oip import DATATYPES, InferenceRequest, OIPError, json_array
+from services.predictor.routing import ActiveRollout, choose
 
 __all__ = [
     "PRODUCTION",
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 PRODUCTION = "production"
+_ALL_OUTPUTS = InferenceRequest(id=None, inputs=[], outputs=None)
+_UNUSED_EVENT_ID = "00000000-0000-4000-8000-000000000000"
+_IINFO = {dt: np.iinfo(dt) for dt in DATATYPES.values() if dt.kind in "iu"}
 
 #: reused while no document of it is referenced any more (else replaced): allocating a
 #: parser per payload costs as much as parsing it
@@ -91,12 +95,8 @@ class StreamRequest:
     shape: tuple[int, ...]
     array: np.ndarray
     outputs: list[str] | None
-
-    @property
-    def oip(self) -> InferenceRequest:
-        """The request as the model's output helpers read it (which outputs are wanted)."""
-        wanted = None if self.outputs is None else dict.fromkeys(self.outputs, False)
-        return InferenceRequest(id=self.request_id, inputs=[], outputs=wanted)
+    #: the request as the model's output helpers read it (which outputs are wanted)
+    oip: InferenceRequest
 
 
 def _contract_reason(exc: ValidationError) -> str:
@@ -188,7 +188,11 @@ def _array(data: Any, dtype: np.dtype[Any], datatype: str, count: int) -> np.nda
 
 
 def _in_range(arr: np.ndarray, dtype: np.dtype[Any]) -> bool:
-    info = np.iinfo(dtype)
+    """int64 values fit ``dtype``: for an unsigned one, no bit above its width is set (a
+    negative number sets them all): one pass instead of a min and a max."""
+    if dtype.kind == "u" and dtype.itemsize < 8:
+        return not (arr & ~((1 << (8 * dtype.itemsize)) - 1)).any()
+    info = _IINFO[dtype]
     return bool(arr.min() >= info.min and arr.max() <= info.max)
 
 
@@ -206,6 +210,8 @@ def decode(value: bytes | None, *, max_bytes: int) -> StreamRequest:
     # numbers) is lifted out first and goes straight into numpy below.
     doc, data = _lift_simdjson(value) or _lift_orjson(value)
     try:
+        # The worker never reads the request's event_id: a fixed one saves a uuid4 per record.
+        doc.setdefault("event_id", _UNUSED_EVENT_ID)
         event = InferenceRequested.model_validate(doc, extra="ignore")
     except ValidationError as exc:
         raise Rejected(_contract_reason(exc), "contract") from None
@@ -234,6 +240,9 @@ def decode(value: bytes | None, *, max_bytes: int) -> StreamRequest:
         shape=shape,
         array=array,
         outputs=event.outputs,
+        oip=_ALL_OUTPUTS
+        if event.outputs is None
+        else InferenceRequest(id=None, inputs=[], outputs=dict.fromkeys(event.outputs, False)),
     )
 
 
@@ -262,10 +271,11 @@ def rows_for(model: LoadedModel, req: StreamRequest) -> np.ndarray:
             f"inputs.0.shape: {list(shape)} does not fit {where}: [n, {dims}] with n >= 1",
             "signature",
         )
-    try:
-        model.check_outputs(req.oip)
-    except OIPError as exc:
-        raise Rejected(f"outputs: {exc.message}", "signature") from None
+    if req.outputs is not None:
+        try:
+            model.check_outputs(req.oip)
+        except OIPError as exc:
+            raise Rejected(f"outputs: {exc.message}", "signature") from None
     return req.array.reshape(shape[0], model.feature_count)
 
 
@@ -277,6 +287,9 @@ class Planned:
     index: int  # position in the poll batch
     request: StreamRequest
     rows: np.ndarray
+    #: a rollout in shadow: the candidate to run later, on a copy of the raw rows
+    shadow: ActiveRollout[LoadedModel] | None = None
+    shadow_rows: np.ndarray | None = None
 
 
 @dataclass
@@ -289,8 +302,15 @@ class Plan:
     requests: int = 0
 
 
-def resolve(table: ModelTable, req: StreamRequest) -> LoadedModel | None:
-    """The version that answers ``req``; None when its model has no version yet."""
+def resolve(
+    table: ModelTable,
+    req: StreamRequest,
+    rollout: ActiveRollout[LoadedModel] | None = None,
+    key: bytes | None = None,
+) -> LoadedModel | None:
+    """The version that answers ``req``; None when its model has no version yet. Under a
+    canary rollout, the record's Kafka key (else the request id) picks the version, sticky
+    per key (services/predictor/routing.py)."""
     holder = table.holder(req.model_name)
     if holder is None or holder.current is None:
         return None
@@ -308,7 +328,7 @@ def resolve(table: ModelTable, req: StreamRequest) -> LoadedModel | None:
             f"alias: stream workers serve the {PRODUCTION!r} alias or a version, not {req.alias!r}",
             "unknown-version",
         )
-    return holder.current
+    return choose(rollout, holder.current, key or req.request_id)[0]
 
 
 def missing_models(
@@ -326,7 +346,11 @@ def missing_models(
 
 
 def plan(
-    decoded: list[StreamRequest | Rejected], table: ModelTable, seen: RecentIds | None = None
+    decoded: list[StreamRequest | Rejected],
+    table: ModelTable,
+    seen: RecentIds | None = None,
+    rollouts: dict[str, ActiveRollout[LoadedModel]] | None = None,
+    keys: list[bytes | None] | None = None,
 ) -> Plan:
     """Sort decoded requests into groups per model version; a model with no version served
     is an unknown model (the worker has waited already); a request id seen within the
@@ -336,8 +360,9 @@ def plan(
         if isinstance(item, Rejected):
             out.rejected[i] = item
             continue
+        rollout = rollouts.get(item.model_name) if rollouts and item.version is None else None
         try:
-            model = resolve(table, item)
+            model = resolve(table, item, rollout, keys[i] if keys else None)
             if model is None:
                 raise Rejected(
                     f"model_name: unknown model {item.model_name!r} (no version is served)",
@@ -350,7 +375,10 @@ def plan(
         if seen is not None and seen.check(item.request_id):
             out.duplicates.add(i)
             continue
-        out.groups.setdefault(model, []).append(Planned(i, item, rows))
+        planned = Planned(i, item, rows)
+        if rollout is not None and rollout.step == "shadow":
+            planned.shadow, planned.shadow_rows = rollout, rows.copy()
+        out.groups.setdefault(model, []).append(planned)
         out.requests += 1
     return out
 

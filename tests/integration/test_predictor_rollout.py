@@ -16,6 +16,7 @@ import pytest
 
 from contracts.events import ArtifactRef, ModelRollout
 from libs.storage import open_store
+from services.predictor.routing import bucket
 from tests.support.kafka import TopicReader, produce
 from tests.support.polling import eventually
 from tests.support.predictor_stack import running_predictor
@@ -86,15 +87,14 @@ async def test_canary_share_sticky_shadow_never_answers_and_a_bad_load_is_report
 
                 return await asyncio.gather(*(one(k) for k in keys))
 
-            # canary at 20 %
-            await produce(
-                kafka_bootstrap,
-                "model.rollout.v1",
-                [step(name, v2, "canary", 20.0)],
-                key=name.encode(),
-            )
-
+            # canary at 20 % (sent again until applied: the broadcast consumer starts late)
             async def routing() -> bool:
+                await produce(
+                    kafka_bootstrap,
+                    "model.rollout.v1",
+                    [step(name, v2, "canary", 20.0)],
+                    key=name.encode(),
+                )
                 return "2" in await versions([f"probe-{i}" for i in range(50)])
 
             await eventually(routing, timeout=60, what="candidate loaded and routed")
@@ -154,3 +154,118 @@ async def test_canary_share_sticky_shadow_never_answers_and_a_bad_load_is_report
             )
             assert report["version"] == 3
             assert set(await versions([f"after-{i}" for i in range(20)])) == {"1"}
+
+
+def _completed(kafka_bootstrap: str, topic: str) -> TopicReader:
+    return TopicReader(kafka_bootstrap, topic, from_beginning=True)
+
+
+async def test_the_stream_path_routes_by_the_kafka_key(
+    kafka_settings, kafka_bootstrap, store_url, unique
+) -> None:
+    from contracts.events import InferenceRequested
+    from contracts.topics import Topic
+    from libs.messaging.admin import create_topics
+    from tests.support.predictor_stack import running_stream_worker
+
+    name = f"sroll-{unique}"
+    requests_topic, completed_topic = f"roll-req-{unique}", f"roll-done-{unique}"
+    await create_topics(
+        kafka_settings,
+        [Topic(n, InferenceRequested, 4, "key", "test") for n in (requests_topic, completed_topic)],
+    )
+    store = open_store(store_url)
+    stub = RegistryStub()
+    stub.add(write_model_version(store, name, 1))
+    v2 = write_model_version(store, name, 2)
+    image = np.random.default_rng(0).integers(0, 256, (1, 28, 28)).tolist()
+
+    def request(rid: str) -> dict[str, Any]:
+        return {
+            "request_id": rid,
+            "model_name": name,
+            "inputs": [{"name": "input", "datatype": "UINT8", "shape": [1, 28, 28], "data": image}],
+        }
+
+    async def send(prefix: str, keys: list[str]) -> None:
+        producer_items = [(k, request(f"{prefix}-{k}")) for k in keys]
+        for k, v in producer_items:
+            await produce(kafka_bootstrap, requests_topic, [v], key=k.encode())
+
+    with running_stream_worker(
+        kafka_settings,
+        store_url,
+        stub,
+        models=name,
+        log_sample_rate=1.0,
+        stream_topic=requests_topic,
+        stream_completed_topic=completed_topic,
+        stream_group=f"predictor-stream-{unique}",
+    ) as s:
+        async with (
+            httpx.AsyncClient(base_url=s.url, timeout=10) as http,
+            _completed(kafka_bootstrap, completed_topic) as done,
+            TopicReader(kafka_bootstrap, "prediction.logged.v1", from_beginning=False) as logged,
+        ):
+
+            async def ready() -> bool:
+                state = (await http.get("/stream")).json()
+                return state["serving"].get(name) == 1 and state["promotions_followed"]
+
+            await eventually(ready, timeout=60, what="stream worker serving version 1")
+
+            probes = 0
+
+            async def routing() -> bool:
+                nonlocal probes
+                probes += 1
+                await produce(
+                    kafka_bootstrap,
+                    "model.rollout.v1",
+                    [step(name, v2, "canary", 30.0)],
+                    key=name.encode(),
+                )
+                await send(f"probe{probes}", [f"p{i}" for i in range(20)])
+                await asyncio.sleep(1.0)
+                return any(m["model_version"] == 2 for m in done.matching(lambda m: True))
+
+            await eventually(routing, timeout=90, interval=0.1, what="canary applied")
+            keys = [f"entity-{i}" for i in range(400)]
+            await send("a", keys)
+            await send("b", keys)
+            answers = await done.wait_for(
+                lambda m: m["request_id"][:2] in ("a-", "b-"), count=800, timeout=120
+            )
+            by_id = {m["request_id"]: m["model_version"] for m in answers}
+            first = [by_id[f"a-{k}"] for k in keys]
+            assert [by_id[f"b-{k}"] for k in keys] == first  # sticky per Kafka key
+            expected = [2 if bucket(k) < 30.0 else 1 for k in keys]
+            assert first == expected  # the same stable hash as HTTP routing
+            assert 0 < first.count(2) < len(keys)
+
+            async def shadowing() -> bool:
+                await produce(
+                    kafka_bootstrap,
+                    "model.rollout.v1",
+                    [step(name, v2, "aborted"), step(name, v2, "shadow", rid=2)],
+                    key=name.encode(),
+                )
+                return bool(logged.matching(lambda m: m.get("role") == "shadow"))
+
+            async def shadow_traffic() -> bool:
+                nonlocal probes
+                probes += 1  # new request ids: a repeated one is deduplicated, not answered
+                await send(f"s{probes}", [f"sh-{i}" for i in range(10)])
+                return await shadowing()
+
+            await eventually(shadow_traffic, timeout=90, interval=0.5, what="shadow applied")
+            keys = [f"shadow-{i}" for i in range(100)]
+            await send("c", keys)
+            answers = await done.wait_for(lambda m: m["request_id"].startswith("c-"), count=100)
+            assert {m["model_version"] for m in answers} == {1}  # no candidate answer leaves
+            shadows = await logged.wait_for(
+                lambda m: m.get("role") == "shadow" and m["request_id"].startswith("c-"),
+                count=100,
+                timeout=60,
+            )
+            assert all(m["version"] == 2 and m["source"] == "stream" for m in shadows)
