@@ -124,6 +124,42 @@ async def rollback(
     return _back(request, back, done=f"{alias} rolled back to version {moved['version']}")
 
 
+@router.post("/models/{name}/rollouts/start")
+async def start_rollout(
+    request: Request,
+    name: str,
+    version: Annotated[int, Form(ge=1, le=2**31 - 1)],
+    mode: Annotated[str, Form(pattern="^(shadow|canary)$")] = "shadow",
+    canary_percent: Annotated[float | None, Form()] = None,
+    csrf: Csrf = None,
+) -> RedirectResponse:
+    _acting(request, csrf)
+    back = f"/models/{quote(name)}"
+    try:
+        await _client(request).start_rollout(
+            name, version, shadow=mode == "shadow", canary_percent=canary_percent, actor="console"
+        )
+    except ActionFailed as exc:
+        return _back(request, back, error=str(exc))
+    return _back(request, back, done=f"rollout of version {version} started ({mode})")
+
+
+@router.post("/models/{name}/rollouts/abort")
+async def abort_rollout(
+    request: Request,
+    name: str,
+    reason: Annotated[str, Form(max_length=1000)] = "",
+    csrf: Csrf = None,
+) -> RedirectResponse:
+    _acting(request, csrf)
+    back = f"/models/{quote(name)}"
+    try:
+        await _client(request).abort_rollout(name, "console", reason or "from the console")
+    except ActionFailed as exc:
+        return _back(request, back, error=str(exc))
+    return _back(request, back, done="rollout aborted")
+
+
 @router.post("/dead-letters/{service}/replay")
 async def replay(
     request: Request,

@@ -216,6 +216,21 @@ class MeshClient:
             json={"actor": actor, "reason": reason},
         )
 
+    async def start_rollout(
+        self, name: str, version: int, *, shadow: bool, canary_percent: float | None, actor: str
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"version": version, "shadow": shadow, "actor": actor}
+        if canary_percent is not None:
+            body["canary_percent"] = canary_percent
+        result: dict[str, Any] = await self.post("registry", f"/models/{name}/rollouts", json=body)
+        return result
+
+    async def abort_rollout(self, name: str, actor: str, reason: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.post(
+            "registry", f"/models/{name}/rollouts/abort", json={"actor": actor, "reason": reason}
+        )
+        return result
+
     async def replay(self, service: str, event_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.post(
             "registry", f"/dead-letters/{service}/replay", json={"event_id": event_id}

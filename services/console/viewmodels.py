@@ -91,3 +91,34 @@ def restarts(mesh_state: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for name, record in services.items()
         if isinstance(record, dict)
     }
+
+
+#: (label, candidate key, champion key, higher is better) of a rollout step's evidence
+EVIDENCE_ROWS = (
+    ("predictions", "predictions", "champion_predictions", True),
+    ("live accuracy", "accuracy", "champion_accuracy", True),
+    ("error rate", "error_rate", "champion_error_rate", False),
+    ("p99 latency (ms)", "latency_ms_p99", "champion_latency_ms_p99", False),
+)
+
+
+def evidence_bars(evidence: dict[str, Any]) -> list[dict[str, Any]]:
+    """Candidate vs champion per figure of a step's evidence, as bar widths (percent of
+    the larger of the two); figures neither side has are left out."""
+    rows = []
+    for label, ours, theirs, higher_better in EVIDENCE_ROWS:
+        a, b = evidence.get(ours), evidence.get(theirs)
+        if a is None and b is None:
+            continue
+        top = max(abs(a or 0), abs(b or 0)) or 1
+        rows.append(
+            {
+                "label": label,
+                "candidate": a,
+                "champion": b,
+                "candidate_pct": 100 * abs(a or 0) / top,
+                "champion_pct": 100 * abs(b or 0) / top,
+                "higher_better": higher_better,
+            }
+        )
+    return rows

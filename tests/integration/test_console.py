@@ -192,6 +192,34 @@ def test_actions_need_a_login_and_a_csrf_token_and_show_their_reason(mesh: Mesh)
         )
 
 
+def test_a_rollout_is_started_shown_and_aborted_from_the_model_page(mesh: Mesh) -> None:
+    m = mesh.model
+    with httpx.Client(base_url=mesh.console) as http:
+        assert _login(http).status_code == 303
+        page = http.get(f"/models/{m}").text
+        assert 'id="rollout-none"' in page
+        csrf = _csrf(page)
+        started = http.post(
+            f"/models/{m}/rollouts/start",
+            data={"version": 3, "mode": "shadow", "canary_percent": "", "csrf": csrf},
+            follow_redirects=True,
+        )
+        assert "rollout of version 3 started" in started.text, started.text[-2000:]
+        assert 'id="rollout"' in started.text and "shadow" in started.text
+        current = httpx.get(f"{mesh.registry}/models/{m}/rollouts/current").json()
+        assert current["candidate_version"] == 3 and current["step"] == "shadow"
+        again = http.post(
+            f"/models/{m}/rollouts/start", data={"version": 3, "csrf": csrf}, follow_redirects=True
+        )
+        assert "registry refused" in again.text  # one is running already
+        aborted = http.post(
+            f"/models/{m}/rollouts/abort", data={"csrf": csrf}, follow_redirects=True
+        )
+        assert "rollout aborted" in aborted.text and "aborted" in aborted.text
+        current = httpx.get(f"{mesh.registry}/models/{m}/rollouts/current").json()
+        assert current["step"] == "aborted" and current["running"] is False
+
+
 def test_reading_needs_a_login_outside_a_local_mesh(mesh: Mesh) -> None:
     console = build_console(
         ConsoleSettings(registry_url=mesh.registry, token=TOKEN, services={}), mesh.kafka

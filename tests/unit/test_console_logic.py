@@ -147,3 +147,13 @@ def test_image_records_for_the_models_input_shape() -> None:
         image_records(png, [10])
     with pytest.raises(ValueError, match="not an image"):
         image_records(b"not a png", [8, 8])
+
+
+def test_evidence_bars_compare_candidate_and_champion() -> None:
+    rows = viewmodels.evidence_bars(
+        {"predictions": 50, "champion_predictions": 100, "accuracy": None, "error_rate": 0.0,
+         "champion_error_rate": 0.0}
+    )  # fmt: skip
+    assert [r["label"] for r in rows] == ["predictions", "error rate"]
+    assert rows[0]["candidate_pct"] == 50.0 and rows[0]["champion_pct"] == 100.0
+    assert rows[1]["candidate_pct"] == 0.0  # both zero: no division by zero
