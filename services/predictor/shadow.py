@@ -1,6 +1,6 @@
 """Shadow inference off the request path: the champion has answered (and its response is
-sent); the candidate's forward pass runs later, from a bounded queue, in a worker thread,
-and both answers go to prediction.logged.v1 together (``role="shadow"`` with the
+sent); the candidate's forward pass runs later, from a bounded queue, batched every
+SHADOW_LINGER_S, in a worker thread, and both answers go to prediction.logged.v1 together (``role="shadow"`` with the
 champion's predictions, for the monitor's agreement). A full queue drops the shadow copy
 (counted) rather than slowing the champion down."""
 
@@ -26,6 +26,8 @@ log = logging.getLogger("lmesh.predictor")
 SHADOW_QUEUE = 1024
 #: rows run in one shadow forward pass at most (queued copies are batched together)
 SHADOW_BATCH_ROWS = 256
+#: how long the shadow worker gathers copies before one forward pass (fewer thread hops)
+SHADOW_LINGER_S = 0.05
 
 _Item = tuple[ActiveRollout[LoadedModel], LoadedModel, str, np.ndarray, np.ndarray]
 
@@ -69,26 +71,32 @@ class ShadowRunner:
         assert self.queue is not None
         while True:
             items = [await self.queue.get()]
+            await asyncio.sleep(SHADOW_LINGER_S)  # gather more: one forward pass, one hop
             rows = len(items[0][3])
             while not self.queue.empty() and rows < SHADOW_BATCH_ROWS:
                 items.append(self.queue.get_nowait())
                 rows += len(items[-1][3])
             try:
-                await self._shadow(items)
+                events = await asyncio.to_thread(self._shadow, items)
             except Exception:
                 log.exception("shadow inference failed; the champion's answers were not affected")
+                continue
+            for event in events:
+                await self.publish(event)
 
-    async def _shadow(self, items: list[_Item]) -> None:
+    def _shadow(self, items: list[_Item]) -> list[BaseModel]:
+        """In a worker thread: the candidates' forward passes and the events to log."""
         by_candidate: dict[int, list[_Item]] = {}
         for item in items:
             by_candidate.setdefault(id(item[0].candidate), []).append(item)
+        events: list[BaseModel] = []
         for group in by_candidate.values():
             candidate = group[0][0].candidate
             x = np.concatenate([g[3] for g in group])
             started = time.perf_counter()
             error = None
             try:
-                _, labels = await asyncio.to_thread(candidate.forward, x)
+                _, labels = candidate.forward(x)
             except Exception as exc:
                 labels, error = np.empty(0, dtype=np.int64), f"{type(exc).__name__}: {exc}"
             ms = (time.perf_counter() - started) * 1000
@@ -97,14 +105,14 @@ class ShadowRunner:
                 n = len(rows)
                 mine = labels[at : at + n] if error is None else labels
                 at += n
-                await self.publish(
+                events.append(
                     prediction_logged(
                         candidate.name,
                         rollout.candidate_version,
                         request_id,
                         mine,
                         ms,
-                        rows,
+                        None,  # the champion's log carries the input summaries
                         self.source,
                         role="shadow",
                         champion_version=champion.version,
@@ -112,3 +120,4 @@ class ShadowRunner:
                         error=error,
                     )
                 )
+        return events

@@ -1,0 +1,171 @@
+"""Shadow cost: ``python -m benchmarks.shadow_latency``.
+
+One predictor server (``python -m services.predictor``, the seed MLP 784-500-10 as champion,
+a second MLP as candidate), one load generator process sending at a fixed rate (open loop,
+latency from each scheduled send time: no coordinated omission). Interleaved rounds:
+no rollout, then the candidate in shadow (model.rollout.v1 on the embedded broker; the
+candidate's inference runs off the request path and is logged to prediction.logged.v1),
+then aborted, then shadow again... The champion's p50/p99 with and without a shadow
+candidate are compared (median over rounds). Goal: p99 with shadow within 10 % of without.
+Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.predictor_load import _client, _free_port, _request_body, _server
+
+MODEL = "bench-shadow"
+
+
+def _rollout(mv: dict[str, Any], step: str, rollout_id: int) -> bytes:
+    from contracts.events import ArtifactRef, ModelRollout
+
+    return (
+        ModelRollout(
+            model_name=MODEL,
+            rollout_id=rollout_id,
+            candidate_version=mv["version"],
+            champion_version=1,
+            step=step,  # type: ignore[arg-type]
+            reason="benchmark",
+            actor="benchmark",
+            weights=ArtifactRef.model_validate(mv["weights"]),
+            card=ArtifactRef.model_validate(mv["card"]),
+        )
+        .model_dump_json(by_alias=True)
+        .encode()
+    )
+
+
+async def _set_shadow(
+    bootstrap: str, url: str, mv: dict[str, Any], on: bool, rollout_id: int
+) -> int:
+    """Start (or abort) the shadow rollout and wait until the predictor applies it; the
+    shadow answers logged so far."""
+    import httpx
+
+    from tests.support.kafka import TopicReader, produce
+
+    async with TopicReader(bootstrap, "prediction.logged.v1", from_beginning=False) as logged:
+        step = "shadow" if on else "aborted"
+        body = _request_body((28, 28))
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient(timeout=10) as client:
+            while time.monotonic() < deadline:
+                await produce(
+                    bootstrap, "model.rollout.v1", [_rollout(mv, step, rollout_id)],
+                    key=MODEL.encode(),
+                )  # fmt: skip
+                before = len(logged.matching(lambda m: m.get("role") == "shadow"))
+                for _ in range(20):
+                    await client.post(url, content=body)
+                await asyncio.sleep(1.0)
+                now = len(logged.matching(lambda m: m.get("role") == "shadow"))
+                if (now > before) == on:
+                    return now
+        raise TimeoutError(f"the predictor did not apply {step}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from libs.messaging.embedded import EmbeddedBroker
+    from libs.storage import open_store
+    from tests.support.registry_stub import RegistryStub, write_model_version
+    from tests.support.servers import serve_app
+
+    work = Path(tempfile.mkdtemp(prefix="lmesh-bench-shadow-"))
+    store_url = (work / "artifacts").as_uri()
+    store = open_store(store_url)
+    stub = RegistryStub()
+    common = {"input_datatype": "FP32", "scale": 1.0, "mean": 0.1307, "std": 0.3081}
+    stub.add(write_model_version(store, MODEL, 1, seed=0, **common))
+    candidate = write_model_version(store, MODEL, 2, seed=1, **common)
+    body_path = work / "body.json"
+    body_path.write_bytes(_request_body((28, 28)))
+    rounds: dict[str, list[dict[str, Any]]] = {"without": [], "shadow": []}
+    with EmbeddedBroker() as broker, serve_app(stub.app()) as registry_url:
+        port = _free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PREDICTOR_")},
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "STORE_URL": store_url,
+            "PREDICTOR_HTTP_PORT": str(port),
+            "PREDICTOR_REGISTRY_URL": registry_url,
+            "PREDICTOR_MODELS": MODEL,
+            "PREDICTOR_LOG_LEVEL": "WARNING",
+        }
+        cmd = [sys.executable, "-m", "services.predictor"]
+        with _server(cmd, env, port, "/v2/health/ready", work / "predictor.log") as base:
+            url = f"{base}/v2/models/{MODEL}/infer"
+            _client(url, body_path, 2.0, args.connections, rate=args.rate)  # warm-up
+            rollout_id = 0
+            for _ in range(args.rounds):
+                for mode in ("without", "shadow"):
+                    if mode == "shadow":
+                        rollout_id += 1
+                        asyncio.run(_set_shadow(broker.bootstrap, url, candidate, True, rollout_id))
+                    result = _client(url, body_path, args.duration, args.connections, args.rate)
+                    if mode == "shadow":
+                        asyncio.run(
+                            _set_shadow(broker.bootstrap, url, candidate, False, rollout_id)
+                        )
+                    rounds[mode].append(result)
+
+    def median(mode: str, key: str) -> float:
+        return round(float(np.median([r[key] for r in rounds[mode]])), 3)
+
+    p99_without, p99_shadow = median("without", "p99_ms"), median("shadow", "p99_ms")
+    ratio = round(p99_shadow / p99_without, 3) if p99_without else None
+    return {
+        "benchmark": "shadow_latency",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "note": args.note,
+        },
+        "settings": {
+            "rate_rps": args.rate,
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "connections": args.connections,
+            "model": "MLP 784-500-10 champion, MLP 784-500-10 candidate in shadow",
+        },
+        "without_shadow": {"p50_ms": median("without", "p50_ms"), "p99_ms": p99_without},
+        "with_shadow": {"p50_ms": median("shadow", "p50_ms"), "p99_ms": p99_shadow},
+        "p99_ratio": ratio,
+        "goal": "p99 with a shadow candidate within 10 % of without (ratio <= 1.10)",
+        "met": ratio is not None and ratio <= 1.10,
+        "rounds": rounds,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rate", type=float, default=300.0, help="requests per second (fixed)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per round")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per mode")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--note", default="", help="free text about the machine, kept in the JSON")
+    p.add_argument("--output", help="also write the JSON here")
+    args = p.parse_args(argv)
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
