@@ -216,8 +216,8 @@ class Mesh:
         wiring = {
             "PYTHONUNBUFFERED": "1",
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            f"{name.upper()}_HTTP_HOST": "127.0.0.1",
-            f"{name.upper()}_HTTP_PORT": str(port),
+            f"{state.env_prefix(name)}_HTTP_HOST": "127.0.0.1",
+            f"{state.env_prefix(name)}_HTTP_PORT": str(port),
             "INGEST_TOKEN": self.tokens["ingest"],
             "REGISTRY_TOKEN": self.tokens["registry"],
             "TRAINER_REGISTRY_URL": registry,
@@ -246,7 +246,7 @@ class Mesh:
         env = self._env(name, replica)
         p = ServiceProcess(
             _replica_name(name, replica),
-            f"http://127.0.0.1:{env[f'{name.upper()}_HTTP_PORT']}",
+            f"http://127.0.0.1:{env[f'{state.env_prefix(name)}_HTTP_PORT']}",
             self.home / "logs" / f"{_replica_name(name, replica)}.log",
             service=name,
             replica=replica,
@@ -263,7 +263,7 @@ class Mesh:
                 log_file.write(f"--- {stamp} lmesh: restarting {p.name} ({reason})\n".encode())
                 log_file.flush()
             p.process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{p.service}"],
+                [sys.executable, "-m", *state.COMMANDS[p.service]],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

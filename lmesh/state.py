@@ -14,7 +14,21 @@ import threading
 from pathlib import Path
 from typing import Any
 
-SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor", "monitor", "console")
+SERVICES = (
+    "ingest",
+    "preprocess",
+    "trainer",
+    "registry",
+    "predictor",
+    "monitor",
+    "console",
+    "predictor-stream",
+)
+#: How each service runs: ``python -m MODULE [ARGS...]`` (the predictor's stream worker is
+#: a mode of the predictor package that scales on its own).
+COMMANDS: dict[str, tuple[str, ...]] = {
+    name: (f"services.{name}",) for name in SERVICES if name != "predictor-stream"
+} | {"predictor-stream": ("services.predictor", "stream")}
 DEFAULT_PORTS = {
     "ingest": 8101,
     "preprocess": 8102,
@@ -23,11 +37,17 @@ DEFAULT_PORTS = {
     "predictor": 8105,
     "monitor": 8106,
     "console": 8107,
+    "predictor-stream": 8108,
 }
 
 
+def env_prefix(name: str) -> str:
+    """A service's settings prefix: ``predictor-stream`` -> ``PREDICTOR_STREAM``."""
+    return name.upper().replace("-", "_")
+
+
 def ports() -> dict[str, int]:
-    """Service ports: the defaults, or ``LMESH_BASE_PORT`` + 1..7 (ingest..console)."""
+    """Service ports: the defaults, or ``LMESH_BASE_PORT`` + 1..8 (in SERVICES order)."""
     base = os.environ.get("LMESH_BASE_PORT")
     if not base:
         return dict(DEFAULT_PORTS)
