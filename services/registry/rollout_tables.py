@@ -15,7 +15,13 @@ from sqlalchemy import JSON, Index
 from sqlmodel import Field, SQLModel
 
 from contracts.events import RolloutEvidence
-from services.registry.tables import MAX_VERSION, UtcDateTime, utcnow
+from services.registry.tables import (
+    MAX_VERSION,
+    AliasHistoryPublic,
+    Lineage,
+    UtcDateTime,
+    utcnow,
+)
 
 
 def _ts(**kwargs: Any) -> Any:
@@ -97,3 +103,17 @@ class RolloutAbort(SQLModel):
 
     reason: str = Field(default="", max_length=1000)
     actor: str | None = Field(default=None, max_length=255)
+
+
+class VersionLineage(Lineage):
+    """The lineage of a version, and how it reached production."""
+
+    production_moves: list[AliasHistoryPublic] = Field(
+        default_factory=list, description="Every move of production to this version"
+    )
+    rollouts: list[RolloutPublic] = Field(
+        default_factory=list, description="Every rollout of this version, with its evidence"
+    )
+    reached_production: str | None = Field(
+        default=None, description="How it reached production, in one line; None: it did not"
+    )

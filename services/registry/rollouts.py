@@ -28,8 +28,9 @@ from services.registry.rollout_tables import (
     RolloutPublic,
     RolloutStepPublic,
     RolloutStepRecord,
+    VersionLineage,
 )
-from services.registry.tables import ModelVersion, utcnow
+from services.registry.tables import AliasHistory, AliasHistoryPublic, Lineage, ModelVersion, utcnow
 
 
 def running_rollout(session: Session, name: str) -> Rollout | None:
@@ -220,6 +221,43 @@ def history(session: Session, name: str, version: int | None = None) -> list[Rol
         query = query.where(Rollout.candidate_version == version)
     rows = session.exec(query.order_by(col(Rollout.id).desc())).all()
     return [to_public(session, r) for r in rows]
+
+
+def with_rollouts(session: Session, lineage: Lineage) -> VersionLineage:
+    """A version's lineage with how it reached production: the alias moves to it and its
+    rollouts (each step's reason and evidence), summed up in one line."""
+    mv = lineage.model_version
+    moves = session.exec(
+        select(AliasHistory)
+        .where(
+            AliasHistory.model_name == mv.model_name,
+            AliasHistory.alias == "production",
+            AliasHistory.version == mv.version,
+        )
+        .order_by(col(AliasHistory.id))
+    ).all()
+    ours = history(session, mv.model_name, mv.version)
+    promoted = next((r for r in ours if r.step == "promoted"), None)
+    if promoted is not None:
+        path = " -> ".join(
+            s.step + (f" {s.canary_percent:g} %" if s.canary_percent else "")
+            for s in promoted.steps
+        )
+        how = f"rollout {promoted.id} ({path}): {promoted.steps[-1].reason}"
+    elif moves:
+        first = moves[0]
+        how = f"moved to production by {first.actor}: {first.reason}"
+    else:
+        how = None
+    return VersionLineage(
+        dataset=lineage.dataset,
+        run=lineage.run,
+        model_version=lineage.model_version,
+        aliases=lineage.aliases,
+        production_moves=[AliasHistoryPublic.model_validate(m.model_dump()) for m in moves],
+        rollouts=ours,
+        reached_production=how,
+    )
 
 
 # ------------------------------------------------------------------ steps

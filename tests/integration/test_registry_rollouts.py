@@ -173,6 +173,14 @@ def test_a_good_candidate_is_promoted_from_health_a_bad_one_aborted(
     done = current(registry, model)
     assert [s["step"] for s in done["steps"]] == ["shadow", "canary", "promoted"]
     assert done["steps"][2]["evidence"]["predictions"] == 150
+    lineage = httpx.get(f"{registry.url}/models/{model}/versions/2/lineage").json()
+    assert lineage["reached_production"].startswith(
+        f"rollout {done['id']} (shadow -> canary 20 % -> promoted)"
+    )
+    assert lineage["rollouts"][0]["steps"][1]["evidence"]["agreement"] == 0.98
+    assert lineage["production_moves"][0]["actor"] == "registry-rollout"
+    first = httpx.get(f"{registry.url}/models/{model}/versions/1/lineage").json()
+    assert first["reached_production"].startswith("moved to production by registry-policy")
 
     bad = f"ro-bad-{unique}"
     register(registry, bad, 1, 0.80)

@@ -7,13 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from contracts.request_schema import request_schema
-from services.registry import queries
+from services.registry import queries, rollouts
 from services.registry.api.deps import ModelName, RuntimeDep, SessionDep, Version
 from services.registry.cards import CardUnavailable
 from services.registry.errors import NotFound
+from services.registry.rollout_tables import VersionLineage
 from services.registry.tables import (
     MAX_VERSION,
-    Lineage,
     ModelSummary,
     ModelVersionPublic,
     ModelVersionsPublic,
@@ -46,10 +46,11 @@ def get_version(session: SessionDep, name: ModelName, version: Version) -> Model
     return queries.get_version(session, name, version)
 
 
-@router.get("/{name}/versions/{version}/lineage", response_model=Lineage, responses=_404)
-def get_lineage(session: SessionDep, name: ModelName, version: Version) -> Lineage:
-    """dataset version -> training run -> model version -> aliases."""
-    return queries.lineage(session, name, version)
+@router.get("/{name}/versions/{version}/lineage", response_model=VersionLineage, responses=_404)
+def get_lineage(session: SessionDep, name: ModelName, version: Version) -> VersionLineage:
+    """dataset version -> training run -> model version -> aliases, and how the version
+    reached production (alias moves, rollouts with every step's evidence)."""
+    return rollouts.with_rollouts(session, queries.lineage(session, name, version))
 
 
 @router.get(
