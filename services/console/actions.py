@@ -189,6 +189,8 @@ async def try_model(
     csrf: Csrf = None,
 ) -> HTMLResponse:
     """Reading (not acting): the predictor's answer for an uploaded image."""
+    if not request.app.state.settings.reading_is_public():
+        Sessions.require_session(request.state.visitor)
     Sessions.check_csrf(request.state.visitor, csrf)
     client = _client(request)
     models, result, error = [], None, None

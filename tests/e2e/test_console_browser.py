@@ -191,6 +191,11 @@ def test_console_in_a_browser(console_mesh: Mesh, browser: Any, tmp_path: Path) 
     staging = httpx.get(f"{registry}/models/{model}/aliases/staging").json()
     assert staging["version"] == 1
 
+    # the dataset's lineage: version -> runs -> model versions -> aliases
+    page.goto(f"{console}/datasets/digits")
+    lineage = page.inner_text("section.lineage")
+    assert run_id in lineage and f"{model} v1" in lineage and "staging" in lineage
+
     # Try it: an image of a digit, answered by the production version (2)
     from PIL import Image
 

@@ -227,6 +227,9 @@ def test_reading_needs_a_login_outside_a_local_mesh(mesh: Mesh) -> None:
     with serve_app(console) as url, httpx.Client(base_url=url) as http:
         r = http.get("/runs")
         assert r.status_code == 303 and r.headers["location"].startswith("/login")
+        csrf = _csrf(http.get("/login").text)
+        tried = http.post("/try", data={"model": "m", "csrf": csrf}, files={"image": b"x"})
+        assert tried.status_code == 303 and tried.headers["location"].startswith("/login")
         assert http.get("/healthz").status_code == 200
         assert _login(http).status_code == 303
         assert http.get("/runs").status_code == 200
