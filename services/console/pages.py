@@ -190,7 +190,9 @@ async def model(
     rollouts = rollouts if isinstance(rollouts, list) else []
     current = rollouts[0] if rollouts else None
     evidence = current["steps"][-1]["evidence"] if current and current.get("steps") else {}
-    aliases = next((m["aliases"] for m in all_models if m["model_name"] == name), {})
+    aliases: dict[str, int] = next(
+        (m["aliases"] for m in all_models if m["model_name"] == name), {}
+    )
     return page(
         request,
         "model.html",
