@@ -171,7 +171,9 @@ class PredictorRuntime:
             raise RegistryUnavailable(f"registry at {base}: {exc!r}") from exc
 
     async def sync_from_registry(self, client: httpx.AsyncClient) -> int:
-        """Load every production version not served yet; the number of models swapped."""
+        """Load every production version not served yet, and follow each model's running
+        rollout (a predictor started mid-rollout routes like the others); the number of
+        models swapped."""
         swapped = 0
         for mv in await self.production_versions(client):
             ok = await self.load(
@@ -181,7 +183,46 @@ class PredictorRuntime:
                 ArtifactRef.model_validate(mv["card"]),
             )
             swapped += ok
+            try:
+                await self.sync_rollout(client, mv["model_name"])
+            except Exception as exc:  # the champion serves; the next event or sync fixes it
+                log.warning("rollout of %s not followed yet: %s", mv["model_name"], exc)
         return swapped
+
+    async def sync_rollout(self, client: httpx.AsyncClient, name: str) -> None:
+        """Apply the registry's current rollout step of ``name`` when it is not applied."""
+        base = self.settings.registry_url.rstrip("/")
+        r = await client.get(f"{base}/models/{name}/rollouts/current")
+        if r.status_code == 404:
+            return
+        r.raise_for_status()
+        current = r.json()
+        active = self.rollouts.get(name)
+        if active is not None and (active.rollout_id, active.step) == (
+            current["id"],
+            current["step"],
+        ):
+            return
+        if not current["running"] and (active is None or active.rollout_id != current["id"]):
+            return
+        v = await client.get(f"{base}/models/{name}/versions/{current['candidate_version']}")
+        v.raise_for_status()
+        last = current["steps"][-1] if current["steps"] else {}
+        await self.apply_rollout(
+            ModelRollout(
+                model_name=name,
+                rollout_id=current["id"],
+                candidate_version=current["candidate_version"],
+                champion_version=current["champion_version"],
+                alias=current["alias"],
+                step=current["step"],
+                canary_percent=current["canary_percent"] if current["step"] == "canary" else None,
+                reason=last.get("reason", "synced from the registry"),
+                actor=last.get("actor", "registry"),
+                weights=ArtifactRef.model_validate(v.json()["weights"]),
+                card=ArtifactRef.model_validate(v.json()["card"]),
+            )
+        )
 
     async def follow_registry(self) -> None:
         """At start: retry the registry with capped exponential backoff until a model serves

@@ -15,17 +15,19 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from contracts.events import ModelHealth
+from contracts.events import ArtifactRef, ModelHealth
 from libs.messaging import KafkaSettings
 from libs.storage import open_store
 from lmesh.cli import app as cli_app
+from services.registry import operations
 from services.registry.app import build_app
-from services.registry.database import make_engine
+from services.registry.database import make_engine, write_session
 from services.registry.settings import RegistrySettings
-from tests.integration.registry_support import database_url
+from tests.integration.registry_support import database_url, dataset_prepared, training_completed
 from tests.integration.test_registry_signatures import Registry, register
 from tests.support.kafka import TopicReader, produce
 from tests.support.polling import wait_for
+from tests.support.registry_stub import write_model_version
 from tests.support.servers import serve_app
 
 pytestmark = pytest.mark.kafka
@@ -210,3 +212,42 @@ def test_a_good_candidate_is_promoted_from_health_a_bad_one_aborted(
     result = CliRunner().invoke(cli_app, ["models", "--history", bad])
     assert result.exit_code == 0, result.output
     assert "aborted" in result.output and "agreement" in result.output
+
+
+def test_a_predictor_started_mid_rollout_follows_it(registry: Registry, unique: str) -> None:
+    from services.predictor.runtime import PredictorRuntime
+    from services.predictor.settings import PredictorSettings
+
+    model = f"ro-sync-{unique}"
+    for version, accuracy in ((1, 0.80), (2, 0.70)):  # real weights and cards in the store
+        mv = write_model_version(registry.store, model, version, hidden_sizes=[8])
+        event = training_completed(
+            model, f"{model}-run{version}", dataset=f"ds-{model}", val_accuracy=accuracy
+        ).model_copy(
+            update={
+                "weights": ArtifactRef.model_validate(mv["weights"]),
+                "card": ArtifactRef.model_validate(mv["card"]),
+            }
+        )
+        with write_session(registry.engine) as s:
+            if version == 1:
+                operations.record_prepared_dataset(
+                    s, dataset_prepared(f"ds-{model}", 1), auto_retrain=False
+                )
+            operations.register_model_version(s, event, metric="val_accuracy", margin=0.0)
+    assert start(registry, model, version=2, canary_percent=25).status_code == 201
+    runtime = PredictorRuntime(PredictorSettings(registry_url=registry.url, models=model))
+    runtime.store = registry.store  # the registry's artifact store
+
+    async def sync() -> None:
+        async with httpx.AsyncClient() as client:
+            await runtime.sync_from_registry(client)
+
+    asyncio.run(sync())
+    assert runtime.table.get(model).version == 1  # type: ignore[union-attr]
+    active = runtime.rollouts[model]
+    assert (active.step, active.canary_percent, active.candidate.version) == ("canary", 25, 2)
+    abort = httpx.post(f"{registry.url}/models/{model}/rollouts/abort", json={}, headers=AUTH)
+    assert abort.status_code == 200
+    asyncio.run(sync())
+    assert model not in runtime.rollouts  # a missed abort is healed by the next sync
