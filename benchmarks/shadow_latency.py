@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "PREDICTOR_REGISTRY_URL": registry_url,
             "PREDICTOR_MODELS": MODEL,
             "PREDICTOR_LOG_LEVEL": "WARNING",
+            # as under lmesh up (the monitor needs them): the champion's answers are logged
+            "PREDICTOR_LOG_SAMPLE_RATE": str(args.log_sample_rate),
+            "PREDICTOR_SHADOW_SAMPLE_RATE": str(args.shadow_sample_rate),
         }
         cmd = [sys.executable, "-m", "services.predictor"]
         with _server(cmd, env, port, "/v2/health/ready", work / "predictor.log") as base:
@@ -140,6 +143,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "duration_s": args.duration,
             "rounds": args.rounds,
             "connections": args.connections,
+            "log_sample_rate": args.log_sample_rate,
+            "shadow_sample_rate": args.shadow_sample_rate,
             "model": "MLP 784-500-10 champion, MLP 784-500-10 candidate in shadow",
         },
         "without_shadow": {"p50_ms": median("without", "p50_ms"), "p99_ms": p99_without},
@@ -157,6 +162,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=8.0, help="seconds per round")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per mode")
     p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--log-sample-rate", type=float, default=1.0, help="PREDICTOR_LOG_SAMPLE_RATE")
+    p.add_argument(
+        "--shadow-sample-rate", type=float, default=1.0, help="PREDICTOR_SHADOW_SAMPLE_RATE"
+    )
     p.add_argument("--note", default="", help="free text about the machine, kept in the JSON")
     p.add_argument("--output", help="also write the JSON here")
     args = p.parse_args(argv)

@@ -255,6 +255,7 @@ def build_app(
         on_prediction=log_prediction,
         rollouts=runtime.rollouts,
         on_shadow=shadow.submit,
+        shadow_sample_rate=settings.shadow_sample_rate,
     )
     add_openapi_paths(api, openapi_paths())
     return PredictorApp(api, endpoint, runtime)

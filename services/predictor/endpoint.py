@@ -60,7 +60,9 @@ class InferenceEndpoint:
         on_prediction: PredictionSink | None = None,
         rollouts: dict[str, ActiveRollout[LoadedModel]] | None = None,
         on_shadow: ShadowSink | None = None,
+        shadow_sample_rate: float = 1.0,
     ) -> None:
+        self.shadow_sample_rate = shadow_sample_rate
         self.rollouts = rollouts if rollouts is not None else {}
         self.on_shadow = on_shadow
         self.trace_sample_ratio = trace_sample_ratio
@@ -213,7 +215,9 @@ class InferenceEndpoint:
                     model = chosen
                     rows = model.rows(request)
                     model.check_outputs(request)
-                elif rollout.step == "shadow":
+                elif rollout.step == "shadow" and (
+                    self.shadow_sample_rate >= 1.0 or random.random() < self.shadow_sample_rate
+                ):
                     shadow_rows = rows.copy()  # the forward pass may normalize rows in place
         except OIPError as exc:
             await self._error(send, exc.status, exc.message)

@@ -37,6 +37,13 @@ class PredictorSettings(ServiceSettings):
         default=True, description="keep the previous production version warm (versioned infer)"
     )
     log_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="prediction.logged.v1")
+    shadow_sample_rate: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="rollouts in shadow: share of requests whose copy the candidate also runs "
+        "(lower it where the CPU has no room for a second model on all the traffic)",
+    )
     trace_sample_ratio: float = Field(
         default=0.01,
         ge=0.0,

@@ -248,6 +248,7 @@ class StreamWorker:
             keys=[r.key for r in records],
         )
         answers: dict[int, streaming.Answer] = {}
+        shadow_rate = self.settings.shadow_sample_rate
         for model, items in plan.groups.items():
             try:
                 if model.device.type == "cpu":
@@ -267,7 +268,12 @@ class StreamWorker:
             for a in done:
                 answers[a.index] = a
             for p in items:  # shadow: the candidate runs later, off this path
-                if p.shadow is not None and p.shadow_rows is not None and p.index in answers:
+                if (
+                    p.shadow is not None
+                    and p.shadow_rows is not None
+                    and p.index in answers
+                    and (shadow_rate >= 1.0 or random.random() < shadow_rate)
+                ):
                     self.shadow.submit(
                         p.shadow,
                         model,
