@@ -1,5 +1,5 @@
 """Safe rollout end to end, live (real broker, registry on SQLite, monitor, predictor, real
-HTTP, real torch): while clients send traffic, a candidate trained on shuffled labels is
+HTTP or the stream path, real torch): while clients send traffic, a candidate trained on shuffled labels is
 registered, goes to shadow by itself (REGISTRY_ROLLOUT_AUTO), the monitor's model.health.v1
 evidence (agreement with the champion) aborts it, and no client ever receives one of its
 answers; then a good candidate goes shadow -> canary -> promoted with no human step."""
@@ -15,15 +15,16 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from aiokafka import AIOKafkaProducer
 
-from contracts.events import ArtifactRef, ModelSpec
+from contracts.events import ArtifactRef, InferenceRequested, ModelSpec
 from libs.messaging import KafkaSettings
 from libs.models import build_model
 from libs.storage import open_store
 from services.registry import operations
 from services.registry.database import make_engine, write_session
 from tests.integration.registry_support import database_url, dataset_prepared, training_completed
-from tests.support.kafka import produce
+from tests.support.kafka import TopicReader, produce
 from tests.support.polling import eventually
 from tests.support.registry_stub import write_model_version
 from tests.support.servers import serve_app
@@ -58,13 +59,15 @@ def trained(seed: int, *, shuffled: bool = False) -> torch.nn.Module:
     return net.eval()
 
 
+@pytest.mark.parametrize("path", ["http", "stream"])
 async def test_a_bad_candidate_is_aborted_from_evidence_a_good_one_promoted(
-    tmp_path, kafka_bootstrap, store_url, unique, monkeypatch
+    path, tmp_path, kafka_bootstrap, store_url, unique, monkeypatch
 ) -> None:
     from services.monitor.app import build_app as build_monitor
     from services.monitor.settings import MonitorSettings
     from services.predictor.app import build_app as build_predictor
     from services.predictor.settings import PredictorSettings
+    from services.predictor.stream import build_stream_app
     from services.registry.app import build_app as build_registry
     from services.registry.settings import RegistrySettings
 
@@ -129,15 +132,58 @@ async def test_a_bad_candidate_is_aborted_from_evidence_a_good_one_promoted(
 
             await register(1, 0.80)
             predictor_settings = PredictorSettings(
-                registry_url=registry_url, models=name, log_sample_rate=1.0, reconcile_interval_s=0
+                registry_url=registry_url,
+                models=name,
+                log_sample_rate=1.0,
+                reconcile_interval_s=0,
+                # stream: the mesh's topics (the monitor reads inference.completed.v1); other
+                # tests' requests on them are dead-lettered at once, not waited for
+                stream_group=f"predictor-stream-{unique}",
+                stream_model_wait_s=0,
             )
+            build = build_predictor if path == "http" else build_stream_app
             with (
                 serve_app(build_monitor(monitor_settings, kafka)),
-                serve_app(build_predictor(predictor_settings, kafka)) as predictor_url,
+                serve_app(build(predictor_settings, kafka)) as predictor_url,
             ):
+                out = TopicReader(kafka_bootstrap, "inference.completed.v1", from_beginning=False)
+                await out.__aenter__()
                 answered: list[tuple[int, str]] = []  # (rollout phase, model_version)
                 phase = 0
                 stop = asyncio.Event()
+
+                async def stream_traffic() -> None:
+                    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+                    await producer.start()
+                    seen = 0
+                    try:
+                        while not stop.is_set():
+                            for _ in range(20):
+                                i = random.randrange(len(x))
+                                request = InferenceRequested(
+                                    request_id=uuid.uuid4().hex,
+                                    model_name=name,
+                                    inputs=[
+                                        {
+                                            "name": "input",
+                                            "datatype": "UINT8",
+                                            "shape": [1, 28, 28],
+                                            "data": x[i].ravel().tolist(),
+                                        }
+                                    ],
+                                )
+                                await producer.send(
+                                    "inference.requested.v1",
+                                    request.model_dump_json().encode(),
+                                    key=f"user-{random.randrange(10**6)}".encode(),
+                                )
+                            await producer.flush()
+                            await asyncio.sleep(0.05)
+                            mine = out.matching(lambda m: m.get("model_name") == name)
+                            answered.extend((phase, str(m["model_version"])) for m in mine[seen:])
+                            seen = len(mine)
+                    finally:
+                        await producer.stop()
 
                 async def traffic() -> None:
                     async with httpx.AsyncClient(base_url=predictor_url, timeout=30) as client:
@@ -163,10 +209,17 @@ async def test_a_bad_candidate_is_aborted_from_evidence_a_good_one_promoted(
 
                 async def ready() -> bool:
                     async with httpx.AsyncClient(base_url=predictor_url) as c:
+                        if path == "stream":
+                            state = (await c.get("/stream")).json()
+                            return state["serving"].get(name) == 1 and state["promotions_followed"]
                         return (await c.get(f"/v2/models/{name}/ready")).status_code == 200
 
                 await eventually(ready, timeout=60, what="predictor serving v1")
-                clients = [asyncio.create_task(traffic()) for _ in range(4)]
+                clients = (
+                    [asyncio.create_task(traffic()) for _ in range(4)]
+                    if path == "http"
+                    else [asyncio.create_task(stream_traffic())]
+                )
                 try:
                     phase = 2
                     await register(2, 0.95)  # beats production on paper: a rollout starts
@@ -213,6 +266,7 @@ async def test_a_bad_candidate_is_aborted_from_evidence_a_good_one_promoted(
                 finally:
                     stop.set()
                     await asyncio.gather(*clients, return_exceptions=True)
+                    await out.__aexit__(None, None, None)
                 assert answered and not [a for a in answered if a[1] == "2"]  # never returned
                 assert any(v == "3" for _, v in answered)
         engine.dispose()
