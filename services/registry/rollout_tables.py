@@ -87,6 +87,8 @@ class RolloutStart(SQLModel):
     )
     canary_percent: float | None = Field(
         default=None,
+        gt=0,
+        lt=100,
         description="share of keys the candidate answers in canary, in (0, 100); unset: the "
         "policy's REGISTRY_ROLLOUT_CANARY_PERCENT. Without shadow, the rollout starts in canary",
     )
