@@ -22,6 +22,7 @@ from contracts.events import NAME_SCHEMA, ModelHealth, ModelPromoted, ModelRollo
 from libs import telemetry
 from libs.http_errors import add_openapi_paths, error_response
 from libs.messaging import create_broker, publish, subscribe
+from libs.messaging.broker import publish_many
 from libs.messaging.settings import KafkaSettings
 from libs.service import create_app
 from libs.storage import StoreSettings
@@ -33,7 +34,7 @@ from services.predictor.endpoint import (
     openapi_paths,
 )
 from services.predictor.model import LoadedModel
-from services.predictor.prediction_log import prediction_logged
+from services.predictor.prediction_log import PredictionLog, prediction_logged
 from services.predictor.responses import Liveness, ModelMetadata, Readiness, ServerMetadata
 from services.predictor.routing import Role
 from services.predictor.runtime import PredictorRuntime
@@ -127,12 +128,15 @@ def build_app(
         rows: np.ndarray,
         role: Role | None = None,
     ) -> None:
-        event = prediction_logged(
-            model.name, model.version, request_id, labels, ms, rows, role=role
+        prediction_log.add(
+            prediction_logged(model.name, model.version, request_id, labels, ms, rows, role=role)
         )
-        task = asyncio.get_running_loop().create_task(publish(broker, event))
-        background.add(task)
-        task.add_done_callback(background.discard)
+
+    async def publish_logged(events: list[Any]) -> None:
+        await publish_many(broker, events)
+
+    # logged predictions leave in batches from one task: no task and no ack wait per request
+    prediction_log = PredictionLog(publish_logged)
 
     shadow = ShadowRunner(publish=lambda event: publish(broker, event))
 
@@ -140,6 +144,7 @@ def build_app(
         torch.set_num_threads(settings.torch_threads)
         runtime.start()
         shadow.start()
+        prediction_log.start()
 
         async def positioned() -> None:
             await wait_positioned(promotions, runtime)
@@ -149,6 +154,7 @@ def build_app(
         task.add_done_callback(background.discard)
 
     async def on_shutdown(app: FastAPI) -> None:
+        await prediction_log.stop()
         await shadow.stop()
         await runtime.stop()
         for task in list(background):

@@ -30,6 +30,12 @@ MODEL_VERSION = Gauge(
 SWAPS = Counter(
     "lmesh_predictor_swaps_total", "Hot swaps to a new version", ["model"], registry=REGISTRY
 )
+PREDICTIONS_LOG_DROPPED = Counter(
+    "lmesh_predictor_predictions_log_dropped_total",
+    "prediction.logged.v1 events not published, by why",
+    ["reason"],
+    registry=REGISTRY,
+)
 REQUESTS = Counter(
     "lmesh_predictor_requests_total",
     "Inference requests by HTTP status",

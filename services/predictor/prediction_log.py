@@ -4,12 +4,20 @@ the latency and, for the monitor's drift test, per-row summaries of the raw inpu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import numpy as np
 
 from contracts.events import PredictionLogged
 from libs.drift import feature_groups, summarize_rows
+from services.predictor import metrics
+
+log = logging.getLogger("lmesh.predictor")
 
 #: Decimals kept of each summary (the monitor bins them; more only costs bytes on Kafka).
 SUMMARY_DECIMALS = 3
@@ -55,3 +63,54 @@ def prediction_logged(
         ),
         error=error[:1000] if error else None,
     )
+
+
+class PredictionLog:
+    """prediction.logged.v1 events on their way out: a bounded buffer and one task that
+    publishes them in batches (the request path only appends). Under a load the broker
+    cannot take, events are dropped and counted rather than piling up as tasks."""
+
+    def __init__(
+        self,
+        publish_many: Callable[[list[PredictionLogged]], Awaitable[None]],
+        *,
+        max_pending: int = 20_000,
+        max_batch: int = 500,
+    ) -> None:
+        self._publish_many = publish_many
+        self._pending: deque[PredictionLogged] = deque()
+        self._max_pending = max_pending
+        self._max_batch = max_batch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, event: PredictionLogged) -> None:
+        if len(self._pending) >= self._max_pending:
+            metrics.PREDICTIONS_LOG_DROPPED.labels("buffer full").inc()
+            return
+        self._pending.append(event)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                n = min(len(self._pending), self._max_batch)
+                batch = [self._pending.popleft() for _ in range(n)]
+                try:
+                    await self._publish_many(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # telemetry: counted and logged, never blocking serving
+                    metrics.PREDICTIONS_LOG_DROPPED.labels("publish failed").inc(len(batch))
+                    log.warning("dropped %d prediction.logged.v1 events: %r", len(batch), exc)
