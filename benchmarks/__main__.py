@@ -27,6 +27,7 @@ SUITE: dict[str, list[str]] = {
     "chaos": ["--pg-outage", "30"],
     "console_pages": ["--requests", "40"],
     "stream_inference": ["--records", "20000", "--duration", "5"],
+    "monitor_overhead": ["--duration", "5", "--rounds", "3"],
     "shadow_latency": ["--rounds", "3", "--duration", "8"],
 }
 TAKES_DEVICE = {"trainer_throughput", "accuracy", "predictor_load"}
