@@ -251,3 +251,21 @@ def test_a_predictor_started_mid_rollout_follows_it(registry: Registry, unique: 
     assert abort.status_code == 200
     asyncio.run(sync())
     assert model not in runtime.rollouts  # a missed abort is healed by the next sync
+
+
+def test_a_candidate_a_predictor_cannot_load_is_aborted(
+    registry: Registry, kafka_bootstrap: str, unique: str
+) -> None:
+    model = f"ro-load-{unique}"
+    register(registry, model, 1, 0.80)
+    register(registry, model, 2, 0.70)
+    assert start(registry, model, version=2, shadow=True).status_code == 201
+    # what a predictor publishes when the candidate does not load (tests/integration/
+    # test_predictor_rollout.py checks that it does)
+    report = health(model, 2, count=0, requests=0, error_rate=1.0, load_error="OSError: gone")
+    asyncio.run(produce(kafka_bootstrap, "model.health.v1", [report], key=model.encode()))
+    aborted = wait_for(
+        lambda: (c := current(registry, model))["step"] == "aborted" and c, timeout=30, what="abort"
+    )
+    assert "the candidate failed to load: OSError: gone" in aborted["steps"][-1]["reason"]
+    assert httpx.get(f"{registry.url}/models/{model}/aliases/production").json()["version"] == 1
