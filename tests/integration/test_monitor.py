@@ -109,14 +109,25 @@ def _prepared(store: Any, dataset: str, version: int, reference: Any) -> Dataset
     )
 
 
-def _completed(store: Any, name: str, dataset: str, net: torch.nn.Module, card: ModelCard) -> Any:
+def _completed(
+    store: Any,
+    name: str,
+    dataset: str,
+    net: torch.nn.Module,
+    card: ModelCard,
+    *,
+    run_id: str | None = None,
+    dataset_version: int = 1,
+    reason: str | None = None,
+) -> Any:
     weights = store.put(save_safetensors(net.state_dict()), "application/vnd.safetensors")
     card_ref = store.put(card.model_dump_json().encode(), "application/json")
     return TrainingCompleted(
-        run_id=f"{name}-run1",
+        run_id=run_id or f"{name}-run1",
+        reason=reason,
         model_name=name,
         dataset=dataset,
-        dataset_version=1,
+        dataset_version=dataset_version,
         model=SPEC,
         hyperparameters=HP,
         metrics=card.metrics,
@@ -430,6 +441,34 @@ async def test_shifted_traffic_raises_drift_within_2000_predictions_and_a_retrai
             )
             == 1
         )
+
+    # the trainer answers the request with its reason: the new version's lineage says why
+    card = ModelCard.model_validate_json(stack.store.get(_card_of(stack, shift)))
+    retrained = _completed(
+        stack.store,
+        shift,
+        dataset,
+        stack.net,
+        card.model_copy(update={"run_id": request["run_id"], "dataset_version": 2}),
+        run_id=request["run_id"],
+        dataset_version=2,
+        reason=request["reason"],
+    )
+    await produce(stack.bootstrap, "training.completed.v1", [_json(retrained)])
+    lineage = await eventually(
+        lambda: _get(f"{stack.registry}/models/{shift}/versions/2/lineage"),
+        timeout=60,
+        interval=0.3,
+        what="version 2 registered",
+    )
+    assert lineage["run"]["run_id"] == request["run_id"]
+    assert lineage["run"]["reason"] == request["reason"]
+    assert lineage["dataset"]["version"] == 2
+
+
+def _card_of(stack: Stack, name: str) -> str:
+    mv = httpx.get(f"{stack.registry}/models/{name}/versions/1", timeout=30).json()
+    return str(mv["card"]["uri"])
 
 
 async def _above(url: str, pattern: str, value: float) -> bool:
