@@ -138,7 +138,11 @@ def build_app(
     # logged predictions leave in batches from one task: no task and no ack wait per request
     prediction_log = PredictionLog(publish_logged)
 
-    shadow = ShadowRunner(publish=lambda event: publish(broker, event))
+    async def log_shadow(event: Any) -> None:
+        prediction_log.add(event)
+
+    # shadow answers leave with the others, in the same batches
+    shadow = ShadowRunner(publish=log_shadow)
 
     async def on_startup(app: FastAPI) -> None:
         torch.set_num_threads(settings.torch_threads)
