@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from faststream import AckPolicy
@@ -164,7 +165,7 @@ async def publish(
     metrics.EVENTS_PUBLISHED.labels(getattr(broker, "mesh_service", "client"), spec.name).inc()
 
 
-async def publish_many(broker: KafkaBroker, events: list[BaseModel]) -> None:
+async def publish_many(broker: KafkaBroker, events: Sequence[BaseModel]) -> None:
     """Publish events as :func:`publish` does, handing them all to the producer before
     waiting for the acknowledgements (one wait for the lot, not a round trip each)."""
     futures = []

@@ -40,6 +40,7 @@ from opentelemetry.trace import SpanKind
 from contracts.events import ModelHealth, ModelPromoted, ModelRollout
 from libs import telemetry
 from libs.messaging import create_broker, publish, subscribe
+from libs.messaging.broker import publish_many
 from libs.messaging.middleware import dead_letter_from_record, publish_dead_letter
 from libs.messaging.settings import KafkaSettings
 from libs.service import create_app
@@ -47,7 +48,7 @@ from libs.storage import StoreSettings
 from libs.telemetry import metrics as mesh_metrics
 from services.predictor import handlers, metrics, streaming
 from services.predictor.app import wait_positioned
-from services.predictor.prediction_log import prediction_logged
+from services.predictor.prediction_log import PredictionLog, prediction_logged
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
 from services.predictor.shadow import ShadowRunner
@@ -108,6 +109,8 @@ class StreamWorker:
         self._settled = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        #: logged predictions leave in batches from one task, never one task per answer
+        self.prediction_log = PredictionLog(lambda events: publish_many(broker, events))
         self._tracer = telemetry.tracer("lmesh.predictor")
         self._labels = (SERVICE, self.topic)
         self._answer_partitions = 0  # of the answer topic, known at the first publish
@@ -127,6 +130,7 @@ class StreamWorker:
             asyncio.create_task(self._work(), name="stream-work"),
             asyncio.create_task(self._settle(), name="stream-settle"),
         ]
+        self.prediction_log.start()
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -136,6 +140,7 @@ class StreamWorker:
                 await t
         for t in list(self._background):
             t.cancel()
+        await self.prediction_log.stop()
         if self.producer is not None:
             with contextlib.suppress(Exception):
                 await self.producer.stop()
@@ -404,9 +409,7 @@ class StreamWorker:
             answer.request.array,
             source="stream",
         )
-        task = asyncio.get_running_loop().create_task(publish(self.broker, event))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.prediction_log.add(event)
 
     # ------------------------------------------------------------------ settle
 
