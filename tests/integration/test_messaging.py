@@ -221,7 +221,7 @@ async def test_a_graceful_stop_does_not_count_as_a_death_of_the_worker(
     group = f"stop-{unique}"
     started, release = asyncio.Event(), asyncio.Event()
 
-    @subscribe(broker, "ingest.records.v1", group_id=group, settings=kafka_settings)
+    @subscribe(broker, "ingest.records.v1", group_id=group, **_fresh(kafka_settings))
     async def on_record(event: UpstreamRecord) -> None:
         if event.dataset == unique:
             started.set()
@@ -231,7 +231,7 @@ async def test_a_graceful_stop_does_not_count_as_a_death_of_the_worker(
     pointer = "deliveries/" + delivery_key(
         "ingest", group, "ingest.records.v1", str(record.event_id)
     )
-    await broker.start()
+    await start_subscribed(broker)
     try:
         await publish(broker, record)
         await asyncio.wait_for(started.wait(), 30)
