@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Path
 from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
 from pydantic import AfterValidator, BaseModel
 
 from contracts.events import NAME_SCHEMA, ModelHealth, ModelPromoted, ModelRollout, validate_name
@@ -93,16 +94,11 @@ async def wait_positioned(subscriber: Any, runtime: PredictorRuntime) -> None:
     runtime.events_ready = True
 
 
-def build_app(
-    settings: PredictorSettings | None = None, kafka: KafkaSettings | None = None
-) -> PredictorApp:
-    settings = settings or PredictorSettings()
-    kafka = kafka or KafkaSettings()
-    broker = create_broker(SERVICE, kafka)
-    runtime = PredictorRuntime(settings, store_url=StoreSettings().url)
-    runtime.events_ready = False  # until the promotion consumer is positioned
-    background: set[asyncio.Task[Any]] = set()
-
+def follow_models(broker: KafkaBroker, runtime: PredictorRuntime, kafka: KafkaSettings) -> Any:
+    """The broadcast subscribers every predictor process has (HTTP and stream worker alike):
+    promotions hot-swap the model, rollout steps load or drop a candidate (a failed load is
+    reported on model.health.v1). Returns the promotions subscriber, whose position gates
+    readiness."""
     promotions = subscribe(
         broker, "model.promoted.v1", group_id=None, settings=kafka, auto_offset_reset="latest"
     )
@@ -119,6 +115,21 @@ def build_app(
             await publish(broker, health)
 
         await handlers.on_model_rollout(event, runtime, report)
+
+    return promotions
+
+
+def build_app(
+    settings: PredictorSettings | None = None, kafka: KafkaSettings | None = None
+) -> PredictorApp:
+    settings = settings or PredictorSettings()
+    kafka = kafka or KafkaSettings()
+    broker = create_broker(SERVICE, kafka)
+    runtime = PredictorRuntime(settings, store_url=StoreSettings().url)
+    runtime.events_ready = False  # until the promotion consumer is positioned
+    background: set[asyncio.Task[Any]] = set()
+
+    promotions = follow_models(broker, runtime, kafka)
 
     def log_prediction(
         model: LoadedModel,

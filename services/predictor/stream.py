@@ -37,17 +37,16 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from opentelemetry.trace import SpanKind
 
-from contracts.events import ModelHealth, ModelPromoted, ModelRollout
 from libs import telemetry
-from libs.messaging import create_broker, publish, subscribe
+from libs.messaging import create_broker, publish
 from libs.messaging.broker import publish_many
 from libs.messaging.middleware import dead_letter_from_record, publish_dead_letter
 from libs.messaging.settings import KafkaSettings
 from libs.service import create_app
 from libs.storage import StoreSettings
 from libs.telemetry import metrics as mesh_metrics
-from services.predictor import handlers, metrics, streaming
-from services.predictor.app import wait_positioned
+from services.predictor import metrics, streaming
+from services.predictor.app import follow_models, wait_positioned
 from services.predictor.prediction_log import PredictionLog, prediction_logged
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
@@ -516,22 +515,7 @@ def build_stream_app(
     worker = StreamWorker(runtime, broker, settings, kafka)
     background: set[asyncio.Task[Any]] = set()
 
-    promotions = subscribe(
-        broker, "model.promoted.v1", group_id=None, settings=kafka, auto_offset_reset="latest"
-    )
-
-    @promotions
-    async def model_promoted(event: ModelPromoted) -> None:
-        await handlers.on_model_promoted(event, runtime)
-
-    @subscribe(
-        broker, "model.rollout.v1", group_id=None, settings=kafka, auto_offset_reset="latest"
-    )
-    async def model_rollout(event: ModelRollout) -> None:
-        async def report(health: ModelHealth) -> None:
-            await publish(broker, health)
-
-        await handlers.on_model_rollout(event, runtime, report)
+    promotions = follow_models(broker, runtime, kafka)
 
     async def on_startup(app: FastAPI) -> None:
         torch.set_num_threads(settings.torch_threads)
