@@ -89,6 +89,18 @@ async def barrier_on_completed(bootstrap: str, base: str, key: str) -> str:
     return probe
 
 
+async def dataset_known(base: str, dataset: str) -> None:
+    """Wait until the registry has handled ``dataset``'s dataset.prepared.v1. It is another
+    subscriber than training.completed.v1, so a run sent before that is (rightly) flagged
+    unknown-dataset."""
+    await eventually(
+        lambda: _get(f"{base}/datasets/{dataset}/versions/latest"),
+        timeout=30,
+        interval=0.2,
+        what=f"dataset {dataset} registered",
+    )
+
+
 async def test_redelivered_training_completed_registers_one_version(
     registry_url: str, kafka_bootstrap: str, unique: str
 ) -> None:
@@ -100,6 +112,7 @@ async def test_redelivered_training_completed_registers_one_version(
         [_json(dataset_prepared(dataset, 1))],
         key=dataset.encode(),
     )
+    await dataset_known(registry_url, dataset)
     await barrier_on_completed(kafka_bootstrap, registry_url, run_id)
     event = training_completed(model, run_id, dataset=dataset)
     async with TopicReader(kafka_bootstrap, "model.registered.v1", "model.promoted.v1") as reader:
@@ -181,6 +194,7 @@ async def test_new_dataset_version_triggers_one_auto_retrain(
         [_json(dataset_prepared(dataset, 1))],
         key=dataset.encode(),
     )
+    await dataset_known(registry_url, dataset)
     await barrier_on_completed(kafka_bootstrap, registry_url, run_id)
     await produce(
         kafka_bootstrap,
