@@ -30,6 +30,7 @@ __all__ = [
     "InferenceCompleted",
     "InferenceRequested",
     "InferenceTensor",
+    "LoggedRequest",
     "ModelHealth",
     "ModelPromoted",
     "ModelRegistered",
@@ -349,8 +350,24 @@ class ModelPromoted(Event):
     variants: dict[str, ArtifactRef] = Field(default_factory=dict)
 
 
+class LoggedRequest(Contract):
+    """One more request in a :class:`PredictionLogged`: answered by the same model version,
+    from the same source and in the same rollout role as the event's own request."""
+
+    request_id: str
+    predictions: list[int] = Field(description="Predicted class per row, in request order")
+    latency_ms: float
+    input_summary: list[list[float]] | None = Field(
+        default=None, description="As PredictionLogged.input_summary, for this request"
+    )
+    error: str | None = Field(default=None, max_length=1000)
+
+
 class PredictionLogged(Event):
-    """A sampled prediction (one request, one or more rows). Key: model_name."""
+    """Sampled predictions: one request (one or more rows) in the fields below, and the
+    requests logged together with it in ``more_requests`` (the HTTP predictor sends one
+    event per batch of logged requests of one model version, so that logging every
+    prediction costs one Kafka message per batch, not per request). Key: model_name."""
 
     model_name: Name
     version: int
@@ -382,6 +399,17 @@ class PredictionLogged(Event):
     champion_predictions: list[int] | None = Field(
         default=None, description="shadow: the champion's predicted class per row (agreement)"
     )
+    more_requests: list[LoggedRequest] = Field(
+        default_factory=list,
+        description="Further requests logged in this event: same model_name, version, source "
+        "and role (never shadow), each with its own request_id, predictions, latency_ms, "
+        "input_summary and error. Empty: the event is one request. A consumer that predates "
+        "this field sees the first request only",
+    )
+
+    def requests(self) -> list[PredictionLogged | LoggedRequest]:
+        """Every request in the event, its own first."""
+        return [self, *self.more_requests]
 
 
 #: Open Inference Protocol tensor datatypes (BYTES: UTF-8 strings, e.g. a label's name).
