@@ -1,6 +1,17 @@
-"""prediction.logged.v1 for one answered request (HTTP or stream): the predicted classes,
-the latency and, for the monitor's drift test, per-row summaries of the raw input
-(libs.drift: the mean and std of each feature group; 32 numbers per 784-pixel row)."""
+"""prediction.logged.v1: the predicted classes, the latency and, for the monitor's drift
+test, per-row summaries of the raw input (libs.drift: the mean and std of each feature
+group; 32 numbers per 784-pixel row).
+
+Two ways in:
+
+- :func:`prediction_logged` builds the event of one request (stream answers, shadow
+  answers);
+- :meth:`PredictionLog.add_prediction` only appends the answered request to the buffer (the
+  HTTP hot path): the log's task later builds the events of everything that queued up at
+  once (:func:`batch_logged`): the summaries of all their rows in one numpy call, and one
+  event per model version and role carrying many requests (``more_requests``), so that
+  logging every prediction costs one Kafka message per batch rather than per request.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +19,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Literal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -24,6 +35,29 @@ SUMMARY_DECIMALS = 3
 #: Rows summarized per request at most (evenly spaced): ~130 KB of JSON for 784 features,
 #: well under Kafka's 1 MB message limit whatever the batch size.
 MAX_SUMMARY_ROWS = 512
+#: Summary rows, and predicted rows, one batched event carries at most (~260 KB of JSON).
+MAX_EVENT_SUMMARY_ROWS = 2 * MAX_SUMMARY_ROWS
+MAX_EVENT_PREDICTIONS = 8192
+
+Role = Literal["champion", "shadow", "canary"]
+
+
+def _summarized_rows(rows: np.ndarray | None) -> np.ndarray | None:
+    """``[n, features]``: the rows a request's summaries are computed from (at most
+    :data:`MAX_SUMMARY_ROWS`, evenly spaced); None when there are none."""
+    if rows is None or not len(rows):
+        return None
+    flat = np.asarray(rows).reshape(len(rows), -1)
+    if len(flat) > MAX_SUMMARY_ROWS:
+        flat = flat[np.linspace(0, len(flat) - 1, MAX_SUMMARY_ROWS).astype(np.int64)]
+    return flat
+
+
+def _summaries(flat: np.ndarray) -> list[list[float]]:
+    summary: list[list[float]] = (
+        summarize_rows(flat, feature_groups(flat.shape[1])).round(SUMMARY_DECIMALS).tolist()
+    )
+    return summary
 
 
 def prediction_logged(
@@ -35,19 +69,13 @@ def prediction_logged(
     rows: np.ndarray | None,
     source: Literal["http", "stream"] = "http",
     *,
-    role: Literal["champion", "shadow", "canary"] | None = None,
+    role: Role | None = None,
     champion_version: int | None = None,
     champion_predictions: np.ndarray | None = None,
     error: str | None = None,
 ) -> PredictionLogged:
-    summary = None
-    if rows is not None and len(rows):
-        flat = np.asarray(rows).reshape(len(rows), -1)
-        if len(flat) > MAX_SUMMARY_ROWS:
-            flat = flat[np.linspace(0, len(flat) - 1, MAX_SUMMARY_ROWS).astype(np.int64)]
-        summary = (
-            summarize_rows(flat, feature_groups(flat.shape[1])).round(SUMMARY_DECIMALS).tolist()
-        )
+    flat = _summarized_rows(rows)
+    summary = _summaries(flat) if flat is not None else None
     return PredictionLogged(
         model_name=model_name,
         version=version,
@@ -65,31 +93,144 @@ def prediction_logged(
     )
 
 
+class Answered(NamedTuple):
+    """A request answered and waiting in the log to be built into an event."""
+
+    model_name: str
+    version: int
+    request_id: str
+    labels: np.ndarray
+    latency_ms: float
+    rows: np.ndarray | None
+    role: Role | None = None
+
+
+def batch_logged(
+    answered: Sequence[Answered], source: Literal["http", "stream"] = "http"
+) -> list[PredictionLogged]:
+    """The events of answered requests: one per model version and role (split where an
+    event would exceed :data:`MAX_EVENT_SUMMARY_ROWS` or :data:`MAX_EVENT_PREDICTIONS`), in
+    the order the requests came; the summaries of all rows of one width in one call."""
+    groups: dict[tuple[str, int, Role | None], list[Answered]] = {}
+    for a in answered:
+        groups.setdefault((a.model_name, a.version, a.role), []).append(a)
+    events: list[PredictionLogged] = []
+    for (model_name, version, role), members in groups.items():
+        summaries = _batch_summaries([_summarized_rows(a.rows) for a in members])
+        chunk: list[tuple[Answered, list[list[float]] | None]] = []
+        summary_rows = predicted = 0
+        for a, summary in zip(members, summaries, strict=True):
+            n, s = len(a.labels), len(summary) if summary else 0
+            if chunk and (
+                summary_rows + s > MAX_EVENT_SUMMARY_ROWS or predicted + n > MAX_EVENT_PREDICTIONS
+            ):
+                events.append(_event(model_name, version, role, source, chunk))
+                chunk, summary_rows, predicted = [], 0, 0
+            chunk.append((a, summary))
+            summary_rows += s
+            predicted += n
+        events.append(_event(model_name, version, role, source, chunk))
+    return events
+
+
+def _batch_summaries(flats: list[np.ndarray | None]) -> list[list[list[float]] | None]:
+    """Per request, its summaries (None: no rows); requests whose rows have one width are
+    summarized together."""
+    out: list[list[list[float]] | None] = [None] * len(flats)
+    by_width: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for i, flat in enumerate(flats):
+        if flat is not None:
+            by_width.setdefault(flat.shape[1], []).append((i, flat))
+    for members in by_width.values():
+        parts = [flat for _, flat in members]
+        rows = _summaries(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        start = 0
+        for i, flat in members:
+            out[i] = rows[start : start + len(flat)]
+            start += len(flat)
+    return out
+
+
+def _event(
+    model_name: str,
+    version: int,
+    role: Role | None,
+    source: Literal["http", "stream"],
+    chunk: list[tuple[Answered, list[list[float]] | None]],
+) -> PredictionLogged:
+    (first, summary), rest = chunk[0], chunk[1:]
+    # plain dicts: validated by pydantic-core in one pass, cheaper than a model each here
+    more = [
+        {
+            "request_id": a.request_id,
+            "predictions": a.labels.tolist(),
+            "latency_ms": round(a.latency_ms, 3),
+            "input_summary": s,
+        }
+        for a, s in rest
+    ]
+    return PredictionLogged(
+        model_name=model_name,
+        version=version,
+        request_id=first.request_id,
+        predictions=first.labels.tolist(),
+        latency_ms=round(first.latency_ms, 3),
+        source=source,
+        input_summary=summary,
+        role=role,
+        more_requests=more,  # type: ignore[arg-type]
+    )
+
+
 class PredictionLog:
     """prediction.logged.v1 events on their way out: a bounded buffer and one task that
-    publishes them in batches (the request path only appends). Under a load the broker
-    cannot take, events are dropped and counted rather than piling up as tasks."""
+    builds and publishes them in batches (the request path only appends). Under a load the
+    broker cannot take, requests are dropped and counted rather than piling up as tasks.
+
+    The buffer takes built events (:meth:`add`) and answered requests (:meth:`add_prediction`,
+    built into batched events by the task). The task waits ``linger_s`` after the first
+    entry of a batch, so that one event carries the requests of many micro-batches."""
 
     def __init__(
         self,
         publish_many: Callable[[list[PredictionLogged]], Awaitable[None]],
         *,
         max_pending: int = 20_000,
-        max_batch: int = 500,
+        max_batch: int = 2000,
+        linger_s: float = 0.005,
     ) -> None:
         self._publish_many = publish_many
-        self._pending: deque[PredictionLogged] = deque()
+        self._pending: deque[PredictionLogged | Answered] = deque()
         self._max_pending = max_pending
         self._max_batch = max_batch
+        self._linger_s = linger_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def add(self, event: PredictionLogged) -> None:
+        self._append(event)
+
+    def add_prediction(
+        self,
+        model_name: str,
+        version: int,
+        request_id: str,
+        labels: np.ndarray,
+        latency_ms: float,
+        rows: np.ndarray | None,
+        role: Role | None = None,
+    ) -> None:
+        """An answered HTTP request, to be logged: appended as is (``rows`` is not copied:
+        the caller hands it over and must not change it afterwards)."""
+        self._append(Answered(model_name, version, request_id, labels, latency_ms, rows, role))
+
+    def _append(self, entry: PredictionLogged | Answered) -> None:
         if len(self._pending) >= self._max_pending:
             metrics.PREDICTIONS_LOG_DROPPED.labels("buffer full").inc()
             return
-        self._pending.append(event)
-        self._wake.set()
+        self._pending.append(entry)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -103,14 +244,23 @@ class PredictionLog:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            if self._linger_s:
+                await asyncio.sleep(self._linger_s)
             self._wake.clear()
             while self._pending:
                 n = min(len(self._pending), self._max_batch)
                 batch = [self._pending.popleft() for _ in range(n)]
                 try:
-                    await self._publish_many(batch)
+                    await self._publish_many(_events(batch))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # telemetry: counted and logged, never blocking serving
                     metrics.PREDICTIONS_LOG_DROPPED.labels("publish failed").inc(len(batch))
-                    log.warning("dropped %d prediction.logged.v1 events: %r", len(batch), exc)
+                    log.warning("dropped %d logged predictions: %r", len(batch), exc)
+
+
+def _events(batch: list[PredictionLogged | Answered]) -> list[PredictionLogged]:
+    ready = [e for e in batch if isinstance(e, PredictionLogged)]
+    if len(ready) == len(batch):
+        return ready
+    return [*ready, *batch_logged([e for e in batch if isinstance(e, Answered)])]

@@ -8,7 +8,13 @@ import numpy as np
 
 from contracts.events import PredictionLogged
 from services.predictor import metrics
-from services.predictor.prediction_log import PredictionLog, prediction_logged
+from services.predictor.prediction_log import (
+    MAX_EVENT_SUMMARY_ROWS,
+    Answered,
+    PredictionLog,
+    batch_logged,
+    prediction_logged,
+)
 from tests.support.polling import eventually
 
 
@@ -31,7 +37,7 @@ async def test_events_leave_in_batches_and_overflow_is_dropped_and_counted() -> 
         await gate.wait()
         batches.append(events)
 
-    log = PredictionLog(publish, max_pending=5, max_batch=2)
+    log = PredictionLog(publish, max_pending=5, max_batch=2, linger_s=0)
     dropped = metrics.PREDICTIONS_LOG_DROPPED.labels("buffer full")
     before = dropped._value.get()
     log.start()
@@ -69,5 +75,84 @@ async def test_a_failed_publish_is_counted_and_the_log_keeps_going() -> None:
         log.add(_event(1))
         await eventually(lambda: published == ["r1"], timeout=5)
         assert failed._value.get() - before == 1
+    finally:
+        await log.stop()
+
+
+def _answered(i: int, version: int = 1, role: str | None = None, n: int = 1) -> Answered:
+    rows = np.random.default_rng(i).random((n, 28, 28), dtype=np.float32)
+    return Answered("m", version, f"r{i}", np.arange(n) % 10, 1.0 + i / 7, rows, role)  # type: ignore[arg-type]
+
+
+def test_answered_requests_become_one_event_per_version_and_role_as_if_logged_alone() -> None:
+    answered = [
+        _answered(0),
+        _answered(1, version=2),
+        _answered(2, n=3),
+        _answered(3, role="canary"),
+    ]
+    events = batch_logged(answered)
+    assert [(e.version, e.role, [r.request_id for r in e.requests()]) for e in events] == [
+        (1, None, ["r0", "r2"]),
+        (2, None, ["r1"]),
+        (1, "canary", ["r3"]),
+    ]
+    for event in events:
+        # the contract holds on the wire, and each request reads as if it had its own event
+        again = PredictionLogged.model_validate_json(event.model_dump_json())
+        assert again == event and event.source == "http"
+        for r in event.requests():
+            a = answered[int(r.request_id[1:])]
+            alone = prediction_logged("m", a.version, a.request_id, a.labels, a.latency_ms, a.rows)
+            assert (r.predictions, r.latency_ms, r.input_summary) == (
+                alone.predictions,
+                alone.latency_ms,
+                alone.input_summary,
+            )
+
+
+def test_a_batch_too_large_for_one_event_is_split() -> None:
+    answered = [_answered(i, n=300) for i in range(8)]  # 2,400 summary rows
+    events = batch_logged(answered)
+    assert len(events) > 1
+    assert all(
+        sum(len(r.input_summary or ()) for r in e.requests()) <= MAX_EVENT_SUMMARY_ROWS
+        for e in events
+    )
+    assert [r.request_id for e in events for r in e.requests()] == [f"r{i}" for i in range(8)]
+
+
+async def test_answered_requests_leave_batched_and_dropped_ones_are_counted_per_request() -> None:
+    published: list[PredictionLogged] = []
+    calls = 0
+
+    async def publish(events: list[PredictionLogged]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("broker gone")
+        published.extend(events)
+
+    failed = metrics.PREDICTIONS_LOG_DROPPED.labels("publish failed")
+    before = failed._value.get()
+    log = PredictionLog(publish)
+    log.start()
+    try:
+        for i in range(3):
+            a = _answered(i)
+            log.add_prediction(
+                a.model_name, a.version, a.request_id, a.labels, a.latency_ms, a.rows
+            )
+        await eventually(lambda: calls == 1, timeout=5)
+        assert failed._value.get() - before == 3  # three requests lost, in one event
+        for i in range(3, 6):
+            a = _answered(i)
+            log.add_prediction(
+                a.model_name, a.version, a.request_id, a.labels, a.latency_ms, a.rows
+            )
+        log.add(_event(6))  # a built event (stream, shadow) travels alongside
+        await eventually(lambda: sum(len(e.requests()) for e in published) == 4, timeout=5)
+        ids = sorted(r.request_id for e in published for r in e.requests())
+        assert ids == ["r3", "r4", "r5", "r6"]
     finally:
         await log.stop()
