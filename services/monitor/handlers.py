@@ -44,7 +44,8 @@ async def on_dataset_prepared(event: DatasetPrepared, rt: MonitorRuntime) -> Non
 async def on_prediction_logged(event: PredictionLogged, rt: MonitorRuntime) -> None:
     rt.monitor.observe_logged(event, time.time())
     if event.source != "stream":
-        metrics.ROWS.labels(event.model_name, str(event.version)).inc(len(event.predictions))
+        rows = sum(len(r.predictions) for r in event.requests())
+        metrics.ROWS.labels(event.model_name, str(event.version)).inc(rows)
     await rt.publish_evaluations(rt.monitor.evaluate_due(time.time()))
 
 

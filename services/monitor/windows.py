@@ -282,6 +282,17 @@ def predicted_labels(event: InferenceCompleted) -> np.ndarray | None:
     return None
 
 
+def _summaries(w: VersionWindow, rows: list[list[float]], predictions: int) -> np.ndarray | None:
+    """Input summaries as the window takes them; None when they do not fit it."""
+    try:
+        summaries = np.asarray(rows, dtype=np.float32)
+    except ValueError:  # ragged rows
+        return None
+    if summaries.ndim != 2 or not w.fits(summaries, predictions):
+        return None
+    return summaries
+
+
 @dataclass
 class _Prediction:
     key: tuple[str, int]
@@ -322,26 +333,46 @@ class Monitor:
     # ------------------------------------------------------------------ traffic
 
     def observe_logged(self, event: PredictionLogged, now: float) -> None:
+        """Every request of the event (its own and ``more_requests``)."""
         w = self.window(event.model_name, event.version)
+        requests = event.requests()
         # stream answers are counted from inference.completed; shadow answers are not on it
         if event.source != "stream" or event.role == "shadow":
-            labels = np.asarray(event.predictions, dtype=np.int64)
-            w.add(now, labels, event.latency_ms, event.error is not None)
-            self._remember(event.request_id, w, labels, now)
+            for r in requests:
+                labels = np.asarray(r.predictions, dtype=np.int64)
+                w.add(now, labels, r.latency_ms, r.error is not None)
+                self._remember(r.request_id, w, labels, now)
         if event.role == "shadow" and event.champion_predictions is not None:
             w.add_agreement(event.predictions, event.champion_predictions)
-        if event.input_summary:
-            try:
-                summaries = np.asarray(event.input_summary, dtype=np.float32)
-            except ValueError:  # ragged rows
-                self.count_ignored("malformed_input_summary")
-                return
-            if summaries.ndim != 2 or not w.fits(summaries, len(event.predictions)):
-                self.count_ignored("malformed_input_summary")
-            else:
-                w.add_inputs(now, summaries)
-                if w.info.reference is None:
-                    self.count_ignored("no_reference")
+        carrying = [r for r in requests if r.input_summary]
+        if not carrying:
+            return
+        # the summaries of all requests in one array; request by request if that fails
+        merged = _summaries(
+            w,
+            [row for r in carrying for row in r.input_summary or ()],
+            sum(len(r.predictions) for r in carrying),
+        )
+        if merged is not None and all(
+            len(r.input_summary or ()) <= max(len(r.predictions), 1) for r in carrying
+        ):
+            start = 0
+            for r in carrying:  # per request (views), so the window keeps requests whole
+                end = start + len(r.input_summary or ())
+                w.add_inputs(now, merged[start:end])
+                start = end
+            accepted = len(carrying)
+        else:
+            accepted = 0
+            for r in carrying:
+                one = _summaries(w, r.input_summary or [], len(r.predictions))
+                if one is None:
+                    self.count_ignored("malformed_input_summary")
+                else:
+                    w.add_inputs(now, one)
+                    accepted += 1
+        if accepted and w.info.reference is None:
+            self.count_ignored("no_reference", accepted)
 
     def observe_completed(self, event: InferenceCompleted, now: float) -> None:
         w = self.window(event.model_name, event.model_version)

@@ -8,6 +8,7 @@ import pytest
 from contracts.events import (
     InferenceCompleted,
     InferenceTensor,
+    LoggedRequest,
     PredictionFeedback,
     PredictionLineage,
     PredictionLogged,
@@ -167,6 +168,54 @@ def test_malformed_summaries_are_counted_not_fatal() -> None:
     m.observe_logged(not_finite, 1.0)
     assert m.ignored == {"malformed_input_summary": 4}
     assert m.windows[("m", 1)].rows == 8 and m.windows[("m", 1)].input_rows == 0
+
+
+def batched(events: list[PredictionLogged]) -> PredictionLogged:
+    """The events as the HTTP predictor sends them: one event, the others in more_requests."""
+    first, rest = events[0], events[1:]
+    more = [
+        LoggedRequest(
+            request_id=e.request_id,
+            predictions=e.predictions,
+            latency_ms=e.latency_ms,
+            input_summary=e.input_summary,
+            error=e.error,
+        )
+        for e in rest
+    ]
+    return first.model_copy(update={"more_requests": more})
+
+
+def test_a_batched_event_counts_as_its_requests_each_logged_alone() -> None:
+    rows = fashion_like(600, seed=3)[0]
+    events = [
+        logged(rows[i : i + 30], f"b{i}", latency_ms=float(i)) for i in range(0, len(rows), 30)
+    ]
+    alone, together = monitor(), monitor()
+    for e in events:
+        alone.observe_logged(e, 1.0)
+    together.observe_logged(batched(events), 1.0)
+    a, t = alone.windows[("m", 1)], together.windows[("m", 1)]
+    assert (t.rows, t.input_rows, len(t.requests)) == (a.rows, a.input_rows, len(a.requests))
+    assert t.evaluate(2.0)[0].model_dump(exclude={"event_id", "occurred_at"}) == a.evaluate(2.0)[
+        0
+    ].model_dump(exclude={"event_id", "occurred_at"})
+    # feedback joins a request that travelled in more_requests
+    label = events[5].predictions[2]
+    fb = PredictionFeedback(request_id="b150", label=label, row=2)
+    assert together.observe_feedback(fb, 3.0) == "joined"
+    assert list(t.labelled) == [True]
+
+
+def test_one_malformed_summary_in_a_batch_spoils_only_its_request() -> None:
+    m = monitor()
+    rows = fashion_like(40, seed=4)[0]
+    good = [logged(rows[i : i + 10], f"g{i}") for i in range(0, 40, 10)]
+    bad = good[1].model_copy(update={"request_id": "bad", "input_summary": [[0.0] * 31]})
+    m.observe_logged(batched([good[0], bad, *good[2:]]), 1.0)
+    w = m.windows[("m", 1)]
+    assert m.ignored == {"malformed_input_summary": 1}
+    assert w.rows == 40 and w.input_rows == 30
 
 
 def test_errors_and_latency_percentiles() -> None:
