@@ -17,7 +17,10 @@ Three tasks around the pure steps of :mod:`services.predictor.streaming`:
   (at least once: nothing is committed before its answer is stored by the broker).
 
 Back-pressure: when ``stream_max_in_flight`` batches are published but not yet delivered,
-the worker pauses fetching on its partitions until the oldest settles.
+the worker pauses fetching on its partitions until the oldest settles. Records held in
+memory (fetched, not yet committed) are thus bounded by
+``(PREFETCH_BATCHES + 1 + stream_max_in_flight) * stream_poll_max_records``; ``/stream``
+shows the count and its peak.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class _Pending:
 
     sends: list[_Send]
     offsets: dict[TopicPartition, int]
+    records: int = 0
 
 
 class StreamWorker:
@@ -101,6 +105,9 @@ class StreamWorker:
         self.seen = streaming.RecentIds(settings.stream_dedupe_window)
         self.gave_up = streaming.RecentIds(1024)  # models waited for in vain
         self.paused = False
+        #: records fetched and not yet committed (queued, being answered, awaiting delivery)
+        self.records_held = 0
+        self.records_held_peak = 0
         #: models a poll batch waits for (no version served yet)
         self.waiting_for: set[str] = set()
         self._queue: asyncio.Queue[tuple[float, Batch]] = asyncio.Queue(PREFETCH_BATCHES)
@@ -193,7 +200,12 @@ class StreamWorker:
                 await asyncio.sleep(0.5)
                 continue
             if batch:
+                self._hold(sum(len(rs) for rs in batch.values()))
                 await self._queue.put((time.perf_counter(), batch))
+
+    def _hold(self, records: int) -> None:
+        self.records_held += records
+        self.records_held_peak = max(self.records_held_peak, self.records_held)
 
     # ------------------------------------------------------------------ work
 
@@ -207,6 +219,7 @@ class StreamWorker:
             assigned = self.consumer.assignment()
             # Records of partitions revoked since they were fetched belong to another member.
             records = [r for tp, rs in batch.items() if tp in assigned for r in rs]
+            self._hold(len(records) - sum(len(rs) for rs in batch.values()))
             if records:
                 await self.handle(records, fetched)
 
@@ -357,7 +370,7 @@ class StreamWorker:
         metrics.STREAM_REQUESTS.labels("duplicate").inc(len(plan.duplicates))
         mesh_metrics.EVENTS_HANDLED.labels(*self._labels).inc(len(records))
         mesh_metrics.LAST_EVENT_TS.labels(*self._labels).set(time.time())
-        return _Pending(list(sends.values()), offsets)
+        return _Pending(list(sends.values()), offsets, len(records))
 
     async def _send(self, send: _Send) -> None:
         """Hand one partition's answers to the producer as record batches, in order."""
@@ -443,8 +456,9 @@ class StreamWorker:
                 await self._delivered(pending)
                 offsets.update(pending.offsets)  # later batches hold later offsets
             await self._commit(offsets)
-            for _ in settling:
+            for pending in settling:
                 self._pending.popleft()
+                self._hold(-pending.records)
             async with self._settled:
                 self._settled.notify_all()
 
@@ -548,7 +562,7 @@ def build_stream_app(
     @app.get("/stream", tags=["health"])
     async def stream_state() -> dict[str, Any]:
         """Models served, whether promotions are followed yet, whether fetching is paused,
-        batches awaiting delivery."""
+        batches awaiting delivery, records fetched and not yet committed (and their peak)."""
         return {
             "topic": worker.topic,
             "group": settings.stream_group,
@@ -557,6 +571,8 @@ def build_stream_app(
             "waiting_for": sorted(worker.waiting_for),
             "paused": worker.paused,
             "batches_in_flight": worker.in_flight,
+            "records_held": worker.records_held,
+            "records_held_peak": worker.records_held_peak,
         }
 
     return app
