@@ -54,9 +54,9 @@ async def test_a_request_that_killed_its_worker_twice_is_answered_and_the_partit
     def start(name: str) -> Worker:
         worker = Worker(name, kafka_bootstrap, store_url, group, tmp_path / f"{name}.log")
         workers.append(worker)
-        wait_for(
+        wait_for(  # a process importing torch, then a join (and the dead worker's eviction)
             lambda: len(worker.partitions()) == 4,
-            timeout=60,
+            timeout=120,
             interval=0.2,
             what=f"{name} to hold all four partitions",
         )

@@ -162,10 +162,14 @@ async def test_a_completed_run_has_loadable_artifacts_progress_per_epoch_and_one
             lambda m: m["_topic"] == "training.completed.v1" and m["run_id"] == event.run_id,
             timeout=60,
         )
-        progress = reader.matching(
-            lambda m: m["_topic"] == "training.progress.v1" and m["run_id"] == event.run_id
+        # Progress is published before the result, but on another topic: the reader may see
+        # the result first. Wait for the three epochs rather than reading what arrived.
+        progress = await reader.wait_for(
+            lambda m: m["_topic"] == "training.progress.v1" and m["run_id"] == event.run_id,
+            count=3,
+            timeout=30,
         )
-        assert [p["epoch"] for p in progress] == [1, 2, 3]
+        assert [p["epoch"] for p in progress] == [1, 2, 3]  # type: ignore[index]
         assert all(p["samples_per_sec"] > 0 for p in progress)
 
         weights = load_safetensors(store.get(done["weights"]["uri"]))
@@ -236,10 +240,12 @@ async def test_ddp_world_size_two_on_cpu_produces_a_model(
         assert done["_topic"] == "training.completed.v1", done
         assert done["hyperparameters"]["world_size"] == 2
         assert done["metrics"]["test_accuracy"] > 0.9
-        progress = reader.matching(
-            lambda m: m["_topic"] == "training.progress.v1" and m["run_id"] == event.run_id
+        progress = await reader.wait_for(  # another topic than the result: may come later
+            lambda m: m["_topic"] == "training.progress.v1" and m["run_id"] == event.run_id,
+            count=2,
+            timeout=30,
         )
-        assert [p["epoch"] for p in progress] == [1, 2]
+        assert [p["epoch"] for p in progress] == [1, 2]  # type: ignore[index]
     weights = load_safetensors(env["store"].get(done["weights"]["uri"]))
     build_model(ModelSpec(), [64], 4).load_state_dict(weights)
 

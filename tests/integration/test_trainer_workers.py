@@ -87,8 +87,10 @@ def two_workers(bootstrap: str, store_url: str, logs: Path) -> Iterator[dict[str
             held = [w.partitions() for w in workers.values()]
             return all(held) and sorted(p for h in held for p in h) == [0, 1, 2, 3]
 
+        # Two processes importing torch, then a group join and a rebalance: slow on a
+        # loaded 2-core machine.
         wait_for(
-            balanced, timeout=60, interval=0.2, what="both workers to share the four partitions"
+            balanced, timeout=120, interval=0.2, what="both workers to share the four partitions"
         )
         yield workers
     finally:
@@ -181,6 +183,16 @@ async def test_sigkilled_worker_job_resumes_on_the_other_from_its_checkpoint(
             assert done["worker"] == survivor
             resumed = done["metrics"]["resumed_from_epoch"]
             assert resumed >= 2
+            # The last epoch's progress was published before the result, but on another topic:
+            # the reader may see the result first. Wait for it before reading the epochs.
+            await reader.wait_for(
+                lambda m: (
+                    m["_topic"] == "training.progress.v1"
+                    and m["run_id"] == long_job.run_id
+                    and m["epoch"] == 40
+                ),
+                timeout=30,
+            )
             survivor_epochs = [
                 m["epoch"]
                 for m in reader.matching(
