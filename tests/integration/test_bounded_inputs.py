@@ -32,6 +32,8 @@ pytestmark = pytest.mark.kafka
 TOKEN = "bounded-inputs-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MIB = 1 << 20
+#: httpx waits 5 s by default: too little for parsing megabytes on a loaded 2-core machine.
+TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
@@ -66,30 +68,38 @@ def test_an_oversized_json_body_is_refused_before_authentication(
 ) -> None:
     url = f"{services['registry']}/models/m/aliases/production"
     big = b'{"version": 1, "reason": "' + b"x" * (2 * MIB) + b'"}'
-    r = httpx.post(url, content=big, headers={"content-type": "application/json"})
+    r = httpx.post(url, content=big, headers={"content-type": "application/json"}, timeout=TIMEOUT)
     assert r.status_code == 413  # not 401: the body limit comes first
     assert r.json() == {
         "error": f"request body of {len(big)} bytes is over the limit of {MIB} bytes "
         "(REGISTRY_MAX_BODY_BYTES)"
     }
     # streamed without a Content-Length: cut at the limit all the same
-    r = httpx.post(url, content=_chunks(2 * MIB), headers={"content-type": "application/json"})
+    r = httpx.post(
+        url,
+        content=_chunks(2 * MIB),
+        headers={"content-type": "application/json"},
+        timeout=TIMEOUT,
+    )
     assert r.status_code == 413
     assert "REGISTRY_MAX_BODY_BYTES" in r.json()["error"]
     # a small body still meets the token check
-    assert httpx.post(url, json={"version": 1}).status_code == 401
+    assert httpx.post(url, json={"version": 1}, timeout=TIMEOUT).status_code == 401
 
 
 def test_ingest_json_routes_and_uploads_have_their_own_limits(services: dict[str, str]) -> None:
     base = services["ingest"]
-    r = httpx.put(f"{base}/datasets/d/schema", content=b" " * (MIB + 1), headers=AUTH)
+    r = httpx.put(
+        f"{base}/datasets/d/schema", content=b" " * (MIB + 1), headers=AUTH, timeout=TIMEOUT
+    )
     assert r.status_code == 413 and "INGEST_MAX_BODY_BYTES" in r.json()["error"]
     # 2 MiB is fine for an upload (it then fails as a dataset, not as a body)
     junk = {"files": ("data.csv", b"label,a\n" + b"1,2\n" * (MIB // 2), "text/csv")}
-    r = httpx.post(f"{base}/datasets/d/upload", files=junk, headers=AUTH)
+    r = httpx.post(f"{base}/datasets/d/upload", files=junk, headers=AUTH, timeout=TIMEOUT)
     assert r.status_code != 413, r.text
     too_big = {"files": ("data.csv", b"0" * (5 * MIB), "text/csv")}
-    r = httpx.post(f"{base}/datasets/d/upload", files=too_big)  # no token: refused first
+    # no token: refused first
+    r = httpx.post(f"{base}/datasets/d/upload", files=too_big, timeout=TIMEOUT)
     assert r.status_code == 413
     assert "over the limit of 4194304 bytes (INGEST_MAX_UPLOAD_BYTES)" in r.json()["error"]
 
@@ -100,12 +110,12 @@ def test_compression_bombs_are_refused_with_the_reason(services: dict[str, str])
     parts = [deflate.compress(b"label,a\n")]
     parts += [deflate.compress(bytes(MIB)) for _ in range(64)] + [deflate.flush()]
     gz_bomb = b"".join(parts)
-    r = httpx.post(upload, files={"f": ("data.csv.gz", gz_bomb)}, headers=AUTH)
+    r = httpx.post(upload, files={"f": ("data.csv.gz", gz_bomb)}, headers=AUTH, timeout=TIMEOUT)
     assert r.status_code == 413
     assert r.json()["error"].startswith("data.csv.gz: decompresses to more than 100 times")
     buf = io.BytesIO()
     np.savez_compressed(buf, x=np.zeros((8 * MIB, 1)), y=np.zeros(8 * MIB, np.int8))
-    r = httpx.post(upload, files={"f": ("data.npz", buf.getvalue())}, headers=AUTH)
+    r = httpx.post(upload, files={"f": ("data.npz", buf.getvalue())}, headers=AUTH, timeout=TIMEOUT)
     assert r.status_code == 413 and r.json()["error"].startswith("data.npz: decompresses to")
     # a real gzip IDX pair goes through
     rng = np.random.default_rng(1)
@@ -120,7 +130,7 @@ def test_compression_bombs_are_refused_with_the_reason(services: dict[str, str])
         "a": ("train-images-idx3-ubyte.gz", idx(x)),
         "b": ("train-labels-idx1-ubyte.gz", idx(y)),
     }
-    r = httpx.post(upload, files=files, headers=AUTH)
+    r = httpx.post(upload, files=files, headers=AUTH, timeout=TIMEOUT)
     assert r.status_code == 200, r.text
 
 
