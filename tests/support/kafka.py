@@ -69,7 +69,7 @@ class TopicReader:
         predicate: Callable[[dict[str, Any]], bool] = lambda m: True,
         *,
         count: int = 1,
-        timeout: float = 15.0,
+        timeout: float = 30.0,  # a deadline for a loaded 2-core machine, not an expectation
     ) -> list[dict[str, Any]] | dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -13,7 +13,7 @@ T = TypeVar("T")
 async def eventually(
     probe: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
     *,
-    timeout: float = 10.0,
+    timeout: float = 30.0,  # a deadline for a loaded 2-core machine, not an expectation
     interval: float = 0.05,
     what: str = "condition",
 ) -> T:
@@ -34,7 +34,7 @@ async def eventually(
 def wait_for(
     probe: Callable[[], T | None],
     *,
-    timeout: float = 10.0,
+    timeout: float = 30.0,  # a deadline for a loaded 2-core machine, not an expectation
     interval: float = 0.05,
     what: str = "condition",
 ) -> T:

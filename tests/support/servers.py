@@ -14,9 +14,11 @@ from libs.messaging.embedded import free_port
 
 
 @contextmanager
-def serve_app(app: Any, *, timeout: float = 30.0, port: int | None = None) -> Iterator[str]:
+def serve_app(app: Any, *, timeout: float = 90.0, port: int | None = None) -> Iterator[str]:
     """Yield the base URL while uvicorn serves ``app`` (its lifespan runs: broker, DB...);
-    on ``port`` when given (e.g. to bring a stopped server back at the same address)."""
+    on ``port`` when given (e.g. to bring a stopped server back at the same address).
+    ``timeout`` is a deadline for a loaded 2-core machine (a lifespan may migrate a
+    database or load torch models), not an expectation."""
     port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
