@@ -132,7 +132,7 @@ def predictor(kafka_settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     stub.add(write_model_version(open_store(store_url), name, 1, label_names=FASHION))
     with running_predictor(kafka_settings, store_url, stub, models=name) as s:
         wait_for(
-            lambda: httpx.get(f"{s.url}/v2/models/{name}/ready").status_code == 200,
+            lambda: httpx.get(f"{s.url}/v2/models/{name}/ready", timeout=30).status_code == 200,
             timeout=60,
             what="predictor ready",
         )

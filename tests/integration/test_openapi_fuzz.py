@@ -214,7 +214,7 @@ def predictor_api(
     )
     with running_predictor(kafka_settings, store_url, stub, models=MODEL) as stack:
         wait_for(
-            lambda: httpx.get(f"{stack.url}/v2/health/ready").status_code == 200,
+            lambda: httpx.get(f"{stack.url}/v2/health/ready", timeout=30).status_code == 200,
             timeout=60,
             what="predictor ready",
         )

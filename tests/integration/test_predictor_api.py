@@ -35,7 +35,7 @@ def stack(kafka_settings, tmp_path_factory) -> Iterator[PredictorStack]:
         kafka_settings, store_url, stub, models=name, max_body_bytes=64 * 1024
     ) as s:
         wait_for(
-            lambda: httpx.get(f"{s.url}/v2/health/ready").status_code == 200,
+            lambda: httpx.get(f"{s.url}/v2/health/ready", timeout=30).status_code == 200,
             timeout=60,
             what="predictor ready",
         )
