@@ -2,17 +2,28 @@
 
     python deploy/crosscheck.py        # prints one line per problem; exit 1 if any
 
-- every lepton-mesh container runs a service that exists in ``services/`` (``__main__.py``);
+- every process ``lmesh up`` runs (lmesh/state.py ``SERVICES``/``COMMANDS``: the seven
+  services and the predictor's stream worker) runs in compose and in Kubernetes;
+- every lepton-mesh container runs a service that exists in ``services/`` (``__main__.py``),
+  and its command is one of those processes;
 - every environment variable set on it is a field of that service's settings class (the
   pydantic-settings classes of ``services/<name>/settings.py``), of ``KafkaSettings``
   (``KAFKA_*``), ``StoreSettings`` (``STORE_URL``), or a standard variable read by a
-  library we use (OpenTelemetry ``OTEL_*``, s3fs/botocore ``AWS_*``);
+  library we use (OpenTelemetry ``OTEL_*``, s3fs/botocore ``AWS_*``); and the settings
+  validate with exactly that environment (a required setting unset, a token missing or a
+  value of the wrong type fails);
 - every topic named anywhere is a topic of ``contracts/topics.py``; the KEDA trigger's
   consumer group is the service it scales and its replicas stay within the partitions;
 - every long-running container has a healthcheck (compose) or readiness and liveness
-  probes (Kubernetes); predictors are ready on ``/v2/health/ready``;
-- the ports are the services' default ports and Prometheus scrapes each service;
-- secrets in compose come from ``${VAR:?}``, never a literal or a default.
+  probes (Kubernetes) on its process's port, on a path its app serves; predictors are ready
+  on ``/v2/health/ready``;
+- the ports are the processes' ports (their settings' defaults, which are ``lmesh up``'s
+  and the container entrypoint's), each Kubernetes Service exposes its process's port,
+  every ``http://host:port`` in a setting names a port that host serves, and Prometheus
+  scrapes each process;
+- secrets come from ``${VAR:?}`` in compose and from a Secret in Kubernetes, never a
+  literal or a default;
+- the Dockerfile installs every service and exposes every port.
 
 Settings are read from the code when the check runs, so renaming a field without
 updating the deployment fails the check (tests/integration/test_deploy.py).
@@ -20,13 +31,18 @@ updating the deployment fails the check (tests/integration/test_deploy.py).
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
+import os
 import re
+import shlex
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 
@@ -34,11 +50,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lmesh import state as mesh  # noqa: E402  (the processes lmesh up runs, their ports)
+
 COMPOSE_FILE = ROOT / "compose" / "compose.yml"
 PROMETHEUS_FILE = ROOT / "compose" / "prometheus.yml"
 DOCKERFILE = ROOT / "compose" / "Dockerfile"
+ENTRYPOINT = ROOT / "compose" / "entrypoint.py"
 K8S_DIRS = (ROOT / "deploy" / "k8s" / "base", ROOT / "deploy" / "k8s" / "dev-infra")
 
+ENTRYPOINT_HEALTH = ("/usr/local/lib/lmesh/entrypoint.py", "--health")
+#: ``http://host:port`` (host possibly a cluster FQDN: ``registry.lepton-mesh.svc``).
+URL_RE = re.compile(r"https?://(?P<host>[a-z0-9-]+)(?:\.[a-z0-9.-]+)?:(?P<port>\d+)")
 IMAGE_RE = re.compile(r"^(?:[\w.-]+(?::\d+)?/)*lepton-mesh/(?P<service>[\w-]+)(?::[\w.${}:-]+)?$")
 TOPIC_RE = re.compile(r"(?<![\w./-])[a-z][a-z0-9_-]*(?:\.[a-z0-9_-]+)*\.v\d+(?![\w.-])")
 
@@ -79,6 +101,17 @@ class Container:
     health: bool = False  # compose healthcheck / k8s readiness + liveness probes
     ready_path: str | None = None
     ports: set[int] = field(default_factory=set)
+    command: tuple[str, ...] | None = None  # None: the image's CMD
+    name: str = ""  # compose service / k8s workload name (what other containers call it)
+    secret_env: set[str] = field(default_factory=set)  # set from a secret (k8s)
+    # k8s probes: (path, port) with the port resolved to a number where it is a named port
+    probes: list[tuple[str, int | str]] = field(default_factory=list)
+    health_process: str | None = None  # compose: the process ``entrypoint.py --health`` probes
+
+    @property
+    def process(self) -> str | None:
+        """The process of ``lmesh up`` (lmesh/state.py COMMANDS) this container runs."""
+        return None if self.service is None else process_of(self.service, self.command)
 
 
 # ---------------------------------------------------------------- settings (from the code)
@@ -98,30 +131,122 @@ def settings_classes(service: str) -> list[type]:
     ]
 
 
-def default_port(service: str) -> int | None:
-    """The service's HTTP port, as its settings class declares it."""
-    for cls in settings_classes(service):
-        field = cls.model_fields.get("http_port")  # type: ignore[attr-defined]
-        if field is not None:
-            return int(field.default)
+_code_settings_classes = settings_classes  # what serves_path builds apps with, never a stand-in
+
+
+def process_of(service: str, command: Iterable[str] | None) -> str | None:
+    """The ``lmesh up`` process a container of ``service``'s image runs: its command's
+    ``-m MODULE ARGS...`` matched against lmesh/state.py ``COMMANDS``; no command: the
+    image's own (``python -m services.<service>``). None: not one of them (a job)."""
+    if command is None:
+        args: tuple[str, ...] = (f"services.{service}",)
+    else:
+        argv = list(command)
+        if "-m" not in argv:
+            return None
+        args = tuple(argv[argv.index("-m") + 1 :])
+    return next((p for p, cmd in mesh.COMMANDS.items() if cmd == args), None)
+
+
+def service_of(process: str) -> str:
+    """The service package a process belongs to (``predictor-stream`` -> ``predictor``)."""
+    return mesh.COMMANDS[process][0].removeprefix("services.")
+
+
+def port_setting(process: str) -> str:
+    """The variable that moves a process's port (``PREDICTOR_STREAM_HTTP_PORT``), the one
+    ``lmesh up`` sets."""
+    return f"{mesh.env_prefix(process)}_HTTP_PORT"
+
+
+def process_port(process: str) -> int | None:
+    """The process's HTTP port, as its settings class declares it (the default of the
+    field that :func:`port_setting` names)."""
+    for cls in settings_classes(service_of(process)):
+        for name, info in cls.model_fields.items():  # type: ignore[attr-defined]
+            if port_setting(process) in _field_env_names(cls, name, info):
+                return int(info.default)
     return None
+
+
+def default_port(service: str) -> int | None:
+    """The service's own HTTP port, as its settings class declares it."""
+    return process_port(service)
+
+
+def _field_env_names(cls: type, name: str, info: Any) -> set[str]:
+    from pydantic import AliasChoices
+
+    prefix = str(cls.model_config.get("env_prefix", ""))  # type: ignore[attr-defined]
+    alias = info.validation_alias or info.alias
+    if isinstance(alias, str):
+        return {alias.upper()}
+    if isinstance(alias, AliasChoices):
+        return {c.upper() for c in alias.choices if isinstance(c, str)}
+    return {f"{prefix}{name}".upper()}
 
 
 def env_names(cls: type) -> set[str]:
     """Environment variable names a pydantic-settings class reads (upper-cased)."""
-    from pydantic import AliasChoices
-
-    prefix = str(cls.model_config.get("env_prefix", ""))  # type: ignore[attr-defined]
     names: set[str] = set()
     for name, info in cls.model_fields.items():  # type: ignore[attr-defined]
-        alias = info.validation_alias or info.alias
-        if isinstance(alias, str):
-            names.add(alias.upper())
-        elif isinstance(alias, AliasChoices):
-            names.update(c.upper() for c in alias.choices if isinstance(c, str))
-        else:
-            names.add(f"{prefix}{name}".upper())
+        names |= _field_env_names(cls, name, info)
     return names
+
+
+def secret_env_names(service: str) -> set[str]:
+    """Variables of the service's settings typed ``SecretStr`` (tokens, keys)."""
+    from pydantic import SecretStr
+
+    names: set[str] = set()
+    for cls in settings_classes(service):
+        for name, info in cls.model_fields.items():  # type: ignore[attr-defined]
+            if SecretStr in (info.annotation, *getattr(info.annotation, "__args__", ())):
+                names |= _field_env_names(cls, name, info)
+    return names
+
+
+def settings_errors(service: str, env: Mapping[str, str]) -> list[str]:
+    """What the service's settings classes say when built from exactly ``env`` (the
+    container's environment, secrets stood in for): a required setting unset, a token
+    missing, a value of the wrong type."""
+    from pydantic import ValidationError
+
+    errors: list[str] = []
+    with mock.patch.dict(os.environ, dict(env), clear=True):
+        for cls in settings_classes(service):
+            try:
+                cls()
+            except ValidationError as exc:
+                errors += [
+                    f"{'.'.join(map(str, e['loc'])) or cls.__name__}: "
+                    f"{str(e['msg']).removeprefix('Value error, ')}"
+                    for e in exc.errors()
+                ]
+    return errors
+
+
+def app_factory(process: str) -> Callable[..., Any]:
+    """How ``python -m`` builds the process's ASGI app (``build_app(settings, kafka)``)."""
+    if process == "predictor-stream":
+        return importlib.import_module("services.predictor.stream").build_stream_app  # type: ignore[no-any-return]
+    return importlib.import_module(f"services.{service_of(process)}.app").build_app  # type: ignore[no-any-return]
+
+
+@functools.cache
+def serves_path(process: str, path: str) -> bool:
+    """Whether a route of the process's app takes ``GET path`` (the app built as its
+    ``__main__`` builds it, from the settings' defaults and without its lifespan: nothing
+    connects)."""
+    from starlette.routing import Match
+
+    from libs.messaging.settings import KafkaSettings
+
+    (cls, *_) = _code_settings_classes(service_of(process))
+    app = app_factory(process)(cls.model_construct(), KafkaSettings())
+    api = getattr(app, "api", app)  # the predictor's ASGI front sends all but /infer to it
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": ""}
+    return any(route.matches(scope)[0] == Match.FULL for route in api.routes)
 
 
 def shared_env_names() -> set[str]:
@@ -204,6 +329,9 @@ def compose_containers(doc: dict[str, Any]) -> list[Container]:
         ports = set()
         for p in svc.get("ports", []) or []:
             ports.add(int(str(p).rsplit(":", 1)[-1].split("/")[0]))
+        command = svc.get("command")
+        if isinstance(command, str):
+            command = shlex.split(command)
         out.append(
             Container(
                 origin=f"compose:{name}",
@@ -212,9 +340,22 @@ def compose_containers(doc: dict[str, Any]) -> list[Container]:
                 job=name in jobs or svc.get("restart") == "no",
                 health=exempt or (bool(hc.get("test")) and not hc.get("disable")),
                 ports=ports,
+                command=tuple(command) if command else None,
+                name=name,
+                health_process=_entrypoint_health(hc.get("test"), service),
             )
         )
     return out
+
+
+def _entrypoint_health(test: Any, service: str | None) -> str | None:
+    """The process a compose healthcheck ``entrypoint.py --health [PROCESS]`` probes."""
+    argv = shlex.split(test) if isinstance(test, str) else list(test or [])
+    for i in range(len(argv) - 1):
+        if tuple(argv[i : i + 2]) == ENTRYPOINT_HEALTH:
+            rest = argv[i + 2 :]
+            return rest[0] if rest else service
+    return None
 
 
 def _index(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -233,6 +374,7 @@ def k8s_containers(docs: list[dict[str, Any]]) -> tuple[list[Container], list[st
         for c in spec.get("containers", []):
             origin = f"k8s:{kind}/{doc['metadata']['name']}/{c['name']}"
             env: dict[str, str] = {}
+            secret_env: set[str] = set()
             for src in c.get("envFrom", []):
                 if ref := src.get("configMapRef"):
                     cm = configmaps.get(ref["name"])
@@ -247,12 +389,9 @@ def k8s_containers(docs: list[dict[str, Any]]) -> tuple[list[Container], list[st
                     if sec is None:
                         problems.append(f"{origin}: envFrom Secret {ref['name']!r} is not defined")
                         continue
-                    env.update(
-                        {
-                            k: "<secret>"
-                            for k in {**sec.get("stringData", {}), **sec.get("data", {})}
-                        }
-                    )
+                    keys = {**sec.get("stringData", {}), **sec.get("data", {})}
+                    env.update({k: _secret_stand_in(k) for k in keys})
+                    secret_env.update(keys)
             for item in c.get("env", []):
                 ref = (item.get("valueFrom") or {}).get("secretKeyRef")
                 if ref:
@@ -262,9 +401,20 @@ def k8s_containers(docs: list[dict[str, Any]]) -> tuple[list[Container], list[st
                         problems.append(
                             f"{origin}: {item['name']} reads missing secret key {ref['name']}/{ref['key']}"
                         )
-                env[item["name"]] = "<secret>" if ref else str(item.get("value", ""))
+                if ref:
+                    env[item["name"]] = _secret_stand_in(ref["key"])
+                    secret_env.add(item["name"])
+                else:
+                    env[item["name"]] = str(item.get("value", ""))
             m = IMAGE_RE.match(str(c.get("image", "")))
             ready = c.get("readinessProbe") or {}
+            named = {p["name"]: p["containerPort"] for p in c.get("ports", []) if "name" in p}
+            probes = [
+                (get.get("path", "/"), named.get(get.get("port"), get.get("port")))
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe")
+                if (get := (c.get(probe) or {}).get("httpGet"))
+            ]
+            command = [*c.get("command", []), *c.get("args", [])]
             out.append(
                 Container(
                     origin=origin,
@@ -274,9 +424,18 @@ def k8s_containers(docs: list[dict[str, Any]]) -> tuple[list[Container], list[st
                     health=bool(c.get("readinessProbe")) and bool(c.get("livenessProbe")),
                     ready_path=(ready.get("httpGet") or {}).get("path"),
                     ports={p["containerPort"] for p in c.get("ports", [])},
+                    command=tuple(command) if command else None,
+                    name=doc["metadata"]["name"],
+                    secret_env=secret_env,
+                    probes=probes,
                 )
             )
     return out, problems
+
+
+def _secret_stand_in(key: str) -> str:
+    """What a secret's value is taken to be for the checks (not a placeholder, not empty)."""
+    return f"crosscheck-secret-{key}"
 
 
 def _strings(node: Any) -> Iterator[str]:
@@ -329,21 +488,148 @@ def check_containers(
                     f"{c.origin}: {name} is not a setting of {c.service} "
                     f"(services/{c.service}/settings.py), KafkaSettings, StoreSettings or a standard variable"
                 )
-        port = default_port(c.service)
-        declared = c.env.get(f"{c.service.upper()}_HTTP_PORT")
-        if not c.job and declared and int(declared) != port:
+        if not c.job:
+            problems += check_process(c)
+    return problems
+
+
+def check_process(c: Container) -> list[str]:
+    """A long-running lepton-mesh container: it runs a process of ``lmesh up``, on that
+    process's port, probed there on paths its app serves, with settings that validate."""
+    process = c.process
+    if process is None:
+        return [
+            f"{c.origin}: runs {' '.join(c.command or ())!r}, not a process of lmesh up "
+            f"(lmesh/state.py COMMANDS)"
+        ]
+    problems = []
+    port = process_port(process)
+    declared = c.env.get(port_setting(process))
+    if declared and int(declared) != port:
+        problems.append(f"{c.origin}: {port_setting(process)}={declared}, expected {port}")
+    if c.origin.startswith("k8s:") and port not in c.ports:
+        problems.append(f"{c.origin}: containerPort {port} not declared")
+    for path, probe_port in c.probes:
+        if probe_port != port:
             problems.append(
-                f"{c.origin}: {c.service.upper()}_HTTP_PORT={declared}, expected {port}"
+                f"{c.origin}: probe {path} on port {probe_port}, {process} serves {port}"
             )
-        if not c.job and c.origin.startswith("k8s:") and port not in c.ports:
-            problems.append(f"{c.origin}: containerPort {port} not declared")
+        if not serves_path(process, path):
+            problems.append(f"{c.origin}: probe {path}: {process} serves no such path")
+    if c.health_process is not None:
+        if c.health_process != process:
+            problems.append(
+                f"{c.origin}: healthcheck probes {c.health_process}, the container runs {process}"
+            )
+        elif not serves_path(process, "/healthz"):  # what entrypoint.py --health asks
+            problems.append(f"{c.origin}: healthcheck /healthz: {process} serves no such path")
+    if (
+        process == "predictor"
+        and c.origin.startswith("k8s:")
+        and c.ready_path != "/v2/health/ready"
+    ):
+        problems.append(
+            f"{c.origin}: predictor readiness must be /v2/health/ready, not {c.ready_path}"
+        )
+    secrets = secret_env_names(c.service or "")
+    for name in sorted(c.env):  # compose: check_compose_secrets
+        hinted = any(h in name.upper() for h in SECRET_HINTS) or name.upper() in secrets
+        if hinted and c.origin.startswith("k8s:") and name not in c.secret_env:
+            problems.append(f"{c.origin}: {name} is not taken from a Secret")
+    env = {k: _interpolate(v) for k, v in c.env.items()}
+    problems += [
+        f"{c.origin}: {process} settings refuse this environment: {e}"
+        for e in settings_errors(c.service or "", env)
+    ]
+    return problems
+
+
+_COMPOSE_VAR = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
+
+def _interpolate(value: str) -> str:
+    """A compose value as the container sees it: ``${VAR:-default}`` -> the default, a
+    required ``${VAR:?}`` / ``${VAR}`` -> a stand-in secret, ``$$`` -> ``$``."""
+
+    def one(m: re.Match[str]) -> str:
+        if m["op"] in (":-", "-"):
+            return m["arg"]
+        return _secret_stand_in(m["name"].lower())
+
+    return _COMPOSE_VAR.sub(one, value).replace("$$", "$")
+
+
+def check_processes_deployed(compose: list[Container], k8s: list[Container]) -> list[str]:
+    """Every process ``lmesh up`` runs runs in compose and in Kubernetes."""
+    problems = []
+    for where, containers in (("compose", compose), ("k8s", k8s)):
+        running = {c.process for c in containers if not c.job}
+        for process in mesh.SERVICES:
+            if process not in running:
+                command = " ".join(("python", "-m", *mesh.COMMANDS[process]))
+                problems.append(f"{where}: no container runs {process} ({command})")
+    return problems
+
+
+def check_ports(
+    docs: list[dict[str, Any]], compose: list[Container], k8s: list[Container]
+) -> list[str]:
+    """Each k8s Service in front of a process exposes the process's port, and every
+    ``http://host:port`` in a container's environment names a port that host serves."""
+    problems = []
+    served: dict[str, dict[str, set[int]]] = {"compose": {}, "k8s": {}}
+    for c in compose:
+        if c.process and not c.job:
+            served["compose"][c.name] = {process_port(c.process) or -1}
+    workloads = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Deployment"}
+    by_labels = {
+        name: next((c.process for c in k8s if c.name == name and c.process), None)
+        for name in workloads
+    }
+    for svc in (d for d in docs if d.get("kind") == "Service"):
+        selector = svc["spec"].get("selector") or {}
+        ports = {int(p["port"]) for p in svc["spec"].get("ports", [])}
+        for name, deployment in workloads.items():
+            labels = deployment["spec"]["template"]["metadata"].get("labels", {})
+            process = by_labels[name]
+            if not process or not selector or not selector.items() <= labels.items():
+                continue
+            port = process_port(process)
+            served["k8s"][svc["metadata"]["name"]] = ports
+            if port not in ports:
+                problems.append(
+                    f"k8s:Service/{svc['metadata']['name']}: exposes {sorted(ports)}, "
+                    f"{process} serves {port}"
+                )
+    for where, containers in (("compose", compose), ("k8s", k8s)):
+        for c in containers:
+            for name, value in sorted(c.env.items()):
+                for m in URL_RE.finditer(value):
+                    ports = served[where].get(m["host"])
+                    if ports is not None and int(m["port"]) not in ports:
+                        problems.append(
+                            f"{c.origin}: {name} calls {m['host']}:{m['port']}, "
+                            f"{m['host']} serves {sorted(ports)}"
+                        )
+    return problems
+
+
+def check_entrypoint(path: Path = ENTRYPOINT) -> list[str]:
+    """The container entrypoint's ports (its --health probe) are lmesh up's."""
+    spec = importlib.util.spec_from_file_location("lmesh_container_entrypoint", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ports: dict[str, int] = module.DEFAULT_PORTS
+    problems = []
+    for process in mesh.SERVICES:
         if (
-            c.service == "predictor"
-            and c.origin.startswith("k8s:")
-            and c.ready_path != "/v2/health/ready"
+            ports.get(process) != process_port(process)
+            or ports.get(process) != mesh.DEFAULT_PORTS[process]
         ):
             problems.append(
-                f"{c.origin}: predictor readiness must be /v2/health/ready, not {c.ready_path}"
+                f"compose/entrypoint.py: {process} on {ports.get(process)}, its settings say "
+                f"{process_port(process)}, lmesh up {mesh.DEFAULT_PORTS[process]}"
             )
     return problems
 
@@ -397,13 +683,29 @@ def check_scaled_objects(docs: list[dict[str, Any]]) -> list[str]:
 
 def check_compose_secrets(doc: dict[str, Any]) -> list[str]:
     problems = []
-    for name, svc in doc.get("services", {}).items():
-        for key, value in _compose_env(svc).items():
+    for c in compose_containers(doc):
+        try:
+            secrets = secret_env_names(c.service) if c.service else set()
+        except ImportError:  # no such service: check_containers says so
+            secrets = set()
+        for key, value in c.env.items():
             # The value must come from a required variable: ${VAR:?...} somewhere in it.
             required = re.search(r"\$\{[A-Z0-9_]+:\?", value)
-            if any(h in key.upper() for h in SECRET_HINTS) and not required:
-                problems.append(f"compose:{name}: {key} is not taken from a required ${{VAR:?}}")
+            hinted = any(h in key.upper() for h in SECRET_HINTS) or key.upper() in secrets
+            if hinted and not required:
+                problems.append(f"{c.origin}: {key} is not taken from a required ${{VAR:?}}")
     return problems
+
+
+def settings_topics() -> list[str]:
+    """The default values of every process's settings (topic names among them: the topics
+    job creates only those of contracts/, and compose's Kafka creates none by itself)."""
+    return [
+        repr(info.default)
+        for service in sorted({service_of(p) for p in mesh.SERVICES})
+        for cls in settings_classes(service)
+        for info in cls.model_fields.values()  # type: ignore[attr-defined]
+    ]
 
 
 def check_prometheus(prometheus: dict[str, Any], compose: dict[str, Any]) -> list[str]:
@@ -416,11 +718,10 @@ def check_prometheus(prometheus: dict[str, Any], compose: dict[str, Any]) -> lis
                 host, port = t.rsplit(":", 1)
                 targets.add((host, int(port)))
     problems = []
-    for name, svc in compose.get("services", {}).items():
-        service = ((svc.get("build") or {}).get("args") or {}).get("SERVICE")
-        if service and svc.get("restart") != "no" and (name, default_port(service)) not in targets:
+    for c in compose_containers(compose):
+        if c.process and not c.job and (c.name, process_port(c.process)) not in targets:
             problems.append(
-                f"compose/prometheus.yml does not scrape {name}:{default_port(service)}"
+                f"compose/prometheus.yml does not scrape {c.name}:{process_port(c.process)}"
             )
     return problems
 
@@ -433,6 +734,20 @@ def check_dockerfile(text: str) -> list[str]:
     users = re.findall(r"^USER\s+(\S+)", runtime, flags=re.M)
     if not users or users[-1].split(":")[0] in ("root", "0"):
         problems.append("compose/Dockerfile: the runtime stage does not switch to a non-root USER")
+    # Every service has its extras in the case statement (else: "unknown SERVICE").
+    cased = set(re.findall(r"^\s*(\w+)\)\s+extras=", text, flags=re.M))
+    for service in sorted({service_of(p) for p in mesh.SERVICES} - cased):
+        problems.append(f"compose/Dockerfile: SERVICE={service} has no extras in the EXTRAS case")
+    exposed = {
+        int(p)
+        for line in re.findall(r"^EXPOSE\s+(.+)$", runtime, flags=re.M)
+        for p in re.findall(r"\d+", line)
+    }
+    for process in mesh.SERVICES:
+        if process_port(process) not in exposed:
+            problems.append(
+                f"compose/Dockerfile: EXPOSE lacks {process}'s port {process_port(process)}"
+            )
     return problems
 
 
@@ -440,8 +755,12 @@ def run_all() -> list[str]:
     compose = load_compose()
     docs = k8s_documents()
     k8s, problems = k8s_containers(docs)
-    problems += check_containers(compose_containers(compose) + k8s)
-    problems += check_topics(compose, docs)
+    in_compose = compose_containers(compose)
+    problems += check_processes_deployed(in_compose, k8s)
+    problems += check_containers(in_compose + k8s)
+    problems += check_ports(docs, in_compose, k8s)
+    problems += check_entrypoint()
+    problems += check_topics(compose, docs, settings_topics())
     problems += check_scaled_objects(docs)
     problems += check_compose_secrets(compose)
     problems += check_prometheus(yaml.safe_load(PROMETHEUS_FILE.read_text()), compose)

@@ -3,8 +3,11 @@
 - ``docker-compose config`` (Debian package ``docker-compose``) accepts compose/compose.yml
   and refuses it while a secret is unset;
 - ``kubernetes-validate --strict`` accepts every manifest;
-- deploy/crosscheck.py finds no mismatch with services/*/settings.py and contracts/, and
-  does report one when a settings field is renamed (or a topic, probe, secret... drifts).
+- deploy/crosscheck.py finds no mismatch with services/*/settings.py, contracts/ and the
+  processes of ``lmesh up`` (lmesh/state.py), and does report one when a settings field is
+  renamed (or a process, topic, probe, port, secret... drifts);
+- the images carry what their services need (no torch where none is needed; the console's
+  templates and static files).
 
 No Docker engine and no cluster needed. These tests install nothing: ``make test`` installs
 the ``docker-compose`` Debian package (no PyPI package ships the Compose Specification's
@@ -14,12 +17,14 @@ schema, and the real tool also checks interpolation and required secrets).
 from __future__ import annotations
 
 import copy
+import fnmatch
 import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -33,13 +38,17 @@ COMPOSE = ROOT / "compose" / "compose.yml"
 K8S = ROOT / "deploy" / "k8s"
 SECRETS = {
     "LMESH_TOKEN": "test-token",
+    "CONSOLE_SECRET_KEY": "test-console-secret-key",
     "POSTGRES_PASSWORD": "test-postgres-password",
     "MINIO_ROOT_USER": "test-minio-admin",
     "MINIO_ROOT_PASSWORD": "test-minio-password",
     "S3_ACCESS_KEY_ID": "test-s3-key",
     "S3_SECRET_ACCESS_KEY": "test-s3-secret",
 }
-LMESH_SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor")
+#: The service packages (one image each) and the processes `lmesh up` runs from them; the
+#: deployment runs every process (the predictor image also runs the stream worker).
+LMESH_SERVICES = ("ingest", "preprocess", "trainer", "registry", "predictor", "monitor", "console")
+LMESH_PROCESSES = (*LMESH_SERVICES, "predictor-stream")
 
 
 def _load_crosscheck() -> ModuleType:
@@ -90,12 +99,18 @@ def _docker_compose(
     )
 
 
+def test_lmesh_up_runs_the_processes_listed_here() -> None:
+    from lmesh.state import SERVICES
+
+    assert set(SERVICES) == set(LMESH_PROCESSES)
+
+
 def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     result = _docker_compose(tmp_path, SECRETS, "config")
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     services = resolved["services"]
-    assert set(LMESH_SERVICES) <= set(services)
+    assert set(LMESH_PROCESSES) <= set(services)
     assert {
         "kafka",
         "topics",
@@ -116,16 +131,29 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     # Trainers reserve an NVIDIA GPU; the services wait for the topic job.
     devices = services["trainer"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    for name in LMESH_SERVICES:
+    for name in LMESH_PROCESSES:
         assert (
             services[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
         )
         assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy"
     # Predictors are not published directly: the proxy is the only way in (they --scale).
-    assert "ports" not in services["predictor"] and "ports" not in services["trainer"]
+    for scaled in ("predictor", "trainer", "predictor-stream"):
+        assert "ports" not in services[scaled], scaled
+    # The stream worker: the predictor's image, its own command, probed on its own port.
+    stream = services["predictor-stream"]
+    assert stream["image"] == services["predictor"]["image"]
+    assert stream["command"] == ["python", "-m", "services.predictor", "stream"]
+    assert stream["healthcheck"]["test"][-2:] == ["--health", "predictor-stream"]
+    assert stream["healthcheck"]["interval"] == services["predictor"]["healthcheck"]["interval"]
+    # The console logs in with the API token and signs sessions with a fixed key.
+    console = services["console"]["environment"]
+    assert console["CONSOLE_TOKEN"] == "test-token"
+    assert console["CONSOLE_SECRET_KEY"] == "test-console-secret-key"
 
 
-@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "LMESH_TOKEN", "S3_SECRET_ACCESS_KEY"])
+@pytest.mark.parametrize(
+    "missing", ["POSTGRES_PASSWORD", "LMESH_TOKEN", "S3_SECRET_ACCESS_KEY", "CONSOLE_SECRET_KEY"]
+)
 def test_docker_compose_refuses_to_run_without_a_secret(tmp_path: Path, missing: str) -> None:
     env = {k: v for k, v in SECRETS.items() if k != missing}
     result = _docker_compose(tmp_path, env, "config", "-q")
@@ -187,9 +215,15 @@ def test_every_manifest_is_in_a_kustomization() -> None:
 
 def test_k8s_has_what_the_issue_asks(k8s_docs: list[dict[str, Any]]) -> None:
     kinds = {(d["kind"], d["metadata"]["name"]) for d in k8s_docs}
-    for name in LMESH_SERVICES:
+    for name in LMESH_PROCESSES:
         assert ("Deployment", name) in kinds and ("Service", name) in kinds
-    assert {("ScaledObject", "trainer"), ("HorizontalPodAutoscaler", "predictor")} <= kinds
+    assert {
+        ("ScaledObject", "trainer"),
+        ("ScaledObject", "predictor-stream"),
+        ("HorizontalPodAutoscaler", "predictor"),
+    } <= kinds
+    secret = next(d for d in k8s_docs if d["kind"] == "Secret")
+    assert {"api-token", "console-secret-key"} <= set(secret["stringData"])
     assert {
         ("ConfigMap", "lmesh-common"),
         ("Secret", "lmesh-secrets"),
@@ -336,6 +370,104 @@ def test_crosscheck_reports_drift(
         )
         == 2
     )
+    # ... without a service's extras, without a process's port.
+    assert cc.check_dockerfile(
+        dockerfile.replace('monitor)    extras="s3"', "").replace(" 8108", "")
+    ) == [
+        "compose/Dockerfile: SERVICE=monitor has no extras in the EXTRAS case",
+        "compose/Dockerfile: EXPOSE lacks predictor-stream's port 8108",
+    ]
+
+
+def test_crosscheck_reports_process_drift(
+    compose_doc: dict[str, Any], k8s_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The processes beyond the five first services: present, wired, probed, secret."""
+    compose, docs = copy.deepcopy(compose_doc), copy.deepcopy(k8s_docs)
+
+    def doc(kind: str, name: str) -> dict[str, Any]:
+        return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+    def container(name: str) -> dict[str, Any]:
+        spec = doc("Deployment", name)["spec"]["template"]["spec"]
+        return spec["containers"][0]  # type: ignore[no-any-return]
+
+    # A process lmesh up runs that the deployment forgot.
+    del compose["services"]["monitor"]
+    docs.remove(doc("Deployment", "console"))
+    k8s, problems = cc.k8s_containers(docs)
+    assert cc.check_processes_deployed(cc.compose_containers(compose), k8s) == [
+        "compose: no container runs monitor (python -m services.monitor)",
+        "k8s: no container runs console (python -m services.console)",
+    ]
+    compose, docs = copy.deepcopy(compose_doc), copy.deepcopy(k8s_docs)
+    # The stream worker: its port, probes, healthcheck and command.
+    stream = container("predictor-stream")
+    stream["readinessProbe"]["httpGet"]["path"] = "/v2/health/ready"
+    stream["livenessProbe"]["httpGet"]["port"] = 8105
+    console = container("console")
+    console["env"] = [e for e in console["env"] if e["name"] != "CONSOLE_TOKEN"]
+    next(e for e in console["env"] if e["name"] == "CONSOLE_SECRET_KEY").update(
+        value="literal", valueFrom=None
+    )
+    next(e for e in console["env"] if e["name"] == "CONSOLE_MONITOR_URL")["value"] = (
+        "http://monitor.lepton-mesh.svc:8105"
+    )
+    doc("Service", "monitor")["spec"]["ports"][0]["port"] = 8105
+    k8s, problems = cc.k8s_containers(docs)
+    problems += cc.check_containers(k8s) + cc.check_ports(docs, [], k8s)
+    origin = "k8s:Deployment/predictor-stream/predictor-stream"
+    assert f"{origin}: probe /v2/health/ready: predictor-stream serves no such path" in problems
+    assert f"{origin}: probe /healthz on port 8105, predictor-stream serves 8108" in problems
+    console_origin = "k8s:Deployment/console/console"
+    assert f"{console_origin}: CONSOLE_SECRET_KEY is not taken from a Secret" in problems
+    assert any(
+        p.startswith(f"{console_origin}: console settings refuse this environment")
+        and "CONSOLE_TOKEN" in p
+        for p in problems
+    )
+    assert "k8s:Service/monitor: exposes [8105], monitor serves 8106" in problems
+    assert (
+        f"{console_origin}: CONSOLE_SERVICES calls monitor:8106, monitor serves [8105]" in problems
+    )
+    # compose: the stream worker probed as the predictor, on the predictor's port, a typo'd
+    # command, the console calling the monitor on the wrong port, a scrape job missing.
+    stream_c = compose["services"]["predictor-stream"]
+    stream_c["healthcheck"]["test"] = stream_c["healthcheck"]["test"][:-1]
+    stream_c["environment"]["PREDICTOR_STREAM_HTTP_PORT"] = "8105"
+    compose["services"]["console"]["environment"]["CONSOLE_MONITOR_URL"] = "http://monitor:8105"
+    compose["services"]["monitor"]["command"] = ["python", "-m", "services.monitors"]
+    containers = cc.compose_containers(compose)
+    problems = cc.check_containers(containers) + cc.check_ports([], containers, [])
+    assert (
+        "compose:predictor-stream: healthcheck probes predictor, the container runs predictor-stream"
+        in problems
+    )
+    assert "compose:predictor-stream: PREDICTOR_STREAM_HTTP_PORT=8105, expected 8108" in problems
+    assert (
+        "compose:monitor: runs 'python -m services.monitors', not a process of lmesh up "
+        "(lmesh/state.py COMMANDS)" in problems
+    )
+    compose["services"]["monitor"].pop("command")
+    problems = cc.check_ports([], cc.compose_containers(compose), [])
+    assert (
+        "compose:console: CONSOLE_MONITOR_URL calls monitor:8105, monitor serves [8106]" in problems
+    )
+    prometheus = yaml.safe_load((ROOT / "compose" / "prometheus.yml").read_text())
+    prometheus["scrape_configs"] = [
+        j for j in prometheus["scrape_configs"] if j["job_name"] != "predictor-stream"
+    ]
+    assert cc.check_prometheus(prometheus, compose) == [
+        "compose/prometheus.yml does not scrape predictor-stream:8108"
+    ]
+    # The container entrypoint's --health ports are lmesh up's.
+    entry = tmp_path / "entrypoint.py"
+    text = (ROOT / "compose" / "entrypoint.py").read_text()
+    entry.write_text(text.replace('"console": 8107', '"console": 8117'))
+    assert cc.check_entrypoint() == []
+    assert cc.check_entrypoint(entry) == [
+        "compose/entrypoint.py: console on 8117, its settings say 8107, lmesh up 8107"
+    ]
 
 
 # ---------------------------------------------------------------- images
@@ -352,7 +484,7 @@ def _image_extras() -> dict[str, set[str]]:
     }
 
 
-def test_ingest_preprocess_registry_images_carry_no_torch() -> None:
+def test_images_without_ml_carry_no_torch() -> None:
     import tomllib
 
     extras = _image_extras()
@@ -360,16 +492,18 @@ def test_ingest_preprocess_registry_images_carry_no_torch() -> None:
     optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    for service in ("ingest", "preprocess", "registry"):
-        deps = [d for e in extras[service] for d in optional[e]]
+    assert extras["console"] == {"none"}  # the Dockerfile installs "." then
+    lean = ("ingest", "preprocess", "registry", "monitor", "console")
+    for service in lean:
+        deps = [d for e in extras[service] - {"none"} for d in optional[e]]
         assert not [d for d in deps if d.startswith("torch")], (service, deps)
     assert {"ml"} <= extras["trainer"] and {"ml"} <= extras["predictor"]
     assert {"registry"} <= extras["registry"]
     # ... and those services really start without torch: import their apps with torch blocked.
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import services.ingest.app, services.preprocess.app, services.registry.app\n"
-        "print('ok')"
+        + "".join(f"import services.{s}.app\n" for s in lean)
+        + "print('ok')"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
@@ -405,6 +539,13 @@ def test_container_entrypoint_listens_everywhere_and_checks_health(tmp_path: Pat
             timeout=30,
         )
         assert ok.returncode == 0
+        # The predictor image's stream worker is probed on its own port setting.
+        stream = subprocess.run(
+            [sys.executable, str(entry), "--health", "predictor-stream"],
+            env={**env, "SERVICE": "predictor", "PREDICTOR_STREAM_HTTP_PORT": port},
+            timeout=30,
+        )
+        assert stream.returncode == 0
     down = subprocess.run(
         [sys.executable, str(entry), "--health"],
         env={**env, "INGEST_HTTP_PORT": port},
@@ -416,6 +557,82 @@ def test_container_entrypoint_listens_everywhere_and_checks_health(tmp_path: Pat
         [sys.executable, str(entry)], env={**env, "SERVICE": "trainers"}, timeout=30
     )
     assert wrong.returncode == 2
+    not_this_image = subprocess.run(
+        [sys.executable, str(entry), "--health", "predictor-stream"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert not_this_image.returncode == 2
+    assert "the ingest image does not run 'predictor-stream'" in not_this_image.stderr
+
+
+def _dockerignored(relative: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore leaves ``relative`` (or a folder above it) out of the context:
+    patterns are anchored at the root, ``*`` stays within a name, ``**/`` matches anywhere."""
+    parts = relative.split("/")
+    for pattern in patterns:
+        pat = pattern.split("/")
+        starts = range(len(parts)) if pat[0] == "**" else range(1)
+        pat = pat[1:] if pat[0] == "**" else pat
+        for start in starts:
+            names = parts[start : start + len(pat)]
+            if len(names) == len(pat) and all(
+                fnmatch.fnmatchcase(n, p) for n, p in zip(names, pat, strict=True)
+            ):
+                return True
+    return False
+
+
+def test_console_image_carries_its_templates_and_static_files(tmp_path: Path) -> None:
+    """What compose/Dockerfile copies for SERVICE=console, through .dockerignore, built into a
+    wheel as `uv pip install .` builds it: the installed package has every page and asset."""
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert not [p for p in patterns if p.startswith("!")]  # not modelled here
+    copied = ["pyproject.toml", "README.md", "contracts", "libs", "lmesh"]
+    copied += ["services/__init__.py", "services/console"]
+    assert re.search(
+        r"^COPY services/\$\{SERVICE\} ", (ROOT / "compose/Dockerfile").read_text(), re.M
+    )
+    context = tmp_path / "context"
+    for entry in copied:
+        paths = [ROOT / entry] if (ROOT / entry).is_file() else sorted((ROOT / entry).rglob("*"))
+        for path in paths:
+            relative = path.relative_to(ROOT).as_posix()
+            if path.is_file() and not _dockerignored(relative, patterns):
+                (context / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, context / relative)
+    out = tmp_path / "wheel"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))",
+            str(out),
+        ],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = out.glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        packaged = set(zf.namelist())
+    console = ROOT / "services" / "console"
+    needed = {
+        p.relative_to(ROOT).as_posix()
+        for folder in ("templates", "static")
+        for p in (console / folder).rglob("*")
+        if p.is_file()
+    }
+    assert {"services/console/templates/base.html", "services/console/static/console.js"} <= needed
+    assert sorted(needed - packaged) == []
 
 
 def test_deploy_doc_names_only_real_settings() -> None:
