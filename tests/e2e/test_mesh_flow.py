@@ -20,7 +20,7 @@ from sklearn.datasets import load_digits
 from contracts import DatasetSchema, Hyperparameters, ModelSpec, TrainingRequested, UpstreamRecord
 from lmesh.mesh import Mesh
 from tests.support.kafka import TopicReader, produce
-from tests.support.polling import wait_for
+from tests.support.polling import eventually, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -70,6 +70,20 @@ def _infer(client: httpx.Client, mesh: Mesh, model: str, x: np.ndarray) -> dict[
     return r.json() if r.status_code == 200 else None
 
 
+async def _registry_knows(mesh: Mesh, dataset: str) -> None:
+    """Wait until the registry has recorded ``dataset``'s dataset.prepared.v1. The trainer
+    looks a dataset up there, and the registry files a run of a dataset it does not know as
+    unknown-dataset (staged, not promoted): seeing the event on the topic is not enough, the
+    registry consumes it on its own."""
+    async with httpx.AsyncClient(timeout=30) as http:
+
+        async def known() -> bool:
+            url = f"{mesh.url('registry')}/datasets/{dataset}/versions/latest"
+            return (await http.get(url)).status_code == 200
+
+        await eventually(known, timeout=60, interval=0.2, what=f"the registry to know {dataset}")
+
+
 def _accuracy(answer: dict[str, Any], y: np.ndarray) -> float:
     labels = next(o for o in answer["outputs"] if o["name"] == "label")["data"]
     return float(np.mean(np.asarray(labels) == y))
@@ -97,6 +111,7 @@ def test_upstream_records_to_served_prediction_then_auto_retrain(mesh: Mesh) -> 
                 lambda m: m.get("prepared", {}).get("dataset") == dataset, timeout=60
             )
             assert prepared["prepared"]["counts"]["test"] == 200  # type: ignore[index]
+            await _registry_knows(mesh, dataset)
             request = TrainingRequested(
                 run_id=f"{dataset}-run1", dataset=dataset, model=SPEC, hyperparameters=HPARAMS
             )
@@ -109,10 +124,10 @@ def test_upstream_records_to_served_prediction_then_auto_retrain(mesh: Mesh) -> 
             await reader.wait_for(lambda m: m.get("run_id") == request.run_id, timeout=120)
 
     asyncio.run(flow_v1())
-    with httpx.Client(timeout=10) as client:
-        answer = wait_for(
+    with httpx.Client(timeout=30) as client:
+        answer = wait_for(  # the registry registers and promotes, the predictor loads: 3 hops
             lambda: (a := _infer(client, mesh, model, x[test])) and a["model_version"] == "1" and a,
-            timeout=30,
+            timeout=90,
             what="the predictor to serve version 1",
         )
         assert _accuracy(answer, y[test]) > 0.8
@@ -157,6 +172,7 @@ def _upload_and_train(mesh: Mesh, dataset: str, epochs: int) -> str:
                 lambda m: m.get("prepared", {}).get("dataset") == dataset, timeout=60
             )
             traceparent = prepared["_headers"]["traceparent"]  # type: ignore[index]
+            await _registry_knows(mesh, dataset)
             request = TrainingRequested(
                 run_id=f"{dataset}-run",
                 dataset=dataset,
@@ -193,7 +209,7 @@ def test_one_trace_from_upload_to_model_load(mesh: Mesh, otlp: tuple[str, Any]) 
 
     try:
         wait_for(
-            services_in_trace, timeout=30, interval=0.2, what="spans of every service in one trace"
+            services_in_trace, timeout=60, interval=0.2, what="spans of every service in one trace"
         )
     except AssertionError:
         seen = sorted({(s.service, s.name) for s in receiver.snapshot() if s.trace_id == trace_id})
@@ -228,7 +244,8 @@ def test_one_trace_from_upload_to_model_load(mesh: Mesh, otlp: tuple[str, Any]) 
             proc.stdout if proc.returncode == 0 and "predictor load model" in proc.stdout else None
         )
 
-    tree = wait_for(printed, timeout=15, interval=0.5, what="lmesh trace to show the model load")
+    # each try starts a Python process: seconds on a loaded machine
+    tree = wait_for(printed, timeout=60, interval=0.5, what="lmesh trace to show the model load")
     assert tree.startswith(f"trace {trace_id}")
     for line in (
         "ingest: POST /datasets",
@@ -240,7 +257,7 @@ def test_one_trace_from_upload_to_model_load(mesh: Mesh, otlp: tuple[str, Any]) 
     assert " ms" in tree
 
     # A prediction is its own trace, linked to the load span of the version that answered.
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=30) as client:
         x, _ = _digits()
         assert _infer(client, mesh, f"{dataset}-mlp", x[:3]) is not None
 
@@ -255,7 +272,7 @@ def test_one_trace_from_upload_to_model_load(mesh: Mesh, otlp: tuple[str, Any]) 
             None,
         )
 
-    infer = wait_for(prediction_span, timeout=10, what="the prediction's span")
+    infer = wait_for(prediction_span, timeout=30, what="the prediction's span")
     assert infer.trace_id != trace_id and trace_id in infer.links
 
 
@@ -279,10 +296,10 @@ def test_every_service_metrics_move_after_traffic(mesh: Mesh) -> None:
     before = _scrape(mesh)
     dataset = f"metered-{uuid.uuid4().hex[:6]}"
     _upload_and_train(mesh, dataset, epochs=1)
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=30) as client:
         x, _ = _digits()
-        answer = wait_for(
-            lambda: _infer(client, mesh, f"{dataset}-mlp", x[:4]), timeout=15, what="a prediction"
+        answer = wait_for(  # the promotion was seen on its topic; the predictor loads it on its own
+            lambda: _infer(client, mesh, f"{dataset}-mlp", x[:4]), timeout=60, what="a prediction"
         )
         assert answer["model_name"] == f"{dataset}-mlp"
     after = _scrape(mesh)
