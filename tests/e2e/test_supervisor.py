@@ -60,9 +60,11 @@ def detached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[st
         "TRAINER_THREADS": "1",
     }
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    up = lmesh(env, "up", "--detach", "--trainers", "2", timeout=300)
-    assert up.returncode == 0, up.stdout + up.stderr
     try:
+        # inside the try: an `up` that fails or times out half-way must not leave a detached
+        # supervisor and its mesh running (and loading the machine) for the rest of the suite
+        up = lmesh(env, "up", "--detach", "--trainers", "2", timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
         yield env, home
     finally:
         lmesh(env, "down", timeout=90)
