@@ -159,6 +159,28 @@ def test_bad_requests_are_rejected_with_a_reason_naming_the_field(
     assert exc.kind == kind
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("request_id", ""),
+        ("request_id", "x" * 129),
+        ("request_id", 7),
+        ("event_id", "not-a-uuid"),
+        ("occurred_at", "yesterday"),
+    ],
+)
+def test_a_known_envelope_still_has_its_per_record_fields_checked(field: str, value: Any) -> None:
+    # The contract runs once per kind of envelope; a record whose own fields break it is
+    # rejected all the same, with the field named, and the next one has its own id.
+    first = streaming.decode(encode(request("known-1")), max_bytes=LIMIT)
+    assert first.request_id == "known-1"
+    bad = request("known-2")
+    bad[field] = value
+    exc = rejected(encode(bad))
+    assert exc.kind == "contract" and f"{field}:" in exc.reason
+    assert streaming.decode(encode(request("known-3")), max_bytes=LIMIT).request_id == "known-3"
+
+
 def test_oversized_records_are_rejected_before_parsing() -> None:
     value = encode(request(n=4))
     with pytest.raises(streaming.Rejected, match=r"value: \d+ bytes exceeds the limit of 2048"):
