@@ -1,10 +1,12 @@
-"""The monitor process: subscribers, the periodic evaluation task, HTTP (/models)."""
+"""The monitor process: subscribers, the periodic evaluation task, HTTP (/models, /history)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections import deque
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
@@ -52,6 +54,56 @@ class WindowsPublic(BaseModel):
     ignored: dict[str, int]
 
 
+class HealthPoint(BaseModel):
+    """One published model.health.v1, the figures a chart plots."""
+
+    window_end: datetime
+    count: int
+    labelled: int
+    compared: int
+    input_drift: float | None
+    prediction_drift: float | None
+    accuracy: float | None
+    error_rate: float
+    latency_ms_p99: float | None
+    agreement: float | None
+    drifting: bool
+
+
+class VersionHistory(BaseModel):
+    model_name: str
+    version: int
+    points: list[HealthPoint]
+
+
+class HistoryPublic(BaseModel):
+    ready: bool
+    versions: list[VersionHistory]
+
+
+class HealthHistory:
+    """The last ``per_version`` model.health.v1 this process published, per version (in
+    memory, like the windows: a restart starts afresh)."""
+
+    def __init__(self, per_version: int = 360) -> None:
+        self.per_version = per_version
+        self._points: dict[tuple[str, int], deque[HealthPoint]] = {}
+
+    def add(self, health: ModelHealth) -> None:
+        key = (health.model_name, health.version)
+        points = self._points.get(key)
+        if points is None:
+            points = self._points[key] = deque(maxlen=self.per_version)
+        points.append(HealthPoint.model_validate(health, from_attributes=True))
+
+    def of(self, model: str, version: int | None, limit: int) -> list[VersionHistory]:
+        return [
+            VersionHistory(model_name=name, version=v, points=list(points)[-limit:])
+            for (name, v), points in sorted(self._points.items())
+            if name == model and (version is None or v == version)
+        ]
+
+
 async def wait_positioned(subscribers: list[Any]) -> None:
     """Until every subscriber's consumer holds its partitions and knows its position."""
     for subscriber in subscribers:
@@ -71,8 +123,12 @@ def build_app(
     # samples its request traces for the same reason), access log lines at DEBUG.
     broker = create_broker(SERVICE, kafka, traced=False, log_level=logging.DEBUG)
 
+    published = HealthHistory()
+
     async def publish_event(event: BaseModel) -> None:
         await publish(broker, event)
+        if isinstance(event, ModelHealth):
+            published.add(event)
 
     rt = MonitorRuntime(Monitor(settings.windows()), open_store(), publish_event)
     tasks: set[asyncio.Task[None]] = set()
@@ -180,5 +236,15 @@ def build_app(
             if model is None or name == model
         ]
         return WindowsPublic(ready=rt.ready, windows=found, ignored=dict(rt.monitor.ignored))
+
+    @app.get("/history", tags=["monitor"])
+    async def health_history(
+        model: Annotated[str, Query(description="the model", json_schema_extra=NAME_SCHEMA)],
+        version: Annotated[int | None, Query(ge=1, description="only this version")] = None,
+        limit: Annotated[int, Query(ge=1, le=360, description="newest points per version")] = 120,
+    ) -> HistoryPublic:
+        """The model.health.v1 this process published for each version of ``model``, oldest
+        first (read-only; the last 360 per version, since the monitor started)."""
+        return HistoryPublic(ready=rt.ready, versions=published.of(model, version, limit))
 
     return app
