@@ -1,4 +1,4 @@
-"""What the pages show live: learning curves, events/s per topic, consumer lag.
+"""What the pages show live: learning curves, model health, events/s per topic, consumer lag.
 
 Pure parts (:class:`ProgressBuffer`, :class:`TopicRates`, :class:`Fanout`) hold the state;
 :class:`LiveFeed` feeds them from Kafka: one consumer without a group reads the live topics
@@ -25,10 +25,12 @@ from contracts.topics import CONSUMER_GROUPS
 from libs.messaging.admin import consumer_lag
 from libs.messaging.deadletters import read_to_end
 from libs.messaging.settings import KafkaSettings
+from services.console.viewmodels import health_point
 
 log = logging.getLogger("lmesh.console")
 
 PROGRESS_TOPIC = "training.progress.v1"
+HEALTH_TOPIC = "model.health.v1"
 CURVE_FIELDS = ("epoch", "loss", "train_accuracy", "val_accuracy", "samples_per_sec", "elapsed_s")
 
 
@@ -193,6 +195,12 @@ class LiveFeed:
         if topic == PROGRESS_TOPIC:
             if self.progress.add(event):
                 self.fanout.publish("progress", event)
+            return
+        if topic == HEALTH_TOPIC:  # a chart point of the version on its model's page
+            point = health_point(event)
+            if point is not None and isinstance(event.get("version"), int):
+                model, version = str(event.get("model_name")), event["version"]
+                self.fanout.publish("health", {"model_name": model, "version": version, **point})
             return
         if topic in ("training.completed.v1", "training.failed.v1") and event.get("run_id"):
             self.finished.add(str(event["run_id"]))

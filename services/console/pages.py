@@ -26,6 +26,7 @@ router = APIRouter()
 Name = Annotated[str, PathParam(max_length=64, json_schema_extra=NAME_SCHEMA)]
 RUNS_PER_PAGE = 50
 VERSIONS_PER_PAGE = 20
+HEALTH_POINTS = 120  # per version chart
 
 
 def _client(request: Request) -> MeshClient:
@@ -179,12 +180,21 @@ async def model(
     request: Request, name: Name, offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0
 ) -> HTMLResponse:
     client = _client(request)
-    versions, all_models, production, staging, monitor, rollouts = await asyncio.gather(
+    (
+        versions,
+        all_models,
+        production,
+        staging,
+        monitor,
+        health,
+        rollouts,
+    ) = await asyncio.gather(
         client.versions(name, limit=VERSIONS_PER_PAGE, offset=offset),
         client.models(),
         client.alias_history(name, "production"),
         client.alias_history(name, "staging"),
         client.optional("monitor", "/models", model=name),
+        client.optional("monitor", "/history", model=name, limit=HEALTH_POINTS),
         client.optional("registry", f"/models/{name}/rollouts"),
     )
     rollouts = rollouts if isinstance(rollouts, list) else []
@@ -205,6 +215,8 @@ async def model(
         rollout=current,
         rollouts=rollouts[:10],
         evidence=viewmodels.evidence_bars(evidence),
+        health=viewmodels.health_charts(viewmodels.health_series(health), current),
+        monitor_answered=isinstance(health, dict),
     )
 
 
@@ -255,8 +267,13 @@ async def try_it(request: Request) -> HTMLResponse:
 
 
 @router.get("/events")
-async def events(request: Request, run: Annotated[str | None, Query(max_length=64)] = None):  # type: ignore[no-untyped-def]
-    """Server-Sent Events: ``progress`` (of ``run`` when given), ``stats``, ``event``."""
+async def events(  # type: ignore[no-untyped-def]
+    request: Request,
+    run: Annotated[str | None, Query(max_length=64)] = None,
+    model: Annotated[str | None, Query(max_length=64)] = None,
+):
+    """Server-Sent Events: ``progress`` (of ``run`` when given), ``health`` (of ``model``
+    when given), ``stats``, ``event``."""
     feed = _feed(request)
 
     async def stream():  # type: ignore[no-untyped-def]
@@ -269,6 +286,8 @@ async def events(request: Request, run: Annotated[str | None, Query(max_length=6
                     yield ": keep-alive\n\n"
                     continue
                 if run and kind == "progress" and f'"run_id": "{run}"' not in data:
+                    continue
+                if model and kind == "health" and not data.startswith(f'{{"model_name": "{model}"'):
                     continue
                 yield f"event: {kind}\ndata: {data}\n\n"
 

@@ -74,6 +74,7 @@ class ConsoleSettings(ServiceSettings):
             "training.failed.v1",
             "model.registered.v1",
             "model.promoted.v1",
+            "model.health.v1",
         ],
         description="Topics streamed to the pages (SSE), read from their end without a group",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -122,3 +123,74 @@ def evidence_bars(evidence: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+#: What a health chart plots of a model.health.v1 (the monitor's history or the topic)
+HEALTH_FIELDS = (
+    "count",
+    "labelled",
+    "compared",
+    "input_drift",
+    "prediction_drift",
+    "accuracy",
+    "error_rate",
+    "latency_ms_p99",
+    "agreement",
+)
+#: Versions with a chart of their own on a model page (the newest with history)
+HEALTH_CHARTS = 8
+
+
+def health_point(health: dict[str, Any]) -> dict[str, Any] | None:
+    """One model.health.v1 (or a monitor history point) as a chart point: ``t`` is its
+    window's end in epoch seconds; None when it has no usable window end."""
+    end = health.get("window_end")
+    if isinstance(end, str):
+        try:
+            end = datetime.fromisoformat(end)
+        except ValueError:
+            return None
+    if not isinstance(end, datetime):
+        return None
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)
+    point: dict[str, Any] = {"t": round(end.timestamp(), 3)}
+    for key in HEALTH_FIELDS:
+        value = health.get(key)
+        point[key] = (
+            value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        )
+    point["drifting"] = bool(health.get("drifting"))
+    return point
+
+
+def health_series(history: Any) -> dict[int, list[dict[str, Any]]]:
+    """The monitor's ``GET /history`` answer as version -> points (oldest first); empty
+    when the monitor did not answer."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for entry in (history or {}).get("versions", []) if isinstance(history, dict) else []:
+        version = entry.get("version")
+        if not isinstance(version, int):
+            continue
+        points = [p for p in map(health_point, entry.get("points") or []) if p is not None]
+        out[version] = sorted(points, key=lambda p: p["t"])
+    return out
+
+
+def health_charts(
+    series: dict[int, list[dict[str, Any]]], rollout: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What the model page's health charts start from: a chart per version (the newest
+    ``HEALTH_CHARTS`` with points), and the current rollout's candidate and champion."""
+    shown = sorted(series, reverse=True)[:HEALTH_CHARTS]
+    pair = None
+    if rollout and rollout.get("candidate_version"):
+        candidate, champion = rollout["candidate_version"], rollout.get("champion_version")
+        pair = {
+            "candidate": candidate,
+            "champion": champion,
+            "points": {
+                str(v): series.get(v, []) for v in (candidate, champion) if isinstance(v, int)
+            },
+        }
+    return {"versions": {str(v): series[v] for v in sorted(shown)}, "rollout": pair}

@@ -1,10 +1,13 @@
-"""The console over real HTTP against a real registry (SQLite) on the real broker: pages,
-404 pages, login + CSRF + promote, refused actions with their reason, reading behind a
-login outside a local mesh, live progress over SSE; and the registry's run list it reads."""
+"""The console over real HTTP against a real registry (SQLite) and a real monitor on the
+real broker: pages, 404 pages, login + CSRF + promote, refused actions with their reason,
+reading behind a login outside a local mesh, live progress over SSE, the monitor's health
+windows as chart points (its history on the page, new windows over SSE); and the
+registry's run list it reads."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -14,9 +17,12 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
+from contracts.events import PredictionLogged
 from libs.messaging import KafkaSettings
 from services.console.app import build_app as build_console
 from services.console.settings import ConsoleSettings
+from services.monitor.app import build_app as build_monitor
+from services.monitor.settings import MonitorSettings
 from services.registry import operations
 from services.registry.app import build_app as build_registry
 from services.registry.database import make_engine, write_session
@@ -34,6 +40,7 @@ TOKEN = "console-test-token-0123456789"
 class Mesh:
     registry: str
     console: str
+    monitor: str
     engine: Engine
     model: str
     kafka: KafkaSettings
@@ -69,22 +76,27 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Iter
                     metric="val_accuracy",
                     margin=0.0,
                 )
-        console = build_console(
-            ConsoleSettings(
-                registry_url=registry_url,
-                ingest_url="http://127.0.0.1:9",  # nothing there: sections say so
-                token=TOKEN,
-                public_read=True,
-                services={"registry": registry_url},
-                sample_interval_s=0.5,
-            ),
-            kafka,
+        monitor = build_monitor(
+            MonitorSettings(period_s=0.5, consumer_group=f"monitor-console-{model}"), kafka
         )
-        with serve_app(console) as console_url:
-            try:
-                yield Mesh(registry_url, console_url, engine, model, kafka)
-            finally:
-                engine.dispose()
+        with serve_app(monitor) as monitor_url:
+            console = build_console(
+                ConsoleSettings(
+                    registry_url=registry_url,
+                    ingest_url="http://127.0.0.1:9",  # nothing there: sections say so
+                    monitor_url=monitor_url,
+                    token=TOKEN,
+                    public_read=True,
+                    services={"registry": registry_url},
+                    sample_interval_s=0.5,
+                ),
+                kafka,
+            )
+            with serve_app(console) as console_url:
+                try:
+                    yield Mesh(registry_url, console_url, monitor_url, engine, model, kafka)
+                finally:
+                    engine.dispose()
 
 
 def _csrf(html: str) -> str:
@@ -135,7 +147,7 @@ def test_pages_render_and_unknown_ids_are_404_pages(mesh: Mesh) -> None:
             assert r.status_code == 200, (path, r.text[:500])
             assert expected in r.text, path
         model_page = http.get(f"/models/{m}").text
-        assert "no data yet" in model_page  # no monitor answers here
+        assert "no data yet" in model_page  # the monitor has seen no traffic of it yet
         for path, message in [
             ("/runs/no-such-run", "no-such-run"),
             ("/models/no-such-model", "no-such-model"),
@@ -281,3 +293,102 @@ async def test_training_progress_reaches_the_run_page_live(mesh: Mesh) -> None:
         assert page.status_code == 200 and "worker-x" in page.text and '"epoch":' in page.text
     finally:
         listener.cancel()
+
+
+def _health_data(html: str) -> dict[str, object]:
+    found = re.search(r'<script type="application/json" id="health-data">(.*?)</script>', html)
+    assert found, "the model page has no health chart data"
+    data: dict[str, object] = json.loads(found.group(1))
+    return data
+
+
+async def test_monitor_health_windows_become_chart_points_on_the_model_page(mesh: Mesh) -> None:
+    m = mesh.model
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient() as http:
+        champion = (await http.get(f"{mesh.registry}/models/{m}/aliases/production")).json()
+        candidate = 3 if champion["version"] != 3 else 2
+        started = await http.post(
+            f"{mesh.registry}/models/{m}/rollouts",
+            json={"version": candidate, "shadow": True, "actor": "test"},
+            headers=auth,
+        )
+        assert started.status_code == 201, started.text
+
+        async def monitor_ready() -> bool:
+            return bool((await http.get(f"{mesh.monitor}/models")).json()["ready"])
+
+        await eventually(monitor_ready, timeout=60, interval=0.2, what="the monitor positioned")
+    seen: list[dict[str, object]] = []
+
+    async def listen() -> None:
+        async with (
+            httpx.AsyncClient(base_url=mesh.console, timeout=30) as http,
+            http.stream("GET", "/events", params={"model": m}) as stream,
+        ):
+            kind = ""
+            async for line in stream.aiter_lines():
+                if line.startswith("event:"):
+                    kind = line.removeprefix("event:").strip()
+                elif line.startswith("data:") and kind == "health":
+                    seen.append(json.loads(line.removeprefix("data:")))
+
+    def logged(version: int, shadow: bool) -> PredictionLogged:
+        return PredictionLogged(
+            model_name=m,
+            version=version,
+            request_id=uuid.uuid4().hex,
+            predictions=[1, 2, 3],
+            latency_ms=3.0,
+            source="http",
+            role="shadow" if shadow else "champion",
+            champion_version=champion["version"] if shadow else None,
+            champion_predictions=[1, 2, 0] if shadow else None,
+        )
+
+    listener = asyncio.create_task(listen())
+    try:
+        # a few predictions of both versions at a time (the rollout's 200 rows are never
+        # reached: it stays in shadow), until their windows reach the open page
+        async def arrived() -> bool:
+            traffic = [logged(champion["version"], False), logged(candidate, True)]
+            await produce(
+                mesh.kafka.bootstrap_servers,
+                "prediction.logged.v1",
+                [e.model_dump_json(by_alias=True).encode() for e in traffic],
+                key=m.encode(),
+            )
+            versions = {p["version"] for p in seen if p["model_name"] == m}
+            return {champion["version"], candidate} <= versions
+
+        await eventually(arrived, timeout=60, interval=0.5, what="health windows over SSE")
+        shadow = next(p for p in seen if p["version"] == candidate)
+        assert shadow["agreement"] == pytest.approx(2 / 3) and shadow["count"] >= 3
+        assert isinstance(shadow["t"], float) and shadow["latency_ms_p99"] == 3.0
+        # a page opened now starts from the monitor's history of both
+        async with httpx.AsyncClient(base_url=mesh.console) as http:
+            page = await http.get(f"/models/{m}")
+            assert page.status_code == 200
+            data = _health_data(page.text)
+            versions = data["versions"]
+            assert isinstance(versions, dict)
+            assert len(versions[str(champion["version"])]) >= 1
+            pair = data["rollout"]
+            assert isinstance(pair, dict)
+            assert (pair["candidate"], pair["champion"]) == (candidate, champion["version"])
+            assert len(pair["points"][str(candidate)]) >= 1
+            assert 'id="rollout-charts"' in page.text and 'id="health-charts"' in page.text
+            history = (await http.get(f"{mesh.monitor}/history", params={"model": m})).json()
+            assert {h["version"] for h in history["versions"]} == {champion["version"], candidate}
+            # bad input to the history: a clear 422
+            assert (
+                await http.get(f"{mesh.monitor}/history", params={"model": m, "version": 0})
+            ).status_code == 422
+    finally:
+        listener.cancel()
+        async with httpx.AsyncClient() as http:
+            await http.post(
+                f"{mesh.registry}/models/{m}/rollouts/abort",
+                json={"actor": "test", "reason": "test over"},
+                headers=auth,
+            )

@@ -1,9 +1,10 @@
 """The console's pure parts: sessions and CSRF, progress buffer, topic rates, SSE fanout,
-pagination, lineage columns, the trace waterfall, restarts from mesh.json."""
+pagination, lineage columns, the trace waterfall, restarts from mesh.json, health chart points."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -157,3 +158,64 @@ def test_evidence_bars_compare_candidate_and_champion() -> None:
     assert [r["label"] for r in rows] == ["predictions", "error rate"]
     assert rows[0]["candidate_pct"] == 50.0 and rows[0]["champion_pct"] == 100.0
     assert rows[1]["candidate_pct"] == 0.0  # both zero: no division by zero
+
+
+def _health(version: int, end: str, **figures: object) -> dict[str, object]:
+    return {"model_name": "m", "version": version, "window_end": end, **figures}
+
+
+def test_health_points_from_the_topic_or_the_monitors_history() -> None:
+    point = viewmodels.health_point(
+        _health(2, "2026-01-01T00:00:10Z", accuracy=0.9, error_rate=0.0, latency_ms_p99=4.5)
+    )
+    assert point is not None
+    assert point["t"] == 1767225610.0 and point["accuracy"] == 0.9
+    assert point["input_drift"] is None and point["error_rate"] == 0.0
+    naive = viewmodels.health_point(_health(2, "2026-01-01T00:00:10"))  # taken as UTC
+    assert naive is not None and naive["t"] == point["t"]
+    assert viewmodels.health_point(_health(2, "yesterday")) is None
+    assert viewmodels.health_point({"version": 2}) is None
+    flagged = viewmodels.health_point(_health(1, "2026-01-01T00:00:10Z", accuracy=True))
+    assert flagged is not None and flagged["accuracy"] is None  # a bool is no figure
+
+
+def test_health_charts_per_version_and_for_the_rollout_pair() -> None:
+    history = {
+        "ready": True,
+        "versions": [
+            {
+                "version": v,
+                "points": [
+                    _health(v, "2026-01-01T00:00:20Z", count=2),
+                    _health(v, "2026-01-01T00:00:10Z", count=1),
+                    _health(v, "garbage"),
+                ],
+            }
+            for v in range(1, 11)
+        ],
+    }
+    series = viewmodels.health_series(history)
+    assert [p["count"] for p in series[3]] == [1, 2]  # oldest first, unusable left out
+    charts = viewmodels.health_charts(series, {"candidate_version": 1, "champion_version": 10})
+    assert list(charts["versions"]) == [str(v) for v in range(3, 11)]  # the newest 8
+    assert charts["rollout"]["candidate"] == 1 and charts["rollout"]["champion"] == 10
+    assert len(charts["rollout"]["points"]["1"]) == 2  # shown even without a chart of its own
+    assert viewmodels.health_series(None) == {} and viewmodels.health_series([]) == {}
+    empty = viewmodels.health_charts({}, None)
+    assert empty == {"versions": {}, "rollout": None}
+
+
+async def test_the_live_feed_turns_health_windows_into_chart_points() -> None:
+    from libs.messaging import KafkaSettings
+    from services.console.live import LiveFeed
+
+    feed = LiveFeed(KafkaSettings(), [], interval_s=1.0, probe_health=lambda: None)
+    async with feed.fanout.subscribe() as queue:
+        window = _health(2, "2026-01-01T00:00:10Z", agreement=0.97)
+        feed.handle("model.health.v1", json.dumps(window).encode())
+        feed.handle("model.health.v1", b"{not json")
+        feed.handle("model.health.v1", json.dumps(_health(2, "bad")).encode())
+        kind, data = queue.get_nowait()
+        assert kind == "health" and data.startswith('{"model_name": "m"')  # /events?model=
+        assert json.loads(data)["agreement"] == 0.97 and json.loads(data)["version"] == 2
+        assert queue.empty()

@@ -110,4 +110,131 @@ function overviewPage() {
   source.addEventListener("stats", (e) => draw(JSON.parse(e.data)));
 }
 
-document.addEventListener("DOMContentLoaded", () => { runPage(); overviewPage(); });
+// ------------------------------------------------------------------ model page: health charts
+// One point per model.health.v1 window: the page starts from the monitor's history
+// (#health-data) and adds the windows streamed over SSE (event "health").
+const HEALTH_W = 400;
+const HEALTH_H = 180;
+
+function aligned(seriesList) {
+  // one x array (window ends, seconds) for several versions' points; null where absent
+  const xs = [...new Set(seriesList.flatMap((s) => s.points.map((p) => p.t)))].sort((a, b) => a - b);
+  return [xs, ...seriesList.map((s) => {
+    const at = new Map(s.points.map((p) => [p.t, p[s.key]]));
+    return xs.map((x) => (at.has(x) ? at.get(x) : null));
+  })];
+}
+
+function healthChart(el, title, lines, scales, axes, width = HEALTH_W) {
+  const fig = document.createElement("figure");
+  const cap = document.createElement("figcaption");
+  cap.textContent = title;
+  fig.appendChild(cap);
+  el.appendChild(fig);
+  const opts = {
+    width, height: HEALTH_H, scales: { x: { time: true }, ...scales }, axes,
+    series: [{}, ...lines.map((l) => ({ spanGaps: true, width: 2, points: { show: true, size: 4 }, ...l }))],
+  };
+  let plot = null;
+  return (data) => {
+    if (!plot) plot = new uPlot(opts, data, fig);
+    else plot.setData(data);
+  };
+}
+
+function versionCharts(container, version, points) {
+  const box = document.createElement("div");
+  box.className = "health-version";
+  box.id = "health-v" + version;
+  box.dataset.version = String(version);
+  const h = document.createElement("h3");
+  h.textContent = "v" + version;
+  box.appendChild(h);
+  container.appendChild(box);
+  const drift = healthChart(box, "drift (PSI)", [
+    { label: "input drift", stroke: "#d9480f" },
+    { label: "prediction drift", stroke: "#9c36b5" },
+  ], {}, [{}, { label: "PSI" }]);
+  const live = healthChart(box, "live accuracy, error rate, p99 latency", [
+    { label: "live accuracy", stroke: "#2b8a3e", scale: "frac" },
+    { label: "error rate", stroke: "#cf222e", scale: "frac" },
+    { label: "p99 ms", stroke: "#1c7ed6", scale: "ms" },
+  ], { frac: { range: [0, 1] } }, [{}, { scale: "frac", label: "share" }, { scale: "ms", side: 1, label: "ms", grid: { show: false } }]);
+  const draw = () => {
+    const key = (k) => ({ points, key: k });
+    drift(aligned([key("input_drift"), key("prediction_drift")]));
+    live(aligned([key("accuracy"), key("error_rate"), key("latency_ms_p99")]));
+    box.dataset.points = String(points.length);
+  };
+  draw();
+  return draw;
+}
+
+const PAIR_FIGURES = [
+  ["agreement", "agreement with the champion (shadow)", { range: [0, 1] }],
+  ["accuracy", "live accuracy", { range: [0, 1] }],
+  ["error_rate", "error rate", { range: [0, 1] }],
+  ["latency_ms_p99", "p99 latency (ms)", {}],
+];
+
+function rolloutCharts(el, pair, series) {
+  const candidate = String(pair.candidate);
+  const champion = pair.champion == null ? null : String(pair.champion);
+  const width = Math.max(200, Math.min(HEALTH_W, Math.floor((el.clientWidth || 2 * HEALTH_W) / 2) - 8));
+  const draws = PAIR_FIGURES.map(([key, title, range]) => {
+    const fig = document.createElement("div");
+    fig.id = "rollout-" + key;
+    el.appendChild(fig);
+    const draw = healthChart(fig, title, [
+      { label: "candidate v" + candidate, stroke: "#1c7ed6" },
+      { label: "champion v" + (champion || "—"), stroke: "#868e96" },
+    ], { y: range }, [{}, {}], width);
+    return (c, h) => {
+      draw(aligned([{ points: c, key }, { points: h, key }]));
+      fig.dataset.points = String(c.length + h.length);
+    };
+  });
+  const draw = () => {
+    const c = series[candidate] || [];
+    const h = (champion && series[champion]) || [];
+    draws.forEach((d) => d(c, h));
+    el.dataset.candidatePoints = String(c.length);
+    el.dataset.championPoints = String(h.length);
+  };
+  draw();
+  return { draw, versions: [candidate, champion] };
+}
+
+function modelPage() {
+  const section = document.getElementById("health");
+  const start = readJson("health-data");
+  if (!section || !start) return;
+  const model = section.dataset.model;
+  const container = document.getElementById("health-charts");
+  const series = {};  // version -> points, oldest first
+  for (const [v, pts] of Object.entries(start.versions || {})) series[v] = pts.slice();
+  for (const [v, pts] of Object.entries((start.rollout || {}).points || {})) if (!series[v]) series[v] = pts.slice();
+  const charts = {};
+  for (const v of Object.keys(start.versions || {}).sort((a, b) => b - a)) charts[v] = versionCharts(container, v, series[v]);
+  const pairEl = document.getElementById("rollout-charts");
+  const pair = pairEl && start.rollout ? rolloutCharts(pairEl, start.rollout, series) : null;
+  const source = new EventSource("/events?model=" + encodeURIComponent(model));
+  source.addEventListener("health", (e) => {
+    const p = JSON.parse(e.data);
+    if (p.model_name !== model) return;
+    const v = String(p.version);
+    const pts = series[v] || (series[v] = []);
+    if (pts.some((q) => q.t === p.t)) return;  // already in the history the page started from
+    pts.push(p);
+    pts.sort((a, b) => a.t - b.t);
+    if (pts.length > 360) pts.shift();
+    if (!charts[v]) {
+      charts[v] = versionCharts(container, v, pts);
+      container.dataset.versions = String(Object.keys(charts).length);
+      document.getElementById("health-none").hidden = true;
+    } else charts[v]();
+    if (pair && pair.versions.includes(v)) pair.draw();
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => { runPage(); overviewPage(); modelPage(); });
