@@ -438,7 +438,16 @@ class InferenceTensor(Contract):
     shape: list[Annotated[int, Field(ge=0)]] = Field(
         min_length=1, description="First dimension: records in this tensor"
     )
-    data: list[Any] = Field(description="Values in row-major order, flat or nested")
+    data: list[Any] = Field(
+        description="Values in row-major order, flat or nested; with binary_data_size, one "
+        "base64 string of the raw bytes"
+    )
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description="binary_data_size: the tensor's data is that many raw bytes "
+        "(little-endian, row-major), base64-encoded as data's one element: the Open Inference "
+        "Protocol's binary tensor extension in a JSON event (no number printed or parsed)",
+    )
 
 
 class InferenceRequested(Event):

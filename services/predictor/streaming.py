@@ -4,8 +4,12 @@ one forward pass per model version, ``inference.completed.v1`` documents out.
 No broker, no web framework: :mod:`services.predictor.stream` does the Kafka I/O around
 these steps, and tests drive them with plain objects.
 
-1. :func:`decode` - bytes -> :class:`StreamRequest` (orjson; the envelope is checked by the
-   contract, ``data`` straight into numpy), or :class:`Rejected` with a reason naming the field;
+1. :func:`decode` - bytes -> :class:`StreamRequest` (simdjson/orjson; the envelope is checked
+   by the contract once per kind of envelope, ``data`` straight into numpy; or, with the
+   tensor parameter ``binary_data_size``, ``data`` is one base64 string of the raw
+   little-endian bytes: the Open Inference Protocol's binary tensor extension carried in a
+   JSON event, so a producer prints no numbers and the worker parses none), or
+   :class:`Rejected` with a reason naming the field;
 2. :func:`missing_models` - models named that have no version yet (the worker waits for
    them, bounded); :func:`plan` - resolve each request's model version in the model table,
    check its input against the version's signature (name, datatype, shape), drop request
@@ -17,6 +21,7 @@ these steps, and tests drive them with plain objects.
 
 from __future__ import annotations
 
+import binascii
 import math
 import random
 from collections import OrderedDict
@@ -40,6 +45,7 @@ from services.predictor.oip import DATATYPES, InferenceRequest, OIPError, json_a
 from services.predictor.routing import ActiveRollout, choose
 
 __all__ = [
+    "BINARY_DATA_SIZE",
     "PRODUCTION",
     "Answer",
     "Plan",
@@ -55,6 +61,9 @@ __all__ = [
 ]
 
 PRODUCTION = "production"
+#: a tensor parameter: its data is one base64 string of that many raw bytes (see decode)
+BINARY_DATA_SIZE = "binary_data_size"
+_BINARY_MARK = b'"binary_data_size"'
 _ALL_OUTPUTS = InferenceRequest(id=None, inputs=[], outputs=None)
 _UNUSED_EVENT_ID = "00000000-0000-4000-8000-000000000000"
 #: version 4 and RFC 4122 variant bits of a UUID, and the random bits around them
@@ -198,6 +207,33 @@ def _array(data: Any, dtype: np.dtype[Any], datatype: str, count: int) -> np.nda
     return json_array(data, dtype, datatype, count, "inputs.0.data")
 
 
+def _binary(data: Any, dtype: np.dtype[Any], datatype: str, count: int, size: Any) -> np.ndarray:
+    """The binary tensor form: ``data`` is one base64 string of ``size`` raw little-endian
+    bytes, ``size`` being what the shape and datatype need (no number is parsed)."""
+    where = "inputs.0.parameters.binary_data_size"
+    if type(size) is not int or size < 0:
+        raise OIPError(f"{where}: must be a non-negative integer, got {size!r}")
+    if size != count * dtype.itemsize:
+        raise OIPError(
+            f"{where}: {size} bytes, but the shape's {count} {datatype} values "
+            f"need {count * dtype.itemsize}"
+        )
+    if simdjson is not None and isinstance(data, simdjson.Array):
+        data = data.as_list()
+    if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], str):
+        raise OIPError("inputs.0.data: with binary_data_size, data is one base64 string")
+    try:
+        raw = binascii.a2b_base64(data[0], strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise OIPError(f"inputs.0.data: not base64 ({exc})") from None
+    if len(raw) != size:
+        raise OIPError(f"inputs.0.data: holds {len(raw)} bytes, binary_data_size declares {size}")
+    array = np.frombuffer(raw, dtype=dtype)
+    if dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
+        raise OIPError("inputs.0.data: BOOL bytes must be 0 or 1")
+    return array
+
+
 def _in_range(arr: np.ndarray, dtype: np.dtype[Any]) -> bool:
     """int64 values fit ``dtype``: for an unsigned one, read as uint64 (a negative number
     is then above any unsigned width), the largest fits: one reduction, no temporary."""
@@ -264,7 +300,11 @@ def decode(value: bytes | None, *, max_bytes: int) -> StreamRequest:
         )
     # The envelope is checked by the contract itself; each input's data (thousands of
     # numbers) is lifted out first and goes straight into numpy below.
-    doc, data = _lift_simdjson(value) or _lift_orjson(value)
+    # (binary tensors carry no numbers to parse: orjson alone is quicker for them)
+    if _BINARY_MARK in value:
+        doc, data = _lift_orjson(value)
+    else:
+        doc, data = _lift_simdjson(value) or _lift_orjson(value)
     # The worker never reads the request's event_id: a fixed one saves a uuid4 per record.
     doc.setdefault("event_id", _UNUSED_EVENT_ID)
     event, request_id = _envelopes.validate(doc)
@@ -279,8 +319,13 @@ def decode(value: bytes | None, *, max_bytes: int) -> StreamRequest:
             f"inputs.0.datatype: {tensor.datatype} is not a numeric datatype", "signature"
         )
     shape = tuple(tensor.shape)
+    count = math.prod(shape)
+    size = tensor.parameters.get(BINARY_DATA_SIZE) if tensor.parameters else None
     try:
-        array = _array(data[0], dtype, tensor.datatype, math.prod(shape)).reshape(shape)
+        if size is not None:
+            array = _binary(data[0], dtype, tensor.datatype, count, size).reshape(shape)
+        else:
+            array = _array(data[0], dtype, tensor.datatype, count).reshape(shape)
     except OIPError as exc:
         raise Rejected(exc.message, "contract") from None
     return StreamRequest(

@@ -3,6 +3,7 @@ pass per model version, answers held to the inference.completed.v1 contract."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -379,3 +380,93 @@ def test_the_fast_json_path_decodes_and_rejects_as_the_general_one(
     fast = outcome()
     monkeypatch.setattr(streaming, "simdjson", None)
     assert outcome() == fast
+
+
+# ---------------------------------------------------------------------- binary tensor form
+
+
+def binary_tensor(x: np.ndarray, datatype: str, **overrides: Any) -> dict[str, Any]:
+    raw = x.astype(x.dtype.newbyteorder("<")).tobytes()
+    tensor = {
+        "name": "input",
+        "datatype": datatype,
+        "shape": list(x.shape),
+        "parameters": {"binary_data_size": len(raw)},
+        "data": [base64.b64encode(raw).decode()],
+    }
+    tensor.update(overrides)
+    return tensor
+
+
+@pytest.mark.parametrize(
+    ("datatype", "dtype"), [("UINT8", np.uint8), ("FP32", np.float32), ("INT64", np.int64)]
+)
+def test_the_binary_form_decodes_to_the_same_array_as_the_json_one(
+    datatype: str, dtype: Any
+) -> None:
+    x = np.random.default_rng(5).integers(0, 256, (2, 28, 28)).astype(dtype)
+    binary = streaming.decode(
+        encode(request("bin", inputs=[binary_tensor(x, datatype)])), max_bytes=LIMIT
+    )
+    text = streaming.decode(
+        encode(
+            request(
+                "txt",
+                inputs=[
+                    {
+                        "name": "input",
+                        "datatype": datatype,
+                        "shape": [2, 28, 28],
+                        "data": x.tolist(),
+                    }
+                ],
+            )
+        ),
+        max_bytes=LIMIT,
+    )
+    assert binary.array.dtype == text.array.dtype == np.dtype(dtype)
+    assert binary.array.shape == text.array.shape == (2, 28, 28)
+    assert np.array_equal(binary.array, text.array)
+    # and the contract itself takes it, as a producer's own validation would
+    InferenceRequested.model_validate(request("bin", inputs=[binary_tensor(x, datatype)]))
+
+
+_IMAGE = np.arange(784, dtype=np.uint8).reshape(1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "reason"),
+    [
+        (
+            binary_tensor(_IMAGE, "UINT8", parameters={"binary_data_size": 700}),
+            "inputs.0.parameters.binary_data_size: 700 bytes, but the shape's 784 UINT8 values "
+            "need 784",
+        ),
+        (
+            binary_tensor(_IMAGE, "UINT8", parameters={"binary_data_size": "784"}),
+            "inputs.0.parameters.binary_data_size: must be a non-negative integer",
+        ),
+        (
+            binary_tensor(_IMAGE, "UINT8", data=["not base64!"]),
+            "inputs.0.data: not base64",
+        ),
+        (
+            binary_tensor(_IMAGE, "UINT8", data=[base64.b64encode(b"short").decode()]),
+            "inputs.0.data: holds 5 bytes, binary_data_size declares 784",
+        ),
+        (
+            binary_tensor(_IMAGE, "UINT8", data=_IMAGE.ravel().tolist()),
+            "inputs.0.data: with binary_data_size, data is one base64 string",
+        ),
+        (
+            binary_tensor(np.full((1, 4), 2, np.uint8), "BOOL"),
+            "inputs.0.data: BOOL bytes must be 0 or 1",
+        ),
+    ],
+)
+def test_bad_binary_tensors_are_rejected_with_the_field(
+    tensor: dict[str, Any], reason: str
+) -> None:
+    exc = rejected(encode(request(inputs=[tensor])))
+    assert exc.kind == "contract"
+    assert exc.reason.startswith(reason), exc.reason
