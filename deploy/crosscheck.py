@@ -34,15 +34,14 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import os
 import re
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import yaml
 
@@ -169,11 +168,6 @@ def process_port(process: str) -> int | None:
     return None
 
 
-def default_port(service: str) -> int | None:
-    """The service's own HTTP port, as its settings class declares it."""
-    return process_port(service)
-
-
 def _field_env_names(cls: type, name: str, info: Any) -> set[str]:
     from pydantic import AliasChoices
 
@@ -209,14 +203,16 @@ def secret_env_names(service: str) -> set[str]:
 def settings_errors(service: str, env: Mapping[str, str]) -> list[str]:
     """What the service's settings classes say when built from exactly ``env`` (the
     container's environment, secrets stood in for): a required setting unset, a token
-    missing, a value of the wrong type."""
+    missing, a value of the wrong type. Nothing of this process's environment leaks in."""
     from pydantic import ValidationError
 
     errors: list[str] = []
-    with mock.patch.dict(os.environ, dict(env), clear=True):
+    with tempfile.TemporaryDirectory() as tmp:
+        dotenv = Path(tmp) / "container.env"
+        dotenv.write_text("".join(f'{k}="{_dotenv_quoted(v)}"\n' for k, v in env.items()))
         for cls in settings_classes(service):
             try:
-                cls()
+                _from_env_file_only(cls)(_env_file=dotenv)
             except ValidationError as exc:
                 errors += [
                     f"{'.'.join(map(str, e['loc'])) or cls.__name__}: "
@@ -224,6 +220,27 @@ def settings_errors(service: str, env: Mapping[str, str]) -> list[str]:
                     for e in exc.errors()
                 ]
     return errors
+
+
+def _dotenv_quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _from_env_file_only(cls: type) -> Any:
+    """``cls`` reading its settings from the env file it is given, and from nothing else
+    (pydantic-settings' ``settings_customise_sources`` hook)."""
+
+    def sources(
+        _: type,
+        settings_cls: type,
+        init_settings: Any,
+        env_settings: Any,
+        dotenv_settings: Any,
+        file_secret_settings: Any,
+    ) -> tuple[Any, ...]:
+        return (init_settings, dotenv_settings)
+
+    return type(cls.__name__, (cls,), {"settings_customise_sources": classmethod(sources)})
 
 
 def app_factory(process: str) -> Callable[..., Any]:
