@@ -537,3 +537,34 @@ async def test_bad_input_is_counted_or_dead_lettered_and_the_other_models_stay_w
 async def _health(stack: Stack, name: str, version: int) -> Any:
     w = await _window(stack, name, version)
     return w and w["last_health"]
+
+
+async def test_a_batched_prediction_logged_counts_every_request_and_feedback_joins_each(
+    stack: Stack, models: tuple[str, str, str]
+) -> None:
+    """The HTTP predictor logs one event per batch of requests (more_requests): the monitor
+    counts every request's rows, and feedback joins a request that rode in more_requests."""
+    from services.predictor.prediction_log import Answered, batch_logged
+
+    clean = models[0]
+    x = fashion_like(9, seed=8)[0]
+    answered = [
+        Answered(clean, 98, f"batched-{i}", np.arange(n) % 10, 1.0, x[s : s + n])
+        for i, (s, n) in enumerate([(0, 2), (2, 3), (5, 4)])
+    ]
+    (event,) = batch_logged(answered)
+    assert len(event.more_requests) == 2
+    await produce(stack.bootstrap, "prediction.logged.v1", [_json(event)], key=clean.encode())
+    window = await eventually(
+        lambda: _window(stack, clean, 98), timeout=60, interval=0.3, what="batched event seen"
+    )
+    assert window["total_rows"] == 9  # one event, all three requests
+    third = event.more_requests[1]
+    feedback = PredictionFeedback(request_id=third.request_id, label=third.predictions[3], row=3)
+    await produce(stack.bootstrap, "prediction.feedback.v1", [_json(feedback)])
+
+    async def joined() -> Any:
+        w = await _window(stack, clean, 98)
+        return w if w and w["labelled"] == 1 else None
+
+    await eventually(joined, timeout=60, interval=0.3, what="feedback joined")
