@@ -164,24 +164,31 @@ def health_point(health: dict[str, Any]) -> dict[str, Any] | None:
     return point
 
 
-def health_series(history: Any) -> dict[int, list[dict[str, Any]]]:
-    """The monitor's ``GET /history`` answer as version -> points (oldest first); empty
-    when the monitor did not answer."""
-    out: dict[int, list[dict[str, Any]]] = {}
+def health_series(history: Any) -> dict[int, dict[str, list[Any]]]:
+    """The monitor's ``GET /history`` answer (columns per version, oldest first) as
+    version -> columns ``t`` and :data:`HEALTH_FIELDS` (+ ``drifting``); a column missing
+    or of another length is all None. Empty when the monitor did not answer."""
+    out: dict[int, dict[str, list[Any]]] = {}
     for entry in (history or {}).get("versions", []) if isinstance(history, dict) else []:
-        version = entry.get("version")
-        if not isinstance(version, int):
+        version, t = entry.get("version"), entry.get("t")
+        if not isinstance(version, int) or not isinstance(t, list):
             continue
-        points = [p for p in map(health_point, entry.get("points") or []) if p is not None]
-        out[version] = sorted(points, key=lambda p: p["t"])
+        columns: dict[str, list[Any]] = {"t": t}
+        for key in (*HEALTH_FIELDS, "drifting"):
+            column = entry.get(key)
+            columns[key] = (
+                column if isinstance(column, list) and len(column) == len(t) else [None] * len(t)
+            )
+        out[version] = columns
     return out
 
 
 def health_charts(
-    series: dict[int, list[dict[str, Any]]], rollout: dict[str, Any] | None
+    series: dict[int, dict[str, list[Any]]], rollout: dict[str, Any] | None
 ) -> dict[str, Any]:
     """What the model page's health charts start from: a chart per version (the newest
-    ``HEALTH_CHARTS`` with points), and the current rollout's candidate and champion."""
+    ``HEALTH_CHARTS`` with points), and the current rollout's candidate and champion, with
+    how many windows each has."""
     shown = sorted(series, reverse=True)[:HEALTH_CHARTS]
     pair = None
     if rollout and rollout.get("candidate_version"):
@@ -189,8 +196,10 @@ def health_charts(
         pair = {
             "candidate": candidate,
             "champion": champion,
-            "points": {
-                str(v): series.get(v, []) for v in (candidate, champion) if isinstance(v, int)
+            "candidate_points": len(series.get(candidate, {}).get("t", [])),
+            "champion_points": len(series.get(champion, {}).get("t", [])),
+            "columns": {
+                str(v): series[v] for v in (candidate, champion) if v in series and v not in shown
             },
         }
     return {"versions": {str(v): series[v] for v in sorted(shown)}, "rollout": pair}

@@ -6,12 +6,11 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 from faststream import AckPolicy
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from contracts.events import (
     NAME_SCHEMA,
@@ -54,26 +53,37 @@ class WindowsPublic(BaseModel):
     ignored: dict[str, int]
 
 
-class HealthPoint(BaseModel):
-    """One published model.health.v1, the figures a chart plots."""
-
-    window_end: datetime
-    count: int
-    labelled: int
-    compared: int
-    input_drift: float | None
-    prediction_drift: float | None
-    accuracy: float | None
-    error_rate: float
-    latency_ms_p99: float | None
-    agreement: float | None
-    drifting: bool
+#: What a chart plots of each published model.health.v1, besides its window's end
+HISTORY_FIELDS = (
+    "count",
+    "labelled",
+    "compared",
+    "input_drift",
+    "prediction_drift",
+    "accuracy",
+    "error_rate",
+    "latency_ms_p99",
+    "agreement",
+    "drifting",
+)
 
 
 class VersionHistory(BaseModel):
+    """One version's published windows as columns, oldest first (one entry per window)."""
+
     model_name: str
     version: int
-    points: list[HealthPoint]
+    t: list[float] = Field(description="Each window's end, seconds since the epoch (UTC)")
+    count: list[int]
+    labelled: list[int]
+    compared: list[int]
+    input_drift: list[float | None]
+    prediction_drift: list[float | None]
+    accuracy: list[float | None]
+    error_rate: list[float]
+    latency_ms_p99: list[float | None]
+    agreement: list[float | None]
+    drifting: list[bool]
 
 
 class HistoryPublic(BaseModel):
@@ -87,21 +97,32 @@ class HealthHistory:
 
     def __init__(self, per_version: int = 360) -> None:
         self.per_version = per_version
-        self._points: dict[tuple[str, int], deque[HealthPoint]] = {}
+        self._points: dict[tuple[str, int], deque[tuple[Any, ...]]] = {}
 
     def add(self, health: ModelHealth) -> None:
         key = (health.model_name, health.version)
         points = self._points.get(key)
         if points is None:
             points = self._points[key] = deque(maxlen=self.per_version)
-        points.append(HealthPoint.model_validate(health, from_attributes=True))
+        end = round(health.window_end.timestamp(), 3)
+        points.append((end, *(getattr(health, f) for f in HISTORY_FIELDS)))
 
     def of(self, model: str, version: int | None, limit: int) -> list[VersionHistory]:
-        return [
-            VersionHistory(model_name=name, version=v, points=list(points)[-limit:])
-            for (name, v), points in sorted(self._points.items())
-            if name == model and (version is None or v == version)
-        ]
+        out = []
+        for (name, v), points in sorted(self._points.items()):
+            if name != model or (version is not None and v != version):
+                continue
+            columns = list(zip(*list(points)[-limit:], strict=True))
+            out.append(
+                VersionHistory.model_validate(
+                    {
+                        "model_name": name,
+                        "version": v,
+                        **dict(zip(("t", *HISTORY_FIELDS), columns, strict=True)),
+                    }
+                )
+            )
+        return out
 
 
 async def wait_positioned(subscribers: list[Any]) -> None:
@@ -243,8 +264,8 @@ def build_app(
         version: Annotated[int | None, Query(ge=1, description="only this version")] = None,
         limit: Annotated[int, Query(ge=1, le=360, description="newest points per version")] = 120,
     ) -> HistoryPublic:
-        """The model.health.v1 this process published for each version of ``model``, oldest
-        first (read-only; the last 360 per version, since the monitor started)."""
+        """The model.health.v1 this process published for each version of ``model``, as
+        columns, oldest first (read-only; the last 360 per version since it started)."""
         return HistoryPublic(ready=rt.ready, versions=published.of(model, version, limit))
 
     return app

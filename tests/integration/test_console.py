@@ -372,11 +372,11 @@ async def test_monitor_health_windows_become_chart_points_on_the_model_page(mesh
             data = _health_data(page.text)
             versions = data["versions"]
             assert isinstance(versions, dict)
-            assert len(versions[str(champion["version"])]) >= 1
+            assert len(versions[str(champion["version"])]["t"]) >= 1
             pair = data["rollout"]
             assert isinstance(pair, dict)
             assert (pair["candidate"], pair["champion"]) == (candidate, champion["version"])
-            assert len(pair["points"][str(candidate)]) >= 1
+            assert pair["candidate_points"] >= 1 and pair["champion_points"] >= 1
             assert 'id="rollout-charts"' in page.text and 'id="health-charts"' in page.text
             history = (await http.get(f"{mesh.monitor}/history", params={"model": m})).json()
             assert {h["version"] for h in history["versions"]} == {champion["version"], candidate}

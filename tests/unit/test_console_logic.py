@@ -183,26 +183,27 @@ def test_health_charts_per_version_and_for_the_rollout_pair() -> None:
     history = {
         "ready": True,
         "versions": [
-            {
-                "version": v,
-                "points": [
-                    _health(v, "2026-01-01T00:00:20Z", count=2),
-                    _health(v, "2026-01-01T00:00:10Z", count=1),
-                    _health(v, "garbage"),
-                ],
-            }
+            {"version": v, "t": [10.0, 20.0], "count": [1, 2], "accuracy": [0.5]}
             for v in range(1, 11)
-        ],
+        ]
+        + [{"version": "x", "t": []}, {"version": 12}],
     }
     series = viewmodels.health_series(history)
-    assert [p["count"] for p in series[3]] == [1, 2]  # oldest first, unusable left out
+    assert sorted(series) == list(range(1, 11))  # unusable entries left out
+    assert series[3]["count"] == [1, 2] and series[3]["t"] == [10.0, 20.0]
+    assert series[3]["accuracy"] == [None, None]  # a column of another length
+    assert series[3]["latency_ms_p99"] == [None, None]  # a missing one
     charts = viewmodels.health_charts(series, {"candidate_version": 1, "champion_version": 10})
     assert list(charts["versions"]) == [str(v) for v in range(3, 11)]  # the newest 8
-    assert charts["rollout"]["candidate"] == 1 and charts["rollout"]["champion"] == 10
-    assert len(charts["rollout"]["points"]["1"]) == 2  # shown even without a chart of its own
+    pair = charts["rollout"]
+    assert (pair["candidate"], pair["champion"]) == (1, 10)
+    assert pair["candidate_points"] == 2 and pair["champion_points"] == 2
+    assert list(pair["columns"]) == ["1"]  # v10's are in its own chart's already
     assert viewmodels.health_series(None) == {} and viewmodels.health_series([]) == {}
     empty = viewmodels.health_charts({}, None)
     assert empty == {"versions": {}, "rollout": None}
+    nothing_yet = viewmodels.health_charts({}, {"candidate_version": 2, "champion_version": 1})
+    assert nothing_yet["rollout"]["candidate_points"] == 0
 
 
 async def test_the_live_feed_turns_health_windows_into_chart_points() -> None:

@@ -32,8 +32,10 @@ def test_history_keeps_the_newest_windows_per_version() -> None:
     history.add(_health("b", 1, 7))
     found = history.of("a", None, limit=100)
     assert [(h.model_name, h.version) for h in found] == [("a", 1), ("a", 2)]
-    assert [p.count for p in found[0].points] == [2, 3, 4]  # bounded, oldest first
-    assert found[0].points[-1].accuracy == 0.5 and found[0].points[-1].labelled == 3
-    assert [p.count for p in history.of("a", 1, limit=2)[0].points] == [3, 4]
+    assert found[0].count == [2, 3, 4]  # bounded, oldest first, as columns
+    assert found[0].t == [(START + timedelta(seconds=s)).timestamp() for s in (2, 3, 4)]
+    assert found[0].accuracy == [0.5] * 3 and found[0].labelled == [3] * 3
+    assert found[0].input_drift == [None] * 3 and found[0].drifting == [False] * 3
+    assert history.of("a", 1, limit=2)[0].count == [3, 4]
     assert [h.version for h in history.of("a", 2, limit=10)] == [2]
     assert history.of("nobody", None, limit=10) == []

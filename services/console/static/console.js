@@ -211,9 +211,14 @@ function modelPage() {
   if (!section || !start) return;
   const model = section.dataset.model;
   const container = document.getElementById("health-charts");
-  const series = {};  // version -> points, oldest first
-  for (const [v, pts] of Object.entries(start.versions || {})) series[v] = pts.slice();
-  for (const [v, pts] of Object.entries((start.rollout || {}).points || {})) if (!series[v]) series[v] = pts.slice();
+  const series = {};  // version -> points, oldest first (the page carries columns)
+  const pointsOf = (cols) => (cols.t || []).map((t, i) => {
+    const p = { t };
+    for (const [k, col] of Object.entries(cols)) p[k] = col[i];
+    return p;
+  });
+  for (const [v, cols] of Object.entries(start.versions || {})) series[v] = pointsOf(cols);
+  for (const [v, cols] of Object.entries((start.rollout || {}).columns || {})) series[v] = pointsOf(cols);
   const charts = {};
   for (const v of Object.keys(start.versions || {}).sort((a, b) => b - a)) charts[v] = versionCharts(container, v, series[v]);
   const pairEl = document.getElementById("rollout-charts");
