@@ -20,7 +20,7 @@
 - the ports are the processes' ports (their settings' defaults, which are ``lmesh up``'s
   and the container entrypoint's), each Kubernetes Service exposes its process's port,
   every ``http://host:port`` in a setting names a port that host serves, and Prometheus
-  scrapes each process;
+  scrapes each process (on a ``/metrics`` it serves);
 - secrets come from ``${VAR:?}`` in compose and from a Secret in Kubernetes, never a
   literal or a default;
 - the Dockerfile installs every service and exposes every port.
@@ -736,10 +736,14 @@ def check_prometheus(prometheus: dict[str, Any], compose: dict[str, Any]) -> lis
                 targets.add((host, int(port)))
     problems = []
     for c in compose_containers(compose):
-        if c.process and not c.job and (c.name, process_port(c.process)) not in targets:
+        if not c.process or c.job:
+            continue
+        if (c.name, process_port(c.process)) not in targets:
             problems.append(
                 f"compose/prometheus.yml does not scrape {c.name}:{process_port(c.process)}"
             )
+        if not serves_path(c.process, "/metrics"):
+            problems.append(f"compose/prometheus.yml: {c.process} serves no /metrics")
     return problems
 
 
