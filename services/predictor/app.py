@@ -40,7 +40,7 @@ from services.predictor.responses import Liveness, ModelMetadata, Readiness, Ser
 from services.predictor.routing import Role
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
-from services.predictor.shadow import ShadowRunner
+from services.predictor.shadow import InFlight, ShadowRunner
 
 log = logging.getLogger("lmesh.predictor")
 
@@ -68,16 +68,26 @@ class PredictorApp:
     """ASGI: ``/v2/models/.../infer`` to the lean endpoint, the rest to FastAPI."""
 
     def __init__(
-        self, api: FastAPI, endpoint: InferenceEndpoint, runtime: PredictorRuntime
+        self,
+        api: FastAPI,
+        endpoint: InferenceEndpoint,
+        runtime: PredictorRuntime,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.api = api
         self.endpoint = endpoint
         self.runtime = runtime
         self.state = api.state
+        #: inference requests being answered (the shadow runner waits for a quiet moment)
+        self.in_flight = in_flight or InFlight()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if is_infer_path(scope):
-            await self.endpoint(scope, receive, send)
+            self.in_flight.enter()
+            try:
+                await self.endpoint(scope, receive, send)
+            finally:
+                self.in_flight.leave()
         else:
             await self.api(scope, receive, send)
 
@@ -152,8 +162,9 @@ def build_app(
     async def log_shadow(event: Any) -> None:
         prediction_log.add(event)
 
-    # shadow answers leave with the others, in the same batches
-    shadow = ShadowRunner(publish=log_shadow)
+    # shadow answers leave with the others; the candidate runs when no request is in flight
+    in_flight = InFlight()
+    shadow = ShadowRunner(publish=log_shadow, in_flight=in_flight)
 
     async def on_startup(app: FastAPI) -> None:
         torch.set_num_threads(settings.torch_threads)
@@ -279,4 +290,4 @@ def build_app(
         shadow_sample_rate=settings.shadow_sample_rate,
     )
     add_openapi_paths(api, openapi_paths())
-    return PredictorApp(api, endpoint, runtime)
+    return PredictorApp(api, endpoint, runtime, in_flight)
