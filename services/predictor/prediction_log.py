@@ -18,14 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Literal, NamedTuple
 
 import numpy as np
+import orjson
+from faststream.kafka import KafkaBroker
 
 from contracts.events import PredictionLogged
+from contracts.topics import topic_for
 from libs.drift import feature_groups, summarize_rows
+from libs.telemetry.metrics import EVENTS_PUBLISHED
 from services.predictor import metrics
 
 log = logging.getLogger("lmesh.predictor")
@@ -53,9 +59,12 @@ def _summarized_rows(rows: np.ndarray | None) -> np.ndarray | None:
     return flat
 
 
-def _summaries(flat: np.ndarray) -> list[list[float]]:
-    summary: list[list[float]] = (
-        summarize_rows(flat, feature_groups(flat.shape[1])).round(SUMMARY_DECIMALS).tolist()
+def _summaries(flat: np.ndarray) -> np.ndarray:
+    """float64, rounded to :data:`SUMMARY_DECIMALS` (written as short decimals)."""
+    summary: np.ndarray = (
+        summarize_rows(flat, feature_groups(flat.shape[1]))
+        .astype(np.float64)
+        .round(SUMMARY_DECIMALS)
     )
     return summary
 
@@ -75,7 +84,7 @@ def prediction_logged(
     error: str | None = None,
 ) -> PredictionLogged:
     flat = _summarized_rows(rows)
-    summary = _summaries(flat) if flat is not None else None
+    summary = _summaries(flat).tolist() if flat is not None else None
     return PredictionLogged(
         model_name=model_name,
         version=version,
@@ -105,38 +114,58 @@ class Answered(NamedTuple):
     role: Role | None = None
 
 
-def batch_logged(
+class SerializedEvent(NamedTuple):
+    """A prediction.logged.v1 ready for Kafka: its key (the model name), id and JSON."""
+
+    key: bytes
+    event_id: str
+    value: bytes
+
+
+def batch_serialized(
     answered: Sequence[Answered], source: Literal["http", "stream"] = "http"
-) -> list[PredictionLogged]:
-    """The events of answered requests: one per model version and role (split where an
-    event would exceed :data:`MAX_EVENT_SUMMARY_ROWS` or :data:`MAX_EVENT_PREDICTIONS`), in
-    the order the requests came; the summaries of all rows of one width in one call."""
+) -> list[SerializedEvent]:
+    """The events of answered requests, serialized: one per model version and role (split
+    where an event would exceed :data:`MAX_EVENT_SUMMARY_ROWS` or
+    :data:`MAX_EVENT_PREDICTIONS`), in the order the requests came; the summaries of all
+    rows of one width in one numpy call, and numpy arrays written by orjson as they are
+    (no Python list, no pydantic model per request: the contract is held by the tests,
+    which decode these bytes with :class:`PredictionLogged`)."""
     groups: dict[tuple[str, int, Role | None], list[Answered]] = {}
     for a in answered:
         groups.setdefault((a.model_name, a.version, a.role), []).append(a)
-    events: list[PredictionLogged] = []
+    events: list[SerializedEvent] = []
     for (model_name, version, role), members in groups.items():
         summaries = _batch_summaries([_summarized_rows(a.rows) for a in members])
-        chunk: list[tuple[Answered, list[list[float]] | None]] = []
+        chunk: list[tuple[Answered, np.ndarray | None]] = []
         summary_rows = predicted = 0
         for a, summary in zip(members, summaries, strict=True):
-            n, s = len(a.labels), len(summary) if summary else 0
+            n, s = len(a.labels), len(summary) if summary is not None else 0
             if chunk and (
                 summary_rows + s > MAX_EVENT_SUMMARY_ROWS or predicted + n > MAX_EVENT_PREDICTIONS
             ):
-                events.append(_event(model_name, version, role, source, chunk))
+                events.append(_serialized(model_name, version, role, source, chunk))
                 chunk, summary_rows, predicted = [], 0, 0
             chunk.append((a, summary))
             summary_rows += s
             predicted += n
-        events.append(_event(model_name, version, role, source, chunk))
+        events.append(_serialized(model_name, version, role, source, chunk))
     return events
 
 
-def _batch_summaries(flats: list[np.ndarray | None]) -> list[list[list[float]] | None]:
-    """Per request, its summaries (None: no rows); requests whose rows have one width are
-    summarized together."""
-    out: list[list[list[float]] | None] = [None] * len(flats)
+def batch_logged(
+    answered: Sequence[Answered], source: Literal["http", "stream"] = "http"
+) -> list[PredictionLogged]:
+    """The events of :func:`batch_serialized`, decoded."""
+    return [
+        PredictionLogged.model_validate_json(e.value) for e in batch_serialized(answered, source)
+    ]
+
+
+def _batch_summaries(flats: list[np.ndarray | None]) -> list[np.ndarray | None]:
+    """Per request, its rounded summaries (None: no rows); requests whose rows have one
+    width are summarized together."""
+    out: list[np.ndarray | None] = [None] * len(flats)
     by_width: dict[int, list[tuple[int, np.ndarray]]] = {}
     for i, flat in enumerate(flats):
         if flat is not None:
@@ -151,35 +180,70 @@ def _batch_summaries(flats: list[np.ndarray | None]) -> list[list[list[float]] |
     return out
 
 
-def _event(
+def _serialized(
     model_name: str,
     version: int,
     role: Role | None,
     source: Literal["http", "stream"],
-    chunk: list[tuple[Answered, list[list[float]] | None]],
-) -> PredictionLogged:
+    chunk: list[tuple[Answered, np.ndarray | None]],
+) -> SerializedEvent:
     (first, summary), rest = chunk[0], chunk[1:]
-    # plain dicts: validated by pydantic-core in one pass, cheaper than a model each here
-    more = [
-        {
-            "request_id": a.request_id,
-            "predictions": a.labels.tolist(),
-            "latency_ms": round(a.latency_ms, 3),
-            "input_summary": s,
-        }
-        for a, s in rest
-    ]
-    return PredictionLogged(
-        model_name=model_name,
-        version=version,
-        request_id=first.request_id,
-        predictions=first.labels.tolist(),
-        latency_ms=round(first.latency_ms, 3),
-        source=source,
-        input_summary=summary,
-        role=role,
-        more_requests=more,  # type: ignore[arg-type]
-    )
+    event_id = uuid.uuid4()
+    doc = {
+        "event_id": event_id,
+        "occurred_at": datetime.now(UTC),
+        "model_name": model_name,
+        "version": version,
+        "request_id": first.request_id,
+        "predictions": np.ascontiguousarray(first.labels),
+        "latency_ms": round(first.latency_ms, 3),
+        "source": source,
+        "input_summary": summary,
+        "error": None,
+        "role": role,
+        "champion_version": None,
+        "champion_predictions": None,
+        "more_requests": [
+            {
+                "request_id": a.request_id,
+                "predictions": np.ascontiguousarray(a.labels),
+                "latency_ms": round(a.latency_ms, 3),
+                "input_summary": s,
+                "error": None,
+            }
+            for a, s in rest
+        ],
+    }
+    value = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    return SerializedEvent(model_name.encode(), str(event_id), value)
+
+
+def kafka_publisher(broker: KafkaBroker) -> Callable[[list[SerializedEvent]], Awaitable[None]]:
+    """Publishes serialized events as :func:`libs.messaging.broker.publish_many` publishes
+    models: the contract topic, the model name as key, the same headers (the broker's
+    telemetry middleware adds the trace context), one wait for the acknowledgements."""
+    topic = topic_for(PredictionLogged).name
+    service = getattr(broker, "mesh_service", "client")
+
+    async def publish(events: list[SerializedEvent]) -> None:
+        futures = [
+            await broker.publish(
+                e.value,
+                topic=topic,
+                key=e.key,
+                headers={
+                    "content-type": "application/json",
+                    "event-type": PredictionLogged.__name__,
+                    "event-id": e.event_id,
+                },
+                no_confirm=True,
+            )
+            for e in events
+        ]
+        EVENTS_PUBLISHED.labels(service, topic).inc(len(events))
+        await asyncio.gather(*futures)
+
+    return publish
 
 
 class PredictionLog:
@@ -189,17 +253,21 @@ class PredictionLog:
 
     The buffer takes built events (:meth:`add`) and answered requests (:meth:`add_prediction`,
     built into batched events by the task). The task waits ``linger_s`` after the first
-    entry of a batch, so that one event carries the requests of many micro-batches."""
+    entry of a batch, so that one event carries the requests of many micro-batches.
+    ``publish_serialized`` (e.g. :func:`kafka_publisher`) sends the batched events as the
+    task serialized them; without it they are decoded into models for ``publish_many``."""
 
     def __init__(
         self,
         publish_many: Callable[[list[PredictionLogged]], Awaitable[None]],
         *,
+        publish_serialized: Callable[[list[SerializedEvent]], Awaitable[None]] | None = None,
         max_pending: int = 20_000,
         max_batch: int = 2000,
         linger_s: float = 0.005,
     ) -> None:
         self._publish_many = publish_many
+        self._publish_serialized = publish_serialized
         self._pending: deque[PredictionLogged | Answered] = deque()
         self._max_pending = max_pending
         self._max_batch = max_batch
@@ -251,16 +319,21 @@ class PredictionLog:
                 n = min(len(self._pending), self._max_batch)
                 batch = [self._pending.popleft() for _ in range(n)]
                 try:
-                    await self._publish_many(_events(batch))
+                    await self._publish(batch)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # telemetry: counted and logged, never blocking serving
                     metrics.PREDICTIONS_LOG_DROPPED.labels("publish failed").inc(len(batch))
                     log.warning("dropped %d logged predictions: %r", len(batch), exc)
 
-
-def _events(batch: list[PredictionLogged | Answered]) -> list[PredictionLogged]:
-    ready = [e for e in batch if isinstance(e, PredictionLogged)]
-    if len(ready) == len(batch):
-        return ready
-    return [*ready, *batch_logged([e for e in batch if isinstance(e, Answered)])]
+    async def _publish(self, batch: list[PredictionLogged | Answered]) -> None:
+        ready = [e for e in batch if isinstance(e, PredictionLogged)]
+        answered = [e for e in batch if isinstance(e, Answered)]
+        serialized = batch_serialized(answered) if answered else []
+        if serialized and self._publish_serialized is None:
+            ready += [PredictionLogged.model_validate_json(e.value) for e in serialized]
+            serialized = []
+        if ready:
+            await self._publish_many(ready)
+        if serialized and self._publish_serialized is not None:
+            await self._publish_serialized(serialized)
