@@ -260,7 +260,7 @@ def serves_path(process: str, path: str) -> bool:
     from libs.messaging.settings import KafkaSettings
 
     (cls, *_) = _code_settings_classes(service_of(process))
-    app = app_factory(process)(cls.model_construct(), KafkaSettings())
+    app = app_factory(process)(cls.model_construct(), KafkaSettings())  # type: ignore[attr-defined]
     api = getattr(app, "api", app)  # the predictor's ASGI front sends all but /infer to it
     scope = {"type": "http", "method": "GET", "path": path, "root_path": ""}
     return any(route.matches(scope)[0] == Match.FULL for route in api.routes)
@@ -406,9 +406,9 @@ def k8s_containers(docs: list[dict[str, Any]]) -> tuple[list[Container], list[st
                     if sec is None:
                         problems.append(f"{origin}: envFrom Secret {ref['name']!r} is not defined")
                         continue
-                    keys = {**sec.get("stringData", {}), **sec.get("data", {})}
-                    env.update({k: _secret_stand_in(k) for k in keys})
-                    secret_env.update(keys)
+                    names = {*sec.get("stringData", {}), *sec.get("data", {})}
+                    env.update({k: _secret_stand_in(k) for k in names})
+                    secret_env.update(names)
             for item in c.get("env", []):
                 ref = (item.get("valueFrom") or {}).get("secretKeyRef")
                 if ref:
@@ -622,11 +622,11 @@ def check_ports(
         for c in containers:
             for name, value in sorted(c.env.items()):
                 for m in URL_RE.finditer(value):
-                    ports = served[where].get(m["host"])
-                    if ports is not None and int(m["port"]) not in ports:
+                    host_ports = served[where].get(m["host"])
+                    if host_ports is not None and int(m["port"]) not in host_ports:
                         problems.append(
                             f"{c.origin}: {name} calls {m['host']}:{m['port']}, "
-                            f"{m['host']} serves {sorted(ports)}"
+                            f"{m['host']} serves {sorted(host_ports)}"
                         )
     return problems
 
