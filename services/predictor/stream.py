@@ -128,6 +128,11 @@ class StreamWorker:
         """Poll batches handed to the producer and not yet committed."""
         return len(self._pending)
 
+    @property
+    def records_in_flight(self) -> int:
+        """Records of the poll batches handed to the producer and not yet committed."""
+        return sum(p.records for p in self._pending)
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
@@ -571,6 +576,7 @@ def build_stream_app(
             "waiting_for": sorted(worker.waiting_for),
             "paused": worker.paused,
             "batches_in_flight": worker.in_flight,
+            "records_in_flight": worker.records_in_flight,
             "records_held": worker.records_held,
             "records_held_peak": worker.records_held_peak,
         }

@@ -171,9 +171,11 @@ async def test_the_worker_pauses_fetching_while_its_answers_are_unacknowledged(
             metrics = (await http.get("/metrics")).text
             assert "lmesh_predictor_stream_paused 1.0" in metrics
             # ... whose answers did reach the broker: only those, the backlog waits.
-            await eventually(lambda: len(done.messages) == in_flight * per_poll, timeout=30)
+            assert 0 < st["records_in_flight"] <= in_flight * per_poll
+            await eventually(lambda: len(done.messages) == st["records_in_flight"], timeout=30)
             st = await state()
             assert st["paused"] and st["records_held"] <= bound
+            assert len(done.messages) == st["records_in_flight"]
             assert st["records_held_peak"] <= bound < n
 
             gate.open()  # the broker acknowledges: the worker resumes and answers the rest
