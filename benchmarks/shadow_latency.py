@@ -7,7 +7,9 @@ no rollout, then the candidate in shadow (model.rollout.v1 on the embedded broke
 candidate's inference runs off the request path and is logged to prediction.logged.v1),
 then aborted, then shadow again... The champion's p50/p99 with and without a shadow
 candidate are compared (median over rounds). Goal: p99 with shadow within 10 % of without.
-Prints one JSON document.
+Both modes log the champion's answers alike (``--log-sample-rate``); each round records the
+machine's load average and the shadow copies dropped (counted by the predictor), since a
+loaded machine moves the tail more than the shadow does. Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -79,12 +81,31 @@ async def _set_shadow(
         raise TimeoutError(f"the predictor did not apply {step}")
 
 
+def _dropped(base: str) -> dict[str, float]:
+    """The predictor's drop counters: shadow copies, and prediction.logged.v1 events."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {
+        "lmesh_predictor_shadow_dropped": "shadow_dropped",
+        "lmesh_predictor_predictions_log_dropped": "log_dropped",
+    }
+    out = dict.fromkeys(wanted.values(), 0.0)
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics", timeout=10).text):
+        if family.name in wanted:
+            out[wanted[family.name]] += sum(
+                s.value for s in family.samples if s.name.endswith("_total")
+            )
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from libs.messaging.embedded import EmbeddedBroker
     from libs.storage import open_store
     from tests.support.registry_stub import RegistryStub, write_model_version
     from tests.support.servers import serve_app
 
+    loads = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="lmesh-bench-shadow-"))
     store_url = (work / "artifacts").as_uri()
     store = open_store(store_url)
@@ -119,7 +140,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if mode == "shadow":
                         rollout_id += 1
                         asyncio.run(_set_shadow(broker.bootstrap, url, candidate, True, rollout_id))
+                    load_before, counted = os.getloadavg()[0], _dropped(base)
                     result = _client(url, body_path, args.duration, args.connections, args.rate)
+                    result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+                    now = _dropped(base)
+                    result.update({k: now[k] - counted[k] for k in now})
                     if mode == "shadow":
                         asyncio.run(
                             _set_shadow(broker.bootstrap, url, candidate, False, rollout_id)
@@ -136,6 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
+            "load_avg_1m": [round(loads[0], 2), round(os.getloadavg()[0], 2)],
             "note": args.note,
         },
         "settings": {
@@ -148,7 +174,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model": "MLP 784-500-10 champion, MLP 784-500-10 candidate in shadow",
         },
         "without_shadow": {"p50_ms": median("without", "p50_ms"), "p99_ms": p99_without},
-        "with_shadow": {"p50_ms": median("shadow", "p50_ms"), "p99_ms": p99_shadow},
+        "with_shadow": {
+            "p50_ms": median("shadow", "p50_ms"),
+            "p99_ms": p99_shadow,
+            "shadow_dropped": sum(r["shadow_dropped"] for r in rounds["shadow"]),
+        },
         "p99_ratio": ratio,
         "goal": "p99 with a shadow candidate within 10 % of without (ratio <= 1.10)",
         "met": ratio is not None and ratio <= 1.10,
