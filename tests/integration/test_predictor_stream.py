@@ -6,6 +6,7 @@ dead-lettered with the field while the partition keeps moving."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from collections import Counter
 from typing import Any
@@ -279,6 +280,14 @@ async def test_bad_requests_are_dead_lettered_and_a_stream_waits_for_its_first_v
     wrong_shape["inputs"][0]["shape"] = [1, 784, 1]
     wrong_type = orjson.loads(request_value("bad-type", name, image))
     wrong_type["inputs"][0]["datatype"] = "FP32"
+    binary = orjson.loads(good)  # the same image as raw bytes: OIP's binary tensor form
+    raw = image.astype(np.uint8).tobytes()
+    binary["request_id"] = "good-bin"
+    binary["inputs"][0]["data"] = [base64.b64encode(raw).decode()]
+    binary["inputs"][0]["parameters"] = {"binary_data_size": len(raw)}
+    wrong_size = orjson.loads(orjson.dumps(binary))
+    wrong_size["request_id"] = "bad-bin"
+    wrong_size["inputs"][0]["parameters"] = {"binary_data_size": 700}
     values: list[bytes] = [
         b"\x00\x01 not json",
         orjson.dumps(wrong_shape),
@@ -289,6 +298,8 @@ async def test_bad_requests_are_dead_lettered_and_a_stream_waits_for_its_first_v
         good,
         good,  # redelivered: answered once
         request_value("good-2", name, image),
+        orjson.dumps(wrong_size),
+        orjson.dumps(binary),
     ]
     with running_stream_worker(
         kafka_settings,
@@ -323,15 +334,18 @@ async def test_bad_requests_are_dead_lettered_and_a_stream_waits_for_its_first_v
             await produce(
                 kafka_bootstrap, "model.promoted.v1", [promotion(mv1, None)], key=name.encode()
             )
-            # ... then the partition moves: two answers, six letters.
-            answers = await done.wait_for(count=2, timeout=60)
+            # ... then the partition moves: three answers, seven letters.
+            answers = await done.wait_for(count=3, timeout=60)
             letters = await dlq.wait_for(
-                lambda m: m.get("source_topic") == requests_topic, count=6, timeout=30
+                lambda m: m.get("source_topic") == requests_topic, count=7, timeout=30
             )
 
     # One partition, answers in record order: a duplicate answer would come before good-2.
-    assert [a["request_id"] for a in answers] == ["good-1", "good-2"]
+    assert [a["request_id"] for a in answers] == ["good-1", "good-2", "good-bin"]
     assert all(a["model_version"] == 1 and a["_key"] == "k" for a in answers)
+    # the binary form of an image is answered as its numbers are
+    labels = [{t["name"]: t["data"] for t in a["outputs"]}["label"] for a in answers]
+    assert labels[2] == labels[0]
     reasons = [m["reason"] for m in sorted(letters, key=lambda m: m["offset"])]
     assert reasons[0].startswith("value: not valid JSON")
     assert reasons[1].startswith("inputs.0.shape: [1, 784, 1] does not fit")
@@ -341,6 +355,7 @@ async def test_bad_requests_are_dead_lettered_and_a_stream_waits_for_its_first_v
     assert reasons[3].startswith("model_name: unknown model 'no-such-model'")
     assert "request_id" in reasons[4] and "inputs" in reasons[4]
     assert reasons[5].startswith("value: ") and "exceeds the limit of 16384" in reasons[5]
+    assert reasons[6].startswith("inputs.0.parameters.binary_data_size: 700 bytes")
     assert all(m["service"] == "predictor" for m in letters)
 
 
