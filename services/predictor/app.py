@@ -160,9 +160,10 @@ def build_app(
     prediction_log = PredictionLog(publish_logged)
 
     async def log_shadow(event: Any) -> None:
-        prediction_log.add(event)
+        await publish(broker, event)
 
-    # shadow answers leave with the others; the candidate runs when no request is in flight
+    # The candidate runs, and its answers leave, one at a time when no request is in flight;
+    # not through the prediction log, whose batches would send them in one burst.
     in_flight = InFlight()
     shadow = ShadowRunner(publish=log_shadow, in_flight=in_flight)
 

@@ -43,6 +43,8 @@ SHADOW_QUEUE = 1024
 SHADOW_SLICE_ROWS = 8
 #: how long the runner gathers copies before running them (fuller slices, fewer passes)
 SHADOW_LINGER_S = 0.05
+#: shadow answers handed to ``publish`` and not finished yet, at most
+SHADOW_SENDING = 64
 
 _Item = tuple[ActiveRollout[LoadedModel], LoadedModel, str, np.ndarray, np.ndarray]
 #: a part of one item's rows: (the item, first row, end row)
@@ -112,6 +114,7 @@ class ShadowRunner:
         linger_s: float = SHADOW_LINGER_S,
         max_queue: int = SHADOW_QUEUE,
         in_flight: InFlight | None = None,
+        max_sending: int = SHADOW_SENDING,
     ) -> None:
         if slice_rows < 1:
             raise ValueError("slice_rows must be >= 1")
@@ -121,6 +124,8 @@ class ShadowRunner:
         self.linger_s = linger_s
         self.max_queue = max_queue
         self.in_flight = in_flight
+        self.max_sending = max_sending
+        self._sending: set[asyncio.Task[Any]] = set()
         self.queue: asyncio.Queue[_Item] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -132,6 +137,8 @@ class ShadowRunner:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+        if self._sending:  # answers handed over already: let them finish, bounded
+            await asyncio.wait(self._sending, timeout=5.0)
 
     def submit(
         self,
@@ -163,8 +170,9 @@ class ShadowRunner:
 
     async def _run_items(self, items: list[_Item]) -> None:
         """Every slice of ``items``, each at a quiet moment, and their events spread over
-        ``linger_s`` (the next batch gathers meanwhile): the prediction log then sends a
-        shadow answer or two with each of its batches, never a whole batch of them at once."""
+        ``linger_s`` (the next batch gathers meanwhile), each published at a quiet moment of
+        its own: the loop is never busy with the shadow for longer than one slice or one
+        event, and no batch of shadow answers leaves in one burst."""
         loop = asyncio.get_running_loop()
         start, step = loop.time(), self.linger_s / len(items)
         sent = 0
@@ -180,13 +188,30 @@ class ShadowRunner:
                 # on schedule: wait for the event's turn; behind it (a slow publish): no wait
                 await asyncio.sleep(max(0.0, start + sent * step - loop.time()))
                 sent += 1
-                await self.publish(event)
+                await self._quiet()
+                await self._send(event)
 
     async def _quiet(self) -> None:
         """The loop's turn first, and no champion request in flight (bounded wait)."""
         if self.in_flight is not None:
             await self.in_flight.quiet(self.linger_s)
         await asyncio.sleep(0)
+
+    async def _send(self, event: BaseModel) -> None:
+        """Publish without waiting for the broker's acknowledgement (at most
+        ``max_sending`` outstanding): one event's work on the loop now, the round trip
+        overlapped with the next ones."""
+        while len(self._sending) >= self.max_sending:
+            await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.get_running_loop().create_task(self.publish(event))
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[Any]) -> None:
+        self._sending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            metrics.PREDICTIONS_LOG_DROPPED.labels("publish failed").inc()
+            log.warning("a shadow answer was not published: %r", task.exception())
 
     async def _run_slice(
         self,

@@ -192,3 +192,34 @@ async def test_a_full_queue_drops_the_copy_and_counts_it(tmp_path: Path) -> None
         assert dropped() == before + 1
     finally:
         await runner.stop()
+
+
+async def test_a_failed_publish_is_counted_and_the_next_answer_still_leaves(
+    tmp_path: Path,
+) -> None:
+    champion = _model(tmp_path, 1)
+    logged: list[PredictionLogged] = []
+
+    def failed() -> float:
+        value = REGISTRY.get_sample_value(
+            "lmesh_predictor_predictions_log_dropped_total", {"reason": "publish failed"}
+        )
+        return value or 0.0
+
+    async def publish(event: Any) -> None:
+        if event.request_id == "lost":
+            raise ConnectionError("broker away")
+        logged.append(event)
+
+    before = failed()
+    runner = ShadowRunner(publish, linger_s=0.0)
+    runner.start()
+    rows = np.zeros((1, 784), np.float32)
+    try:
+        runner.submit(_rollout(_Failing(fixed=True)), champion, "lost", rows, np.zeros(1))
+        await eventually(lambda: failed() == before + 1, what="the failed publish counted")
+        runner.submit(_rollout(_Failing(fixed=True)), champion, "kept", rows, np.zeros(1))
+        await eventually(lambda: len(logged) == 1, what="the next shadow answer")
+    finally:
+        await runner.stop()
+    assert logged[0].request_id == "kept"
