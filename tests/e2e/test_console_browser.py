@@ -403,7 +403,7 @@ def test_model_health_charts_in_a_browser(console_mesh: Mesh, browser: Any, tmp_
         shown = _points(page, "#health-v2")
         page.goto(f"{console}/models/{model}")
         page.wait_for_selector("#health-v2 canvas")
-        assert _points(page, "#health-v2") >= shown
+        assert _points(page, "#health-v2") >= min(shown, 120)  # the console asks for 120
         assert _points(page, "#rollout-charts", "candidatePoints") >= 1
         history = json.loads(page.text_content("#health-data") or "{}")
         assert history["versions"]["2"]["accuracy"][-1] is not None
