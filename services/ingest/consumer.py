@@ -16,11 +16,19 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from opentelemetry.trace import SpanKind
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from libs import telemetry
 from libs.messaging import KafkaSettings
+from libs.messaging.batch_consumer import (
+    PollBatch,
+    assigned_records,
+    batch_span,
+    broker_running,
+    group_consumer,
+    poll_batches,
+    start_client,
+)
 from libs.messaging.middleware import _reason
 from libs.messaging.retry import waiting
 from libs.telemetry import metrics
@@ -41,9 +49,7 @@ class RecordsConsumer:
         self.kafka = kafka
         self.topic = handlers.RECORDS_TOPIC
         self.consumer: AIOKafkaConsumer | None = None
-        self._queue: asyncio.Queue[dict[TopicPartition, list[ConsumerRecord[Any, Any]]]] = (
-            asyncio.Queue(maxsize=PREFETCH_BATCHES)
-        )
+        self._queue: asyncio.Queue[PollBatch] = asyncio.Queue(maxsize=PREFETCH_BATCHES)
         self._tasks: list[asyncio.Task[None]] = []
         self._tracer = telemetry.tracer("lmesh.ingest")
 
@@ -61,55 +67,34 @@ class RecordsConsumer:
                 await self.consumer.stop()
 
     def _new_consumer(self) -> AIOKafkaConsumer:
-        settings = self.rt.settings
-        return AIOKafkaConsumer(
+        # offsets: see IngestRuntime.commit
+        return group_consumer(
+            self.kafka,
             self.topic,
-            bootstrap_servers=self.kafka.bootstrap_servers,
             client_id="lmesh-ingest",
             group_id=GROUP,
-            enable_auto_commit=False,  # see IngestRuntime.commit
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=settings.fetch_partition_bytes,
-            request_timeout_ms=int(self.kafka.connect_timeout_s * 1000),  # as the broker
-            **self.kafka.group_kwargs(),
-            **self.kafka.client_kwargs(),
+            max_partition_fetch_bytes=self.rt.settings.fetch_partition_bytes,
         )
 
     async def _start_consumer(self) -> AIOKafkaConsumer:
-        consumer = self._new_consumer()
-        try:
-            await consumer.start()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            raise
-        return consumer
+        return await start_client(self._new_consumer())  # a new one each attempt
 
     async def _poll(self) -> None:
         wait = waiting(what=f"the {self.topic} consumer to start")
         self.consumer = self.rt.consumer = await wait(self._start_consumer)
-        max_records = self.rt.settings.poll_max_records
-        while True:
-            try:
-                batches = await self.consumer.getmany(timeout_ms=500, max_records=max_records)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the client reconnects by itself; do not spin
-                log.warning("polling %s failed (%s: %s)", self.topic, type(exc).__name__, exc)
-                await asyncio.sleep(0.5)
-                continue
-            if batches:
-                await self._queue.put(batches)
+        await poll_batches(
+            self.consumer,
+            self._queue.put,
+            max_records=self.rt.settings.poll_max_records,
+            topic=self.topic,
+        )
 
     async def _work(self) -> None:
         while True:
             batches = await self._queue.get()
             # The app starts the broker (which sends dead letters) right after this task.
-            while not getattr(self.rt.broker, "running", True):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-            assigned = self.consumer.assignment() if self.consumer is not None else set()
-            # Records of partitions revoked since they were fetched now belong to another member.
-            records = [r for tp, rs in batches.items() if tp in assigned for r in rs]
+            await broker_running(self.rt.broker)
+            records = assigned_records(self.consumer, batches)
             if records:
                 await self.handle(records)
 
@@ -118,17 +103,7 @@ class RecordsConsumer:
         dies on a batch: if sorting fails unexpectedly, its records are dead-lettered."""
         labels = ("ingest", self.topic)
         started = time.perf_counter()
-        with self._tracer.start_as_current_span(
-            f"{self.topic} process",
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation": "process",
-                "messaging.destination.name": self.topic,
-                "messaging.consumer.group.name": GROUP,
-                "messaging.batch.message_count": len(records),
-            },
-        ) as span:
+        with batch_span(self._tracer, self.topic, GROUP, len(records)) as span:
             try:
                 await handlers.on_upstream_records(self.rt, records)
             except asyncio.CancelledError:

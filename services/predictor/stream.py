@@ -38,10 +38,18 @@ import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
-from opentelemetry.trace import SpanKind
 
 from libs import telemetry
 from libs.messaging import create_broker, publish
+from libs.messaging.batch_consumer import (
+    PollBatch,
+    assigned_records,
+    batch_span,
+    broker_running,
+    group_consumer,
+    poll_batches,
+    start_client,
+)
 from libs.messaging.broker import publish_many
 from libs.messaging.middleware import dead_letter_from_record, publish_dead_letter
 from libs.messaging.settings import KafkaSettings
@@ -61,8 +69,6 @@ SERVICE = "predictor-stream"
 DLQ_SERVICE = "predictor"  # dead letters go to predictor.dlq.v1
 PREFETCH_BATCHES = 2
 _TRACE_HEADERS = ("traceparent", "tracestate")
-
-Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
 #: key, value, headers of one answer
@@ -110,7 +116,7 @@ class StreamWorker:
         self.records_held_peak = 0
         #: models a poll batch waits for (no version served yet)
         self.waiting_for: set[str] = set()
-        self._queue: asyncio.Queue[tuple[float, Batch]] = asyncio.Queue(PREFETCH_BATCHES)
+        self._queue: asyncio.Queue[tuple[float, PollBatch]] = asyncio.Queue(PREFETCH_BATCHES)
         self._pending: deque[_Pending] = deque()
         self._settled = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
@@ -174,17 +180,12 @@ class StreamWorker:
             if await _started(producer, "producer"):
                 self.producer = producer
         while self.consumer is None:
-            consumer = AIOKafkaConsumer(
+            consumer = group_consumer(  # offsets committed by _settle, after delivery
+                self.kafka,
                 self.topic,
-                bootstrap_servers=self.kafka.bootstrap_servers,
                 client_id="lmesh-predictor-stream",
                 group_id=self.settings.stream_group,
-                enable_auto_commit=False,  # committed by _settle, after delivery
-                auto_offset_reset="earliest",
                 fetch_max_wait_ms=self.settings.stream_fetch_max_wait_ms,
-                request_timeout_ms=int(self.kafka.connect_timeout_s * 1000),
-                **self.kafka.group_kwargs(),
-                **self.kafka.client_kwargs(),
             )
             if await _started(consumer, "consumer"):
                 self.consumer = consumer
@@ -194,19 +195,16 @@ class StreamWorker:
     async def _poll(self) -> None:
         await self._connect()
         assert self.consumer is not None
-        max_records = self.settings.stream_poll_max_records
-        while True:
-            try:
-                batch = await self.consumer.getmany(timeout_ms=500, max_records=max_records)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the client reconnects by itself; do not spin
-                log.warning("polling %s failed (%s: %s)", self.topic, type(exc).__name__, exc)
-                await asyncio.sleep(0.5)
-                continue
-            if batch:
-                self._hold(sum(len(rs) for rs in batch.values()))
-                await self._queue.put((time.perf_counter(), batch))
+        await poll_batches(
+            self.consumer,
+            self._fetched,
+            max_records=self.settings.stream_poll_max_records,
+            topic=self.topic,
+        )
+
+    async def _fetched(self, batch: PollBatch) -> None:
+        self._hold(sum(len(rs) for rs in batch.values()))
+        await self._queue.put((time.perf_counter(), batch))
 
     def _hold(self, records: int) -> None:
         self.records_held += records
@@ -218,12 +216,9 @@ class StreamWorker:
         while True:
             fetched, batch = await self._queue.get()
             # The lifespan starts the broker (dead letters, samples) after this task.
-            while not getattr(self.broker, "running", True):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+            await broker_running(self.broker)
             assert self.consumer is not None
-            assigned = self.consumer.assignment()
-            # Records of partitions revoked since they were fetched belong to another member.
-            records = [r for tp, rs in batch.items() if tp in assigned for r in rs]
+            records = assigned_records(self.consumer, batch)
             self._hold(len(records) - sum(len(rs) for rs in batch.values()))
             if records:
                 await self.handle(records, fetched)
@@ -231,17 +226,7 @@ class StreamWorker:
     async def handle(self, records: list[ConsumerRecord[Any, Any]], fetched: float) -> None:
         """One poll batch: answer or dead-letter every record, hand the answers to the
         producer in record order, queue the batch's offsets for commit after delivery."""
-        with self._tracer.start_as_current_span(
-            f"{self.topic} process",
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation": "process",
-                "messaging.destination.name": self.topic,
-                "messaging.consumer.group.name": self.settings.stream_group,
-                "messaging.batch.message_count": len(records),
-            },
-        ):
+        with batch_span(self._tracer, self.topic, self.settings.stream_group, len(records)):
             plan, answers = await self._answer(records)
             pending = await self._publish(records, plan, answers, fetched)
         self._pending.append(pending)
@@ -507,15 +492,11 @@ class StreamWorker:
 
 async def _started(client: AIOKafkaConsumer | AIOKafkaProducer, what: str) -> bool:
     try:
-        await client.start()
+        await start_client(client)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await client.stop()
         raise
     except Exception as exc:
         log.warning("cannot start the stream %s yet (%s); retrying", what, exc)
-        with contextlib.suppress(Exception):
-            await client.stop()
         await asyncio.sleep(1.0)
         return False
     return True
