@@ -2,7 +2,9 @@
 
 - :func:`request_schema`: the JSON Schema an ``inference.requested.v1`` payload for that
   version satisfies (the registry serves it at ``GET /models/{name}/versions/{v}/schema``,
-  so producers can validate before publishing);
+  so producers can validate before publishing), in either tensor form the stream worker
+  reads: JSON numbers, or the Open Inference Protocol's binary form (tensor parameter
+  ``binary_data_size``, ``data`` one base64 string of the raw little-endian bytes);
 - :func:`signature_change`: why two versions' input signatures differ (None when they do
   not), which is what a promotion would change under a stream's producers.
 """
@@ -23,6 +25,14 @@ _INTEGER_RANGES = {
     "INT32": (-(2**31), 2**31 - 1),
     "INT64": (-(2**63), 2**63 - 1),
 }
+
+#: bytes per value of each datatype a model card may declare (the binary form's size)
+_DATATYPE_BYTES = {"FP32": 4, "FP64": 8, "UINT8": 1, "INT32": 4, "INT64": 8}
+
+#: standard base64 with its padding, nothing else: what a strict decoder takes (the stream
+#: worker's ``binascii.a2b_base64(strict_mode=True)``). ``(?!\n)``: a Python ``$`` also
+#: matches before a final newline (an ECMA-262 one does not; the lookahead is then a no-op)
+_BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$(?!\n)"
 
 
 def describe(signature: TensorSignature) -> str:
@@ -50,11 +60,56 @@ def _value_schema(datatype: str) -> dict[str, Any]:
     return {"type": "number"}
 
 
+def _binary_form(row_bytes: int) -> dict[str, Any]:
+    """The tensor's binary form: ``parameters.binary_data_size`` counts the raw bytes of its
+    ``n`` rows, ``data`` is one base64 string of them. JSON Schema cannot multiply, so for
+    any ``n`` the size is a whole number of rows; for one row (``shape[0] == 1``: a single
+    record, the common request) size and base64 length are exact. The stream worker checks
+    ``n x row bytes`` for every request."""
+    b64_length = 4 * math.ceil(row_bytes / 3)
+    return {
+        "required": ["parameters"],
+        "properties": {
+            "parameters": {
+                "type": "object",
+                "required": ["binary_data_size"],
+                "properties": {
+                    "binary_data_size": {
+                        "type": "integer",
+                        "minimum": row_bytes,
+                        "multipleOf": row_bytes,
+                        "description": "raw bytes: rows x row bytes (little-endian, row-major)",
+                    }
+                },
+            },
+            "data": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1,
+                "items": {
+                    "type": "string",
+                    "contentEncoding": "base64",
+                    "pattern": _BASE64_PATTERN,
+                },
+            },
+        },
+        "if": {"properties": {"shape": {"prefixItems": [{"const": 1}]}}},
+        "then": {
+            "properties": {
+                "parameters": {"properties": {"binary_data_size": {"const": row_bytes}}},
+                "data": {"items": {"minLength": b64_length, "maxLength": b64_length}},
+            }
+        },
+    }
+
+
 def request_schema(model_name: str, version: int, signature: TensorSignature) -> dict[str, Any]:
     """JSON Schema (2020-12) of an inference.requested.v1 payload this version answers:
     the event's envelope, with its one input pinned to the signature (name, datatype, and
-    shape ``[n, *features]`` or flat ``[n, F]``, values in the datatype's range)."""
+    shape ``[n, *features]`` or flat ``[n, F]``) and its data in one of two forms (oneOf):
+    JSON numbers in the datatype's range, or the binary form (:func:`_binary_form`)."""
     features = list(signature.shape[1:])
+    row_bytes = math.prod(features) * _DATATYPE_BYTES[signature.datatype]
     row = {"type": "integer", "minimum": 1}
     shaped = {
         "type": "array",
@@ -72,7 +127,9 @@ def request_schema(model_name: str, version: int, signature: TensorSignature) ->
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"lmesh:inference.requested.v1:{model_name}:{version}",
         "title": f"inference.requested.v1 for {model_name} version {version}",
-        "description": f"Input {describe(signature)}; data row-major, flat or nested",
+        "description": f"Input {describe(signature)}; data row-major: JSON numbers, flat or "
+        "nested, or with parameters.binary_data_size one base64 string of the raw "
+        f"little-endian bytes ({row_bytes} per row)",
         "type": "object",
         "required": ["request_id", "model_name", "inputs"],
         "properties": {
@@ -94,8 +151,21 @@ def request_schema(model_name: str, version: int, signature: TensorSignature) ->
                         "name": {"const": signature.name},
                         "datatype": {"const": signature.datatype},
                         "shape": {"anyOf": [shaped, flat] if len(features) > 1 else [shaped]},
-                        "data": {"type": "array", "items": {"$ref": "#/$defs/value"}},
+                        "data": {"type": "array"},
+                        "parameters": {"type": ["object", "null"]},
                     },
+                    "oneOf": [
+                        {
+                            "title": "numbers",
+                            "properties": {
+                                "data": {"items": {"$ref": "#/$defs/value"}},
+                                "parameters": {
+                                    "properties": {"binary_data_size": {"type": "null"}}
+                                },
+                            },
+                        },
+                        {"title": "binary", **_binary_form(row_bytes)},
+                    ],
                 },
             },
             "outputs": {

@@ -4,6 +4,7 @@ that would change the input signature under a stream's producers, unless forced.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,14 +88,22 @@ def register(reg: Registry, model: str, version: int, accuracy: float, **card: A
     return ",".join(history["aliases"])
 
 
-def payload(model: str, datatype: str = "UINT8", shape: list[int] | None = None) -> dict[str, Any]:
+def payload(
+    model: str, datatype: str = "UINT8", shape: list[int] | None = None, *, binary: bool = False
+) -> dict[str, Any]:
+    """A request in the JSON-numbers form, or in the binary form (the raw little-endian
+    bytes, base64, and their count in parameters.binary_data_size)."""
     shape = shape or [2, 28, 28]
-    data = np.random.default_rng(0).integers(0, 256, shape).tolist()
-    return InferenceRequested(
-        request_id="r-1",
-        model_name=model,
-        inputs=[{"name": "input", "datatype": datatype, "shape": shape, "data": data}],
-    ).model_dump(mode="json")
+    pixels = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+    tensor: dict[str, Any] = {"name": "input", "datatype": datatype, "shape": shape}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": pixels.nbytes}
+        tensor["data"] = [base64.b64encode(pixels.tobytes()).decode()]
+    else:
+        tensor["data"] = pixels.tolist()
+    return InferenceRequested(request_id="r-1", model_name=model, inputs=[tensor]).model_dump(
+        mode="json"
+    )
 
 
 def test_each_version_serves_the_request_schema_of_its_input_signature(
@@ -109,11 +118,19 @@ def test_each_version_serves_the_request_schema_of_its_input_signature(
     validator = jsonschema.Draft202012Validator(schema)
     assert not list(validator.iter_errors(payload(model)))
     assert not list(validator.iter_errors(payload(model, shape=[3, 784])))  # flat rows
+    for shape in ([1, 28, 28], [2, 784]):  # the binary form too
+        assert not list(validator.iter_errors(payload(model, shape=shape, binary=True)))
+    wrong_size = payload(model, shape=[1, 28, 28], binary=True)
+    wrong_size["inputs"][0]["parameters"]["binary_data_size"] = 4 * 784  # FP32's, not UINT8's
+    not_base64 = payload(model, shape=[1, 28, 28], binary=True)
+    not_base64["inputs"][0]["data"] = ["not base64!"]
     for bad in (
         payload(model, datatype="FP32"),
         payload(model, shape=[1, 27, 28]),
         payload("another-model"),
         payload(model, shape=[1, 28, 28]) | {"inputs": []},
+        wrong_size,
+        not_base64,
     ):
         assert list(validator.iter_errors(bad)), bad
     out_of_range = payload(model, shape=[1, 2, 2])
