@@ -31,7 +31,7 @@ from libs.messaging.admin import create_topics
 from libs.models import build_model
 from libs.storage import open_store
 from tests.support.kafka import TopicReader, produce
-from tests.support.polling import eventually
+from tests.support.polling import eventually, wait_for
 from tests.support.predictor_stack import running_stream_worker
 from tests.support.registry_stub import RegistryStub, write_model_version
 
@@ -359,9 +359,36 @@ async def test_bad_requests_are_dead_lettered_and_a_stream_waits_for_its_first_v
     assert all(m["service"] == "predictor" for m in letters)
 
 
+def published_request(bootstrap: str, request_id: str) -> dict[str, Any]:
+    """The inference.requested.v1 record keyed ``request_id``, read from the topic's start
+    (librdkafka, a group of its own: nothing to race)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{request_id}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe(["inference.requested.v1"])
+    found: list[dict[str, Any]] = []
+
+    def probe() -> list[dict[str, Any]]:
+        for msg in consumer.consume(num_messages=1000, timeout=0.2):
+            if msg.error() is None and msg.key() == request_id.encode():
+                found.append(orjson.loads(msg.value()))
+        return found
+
+    try:
+        return wait_for(probe, timeout=60, what=f"request {request_id} on the topic")[0]
+    finally:
+        consumer.close()
+
+
 def test_cli_predicts_via_kafka_and_tails_the_answers(
     kafka_settings, kafka_bootstrap, store_url, unique, tmp_path, monkeypatch
 ) -> None:
+    import jsonschema
     from PIL import Image
     from typer.testing import CliRunner
 
@@ -403,6 +430,14 @@ def test_cli_predicts_via_kafka_and_tails_the_answers(
         found = re.search(r"request (cli-[0-9a-f]{12}): ", result.output)
         assert found, result.output
         request_id = found.group(1)
+        # It sent the image's bytes in the binary form, valid under the version's schema.
+        sent = published_request(kafka_bootstrap, request_id)
+        tensor = sent["inputs"][0]
+        assert tensor["shape"] == [1, 28, 28] and tensor["datatype"] == "UINT8"
+        assert tensor["parameters"] == {"binary_data_size": 784}
+        assert base64.b64decode(tensor["data"][0], validate=True) == x[0].tobytes()
+        schema = httpx.get(f"{s.registry_url}/models/{name}/versions/1/schema").json()
+        jsonschema.validate(sent, schema, cls=jsonschema.Draft202012Validator)
         tail = runner.invoke(
             cli_app, ["stream", "tail", "--from-beginning", "--model", name, "--count", "1"]
         )
