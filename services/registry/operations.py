@@ -56,6 +56,16 @@ def enqueue(session: Session, event: BaseModel) -> None:
     )
 
 
+def artifact_refs(version: ModelVersion) -> dict[str, Any]:
+    """The ``weights``, ``card`` and ``variants`` of ``version`` as an event announcing it
+    carries them (model.promoted.v1, model.rollout.v1)."""
+    return {
+        "weights": ArtifactRef.model_validate(version.weights),
+        "card": ArtifactRef.model_validate(version.card),
+        "variants": {k: ArtifactRef.model_validate(v) for k, v in version.variants.items()},
+    }
+
+
 def _insert(session: Session) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
@@ -114,9 +124,7 @@ def move_alias(
         previous_version=previous,
         reason=reason,
         actor=actor,
-        weights=ArtifactRef.model_validate(target.weights),
-        card=ArtifactRef.model_validate(target.card),
-        variants={k: ArtifactRef.model_validate(v) for k, v in target.variants.items()},
+        **artifact_refs(target),
     )
     enqueue(session, event)
     return event

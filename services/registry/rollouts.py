@@ -12,12 +12,13 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from contracts.events import ArtifactRef, ModelHealth, ModelRollout, RolloutEvidence
+from contracts.events import ModelHealth, ModelRollout, RolloutEvidence
 from services.registry import rollout as logic
 from services.registry.errors import Conflict, NotFound
 from services.registry.operations import (
     SignatureChange,
     alias_holder,
+    artifact_refs,
     enqueue,
     lock_model,
     move_alias,
@@ -320,15 +321,15 @@ def _record(
     session.add(row)
     session.flush()
     assert row.id is not None
+    taken = {
+        "step": step,
+        "canary_percent": row.canary_percent if step == "canary" else None,
+        "reason": reason,
+        "actor": actor,
+    }
     session.add(
         RolloutStepRecord(
-            rollout_id=row.id,
-            step=step,
-            canary_percent=row.canary_percent if step == "canary" else None,
-            reason=reason,
-            actor=actor,
-            at=now,
-            evidence=evidence.model_dump(mode="json"),
+            rollout_id=row.id, at=now, evidence=evidence.model_dump(mode="json"), **taken
         )
     )
     event = ModelRollout(
@@ -337,14 +338,9 @@ def _record(
         candidate_version=row.candidate_version,
         champion_version=row.champion_version,
         alias=row.alias,
-        step=step,
-        canary_percent=row.canary_percent if step == "canary" else None,
-        reason=reason,
-        actor=actor,
         evidence=evidence,
-        weights=ArtifactRef.model_validate(candidate.weights),
-        card=ArtifactRef.model_validate(candidate.card),
-        variants={k: ArtifactRef.model_validate(v) for k, v in candidate.variants.items()},
+        **taken,
+        **artifact_refs(candidate),
     )
     enqueue(session, event)
     if step == "promoted":
