@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column
@@ -43,6 +43,8 @@ RECIPE = {
 }
 
 RESULT_TOPICS = ("training.progress.v1", "training.completed.v1", "training.failed.v1")
+#: after the result, how long at most to read the progress events published before it
+PROGRESS_DRAIN_S = 10.0
 
 
 def new_run_id(dataset: str, arch: str) -> str:
@@ -85,14 +87,22 @@ async def follow_run(
     deadline = time.monotonic() + timeout_s if timeout_s else None
     seen_epochs: set[int] = set()
     result: TrainingCompleted | TrainingFailed | None = None
-    drains = 0
+    # set once the result is in: the progress topic's end offsets at that moment
+    progress_ends: dict[TopicPartition, int] | None = None
+    drain_deadline = 0.0
     try:
         # Topics are not ordered with one another: a fetch can bring the result before the
-        # last progress events. Progress in a fetch is reported before its result, and
-        # once the result is in, two more short fetches pick up stragglers.
-        while result is None or drains < 2:
+        # last progress events. Progress in a fetch is reported before its result; and every
+        # progress event is acknowledged before the result is published, so once the result
+        # is in, reading the progress topic up to its end offsets of that moment finds them all.
+        while progress_ends is None or not await _reached(consumer, progress_ends):
             if result is not None:
-                drains += 1
+                if progress_ends is None:
+                    progress_ends = await _progress_ends(consumer)
+                    drain_deadline = time.monotonic() + PROGRESS_DRAIN_S
+                    continue
+                if time.monotonic() > drain_deadline:
+                    break
             elif deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"no result for run {run_id} within {timeout_s}s")
             batches = await consumer.getmany(timeout_ms=200 if result is not None else 500)
@@ -121,6 +131,18 @@ async def follow_run(
         return result
     finally:
         await consumer.stop()
+
+
+async def _progress_ends(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+    parts = [tp for tp in consumer.assignment() if tp.topic == "training.progress.v1"]
+    return dict(await consumer.end_offsets(parts)) if parts else {}
+
+
+async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
 
 
 def _parse_sizes(value: str) -> list[int]:
