@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, StreamingResponse
+from pydantic import Field
 
 from contracts.events import NAME_SCHEMA
 from services.console import viewmodels
@@ -180,21 +181,12 @@ async def model(
     request: Request, name: Name, offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0
 ) -> HTMLResponse:
     client = _client(request)
-    (
-        versions,
-        all_models,
-        production,
-        staging,
-        monitor,
-        health,
-        rollouts,
-    ) = await asyncio.gather(
+    versions, all_models, production, staging, monitor, rollouts = await asyncio.gather(
         client.versions(name, limit=VERSIONS_PER_PAGE, offset=offset),
         client.models(),
         client.alias_history(name, "production"),
         client.alias_history(name, "staging"),
         client.optional("monitor", "/models", model=name),
-        client.optional("monitor", "/history", model=name, limit=HEALTH_POINTS),
         client.optional("registry", f"/models/{name}/rollouts"),
     )
     rollouts = rollouts if isinstance(rollouts, list) else []
@@ -215,9 +207,25 @@ async def model(
         rollout=current,
         rollouts=rollouts[:10],
         evidence=viewmodels.evidence_bars(evidence),
-        health=viewmodels.health_charts(viewmodels.health_series(health), current),
-        monitor_answered=isinstance(health, dict),
     )
+
+
+@router.get("/models/{name}/health")
+async def model_health(
+    request: Request,
+    name: Name,
+    also: Annotated[
+        list[Annotated[int, Field(ge=1, le=2**31 - 1)]] | None, Query(max_length=2)
+    ] = None,
+) -> dict[str, Any]:
+    """The model page's chart data (fetched by the page after it loads: the page itself
+    never waits on it): the monitor's last windows per version as columns; ``also`` (the
+    rollout's candidate and champion) even when they have no chart of their own."""
+    history = await _client(request).optional(
+        "monitor", "/history", model=name, limit=HEALTH_POINTS
+    )
+    series = viewmodels.health_series(history)
+    return {"monitor": isinstance(history, dict), **viewmodels.health_charts(series, also or [])}
 
 
 @router.get("/models/{name}/versions/{version}", response_class=HTMLResponse)

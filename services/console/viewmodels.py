@@ -183,23 +183,12 @@ def health_series(history: Any) -> dict[int, dict[str, list[Any]]]:
     return out
 
 
-def health_charts(
-    series: dict[int, dict[str, list[Any]]], rollout: dict[str, Any] | None
-) -> dict[str, Any]:
-    """What the model page's health charts start from: a chart per version (the newest
-    ``HEALTH_CHARTS`` with points), and the current rollout's candidate and champion, with
-    how many windows each has."""
+def health_charts(series: dict[int, dict[str, list[Any]]], also: list[int]) -> dict[str, Any]:
+    """What the model page's health charts draw: a chart per version (the newest
+    ``HEALTH_CHARTS`` with windows) in ``versions``; ``also`` (the current rollout's
+    candidate and champion) in ``extra`` when not among them."""
     shown = sorted(series, reverse=True)[:HEALTH_CHARTS]
-    pair = None
-    if rollout and rollout.get("candidate_version"):
-        candidate, champion = rollout["candidate_version"], rollout.get("champion_version")
-        pair = {
-            "candidate": candidate,
-            "champion": champion,
-            "candidate_points": len(series.get(candidate, {}).get("t", [])),
-            "champion_points": len(series.get(champion, {}).get("t", [])),
-            "columns": {
-                str(v): series[v] for v in (candidate, champion) if v in series and v not in shown
-            },
-        }
-    return {"versions": {str(v): series[v] for v in sorted(shown)}, "rollout": pair}
+    return {
+        "versions": {str(v): series[v] for v in sorted(shown)},
+        "extra": {str(v): series[v] for v in also if v in series and v not in shown},
+    }

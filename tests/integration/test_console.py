@@ -295,13 +295,6 @@ async def test_training_progress_reaches_the_run_page_live(mesh: Mesh) -> None:
         listener.cancel()
 
 
-def _health_data(html: str) -> dict[str, object]:
-    found = re.search(r'<script type="application/json" id="health-data">(.*?)</script>', html)
-    assert found, "the model page has no health chart data"
-    data: dict[str, object] = json.loads(found.group(1))
-    return data
-
-
 async def test_monitor_health_windows_become_chart_points_on_the_model_page(mesh: Mesh) -> None:
     m = mesh.model
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -365,19 +358,20 @@ async def test_monitor_health_windows_become_chart_points_on_the_model_page(mesh
         shadow = next(p for p in seen if p["version"] == candidate)
         assert shadow["agreement"] == pytest.approx(2 / 3) and shadow["count"] >= 3
         assert isinstance(shadow["t"], float) and shadow["latency_ms_p99"] == 3.0
-        # a page opened now starts from the monitor's history of both
+        # a page opened now: the pair's charts, and its data (fetched by the page once
+        # shown) from the monitor's history of both
         async with httpx.AsyncClient(base_url=mesh.console) as http:
             page = await http.get(f"/models/{m}")
             assert page.status_code == 200
-            data = _health_data(page.text)
-            versions = data["versions"]
-            assert isinstance(versions, dict)
-            assert len(versions[str(champion["version"])]["t"]) >= 1
-            pair = data["rollout"]
-            assert isinstance(pair, dict)
-            assert (pair["candidate"], pair["champion"]) == (candidate, champion["version"])
-            assert pair["candidate_points"] >= 1 and pair["champion_points"] >= 1
+            assert f'data-candidate="{candidate}"' in page.text
             assert 'id="rollout-charts"' in page.text and 'id="health-charts"' in page.text
+            src = re.search(r'data-src="([^"]+)"', page.text)
+            assert src, "the model page names no chart data"
+            data = (await http.get(src.group(1).replace("&amp;", "&"))).json()
+            assert data["monitor"] is True
+            assert len(data["versions"][str(champion["version"])]["t"]) >= 1
+            assert len(data["versions"][str(candidate)]["agreement"]) >= 1
+            assert (await http.get(f"/models/{m}/health", params={"also": 0})).status_code == 400
             history = (await http.get(f"{mesh.monitor}/history", params={"model": m})).json()
             assert {h["version"] for h in history["versions"]} == {champion["version"], candidate}
             # bad input to the history: a clear 422

@@ -193,17 +193,11 @@ def test_health_charts_per_version_and_for_the_rollout_pair() -> None:
     assert series[3]["count"] == [1, 2] and series[3]["t"] == [10.0, 20.0]
     assert series[3]["accuracy"] == [None, None]  # a column of another length
     assert series[3]["latency_ms_p99"] == [None, None]  # a missing one
-    charts = viewmodels.health_charts(series, {"candidate_version": 1, "champion_version": 10})
+    charts = viewmodels.health_charts(series, [1, 10, 11])
     assert list(charts["versions"]) == [str(v) for v in range(3, 11)]  # the newest 8
-    pair = charts["rollout"]
-    assert (pair["candidate"], pair["champion"]) == (1, 10)
-    assert pair["candidate_points"] == 2 and pair["champion_points"] == 2
-    assert list(pair["columns"]) == ["1"]  # v10's are in its own chart's already
+    assert list(charts["extra"]) == ["1"]  # v10 has its chart; v11 no windows
     assert viewmodels.health_series(None) == {} and viewmodels.health_series([]) == {}
-    empty = viewmodels.health_charts({}, None)
-    assert empty == {"versions": {}, "rollout": None}
-    nothing_yet = viewmodels.health_charts({}, {"candidate_version": 2, "champion_version": 1})
-    assert nothing_yet["rollout"]["candidate_points"] == 0
+    assert viewmodels.health_charts({}, [2, 1]) == {"versions": {}, "extra": {}}
 
 
 async def test_the_live_feed_turns_health_windows_into_chart_points() -> None:

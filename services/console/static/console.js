@@ -112,7 +112,7 @@ function overviewPage() {
 
 // ------------------------------------------------------------------ model page: health charts
 // One point per model.health.v1 window: the page starts from the monitor's history
-// (#health-data) and adds the windows streamed over SSE (event "health").
+// (GET /models/{name}/health, after the page shows) and adds the windows streamed over SSE.
 const HEALTH_W = 400;
 const HEALTH_H = 180;
 
@@ -205,41 +205,64 @@ function rolloutCharts(el, pair, series) {
   return { draw, versions: [candidate, champion] };
 }
 
-function modelPage() {
-  const section = document.getElementById("health");
-  const start = readJson("health-data");
-  if (!section || !start) return;
-  const model = section.dataset.model;
-  const container = document.getElementById("health-charts");
-  const series = {};  // version -> points, oldest first (the page carries columns)
-  const pointsOf = (cols) => (cols.t || []).map((t, i) => {
+function pointsOf(cols) {  // the monitor's columns as points
+  return (cols.t || []).map((t, i) => {
     const p = { t };
     for (const [k, col] of Object.entries(cols)) p[k] = col[i];
     return p;
   });
-  for (const [v, cols] of Object.entries(start.versions || {})) series[v] = pointsOf(cols);
-  for (const [v, cols] of Object.entries((start.rollout || {}).columns || {})) series[v] = pointsOf(cols);
-  const charts = {};
-  for (const v of Object.keys(start.versions || {}).sort((a, b) => b - a)) charts[v] = versionCharts(container, v, series[v]);
+}
+
+function modelPage() {
+  // The page never waits on the monitor: the charts' data comes from data-src once the
+  // page is shown; windows streamed meanwhile wait in `pending`.
+  const section = document.getElementById("health");
+  if (!section) return;
+  const model = section.dataset.model;
+  const container = document.getElementById("health-charts");
+  const none = document.getElementById("health-none");
   const pairEl = document.getElementById("rollout-charts");
-  const pair = pairEl && start.rollout ? rolloutCharts(pairEl, start.rollout, series) : null;
-  const source = new EventSource("/events?model=" + encodeURIComponent(model));
-  source.addEventListener("health", (e) => {
-    const p = JSON.parse(e.data);
-    if (p.model_name !== model) return;
+  const series = {};  // version -> points, oldest first
+  const charts = {};
+  let pair = null;
+  let loaded = false;
+  const pending = [];
+  const add = (p) => {
     const v = String(p.version);
     const pts = series[v] || (series[v] = []);
-    if (pts.some((q) => q.t === p.t)) return;  // already in the history the page started from
+    if (pts.some((q) => q.t === p.t)) return;  // already in the history the page loaded
     pts.push(p);
     pts.sort((a, b) => a.t - b.t);
     if (pts.length > 360) pts.shift();
     if (!charts[v]) {
       charts[v] = versionCharts(container, v, pts);
       container.dataset.versions = String(Object.keys(charts).length);
-      document.getElementById("health-none").hidden = true;
+      none.hidden = true;
     } else charts[v]();
     if (pair && pair.versions.includes(v)) pair.draw();
+  };
+  const source = new EventSource("/events?model=" + encodeURIComponent(model));
+  source.addEventListener("health", (e) => {
+    const p = JSON.parse(e.data);
+    if (p.model_name !== model) return;
+    if (loaded) add(p); else pending.push(p);
   });
+  fetch(section.dataset.src)
+    .then((r) => (r.ok ? r.json() : Promise.reject(new Error("HTTP " + r.status))))
+    .then((data) => {
+      for (const [v, cols] of Object.entries({ ...(data.extra || {}), ...(data.versions || {}) })) series[v] = pointsOf(cols);
+      for (const v of Object.keys(data.versions || {}).sort((a, b) => b - a)) charts[v] = versionCharts(container, v, series[v]);
+      container.dataset.versions = String(Object.keys(charts).length);
+      none.textContent = "no data yet (" + (data.monitor ? "the monitor has published no health window for this model" : "the monitor does not answer") + "); charts appear live as it does";
+      none.hidden = Object.keys(charts).length > 0;
+    })
+    .catch((err) => { none.textContent = "the monitor's windows could not be loaded (" + err.message + "); charts appear live"; })
+    .finally(() => {
+      if (pairEl) pair = rolloutCharts(pairEl, { candidate: pairEl.dataset.candidate, champion: pairEl.dataset.champion || null }, series);
+      loaded = true;
+      pending.splice(0).forEach(add);
+      section.dataset.loaded = "true";
+    });
 }
 
 document.addEventListener("DOMContentLoaded", () => { runPage(); overviewPage(); modelPage(); });
