@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+
+from benchmarks.processes import session_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,32 +198,21 @@ def _free_port() -> int:
 
 @contextmanager
 def _server(cmd: list[str], env: dict[str, str], port: int, ready_path: str, log: Path):
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            ok = 0
-            while ok < 5:  # several answers in a row: every worker is up and ready
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited ({proc.returncode}); see {log}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"server not ready in 120 s; see {log}")
-                try:
-                    ok = ok + 1 if httpx.get(url + ready_path, timeout=2).status_code == 200 else 0
-                except httpx.HTTPError:
-                    ok = 0
-                time.sleep(0.1)
-            yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
+    with session_process(cmd, env, log) as proc:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        ok = 0
+        while ok < 5:  # several answers in a row: every worker is up and ready
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited ({proc.returncode}); see {log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not ready in 120 s; see {log}")
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                ok = ok + 1 if httpx.get(url + ready_path, timeout=2).status_code == 200 else 0
+            except httpx.HTTPError:
+                ok = 0
+            time.sleep(0.1)
+        yield url
 
 
 def _wrk(

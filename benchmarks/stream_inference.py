@@ -40,13 +40,15 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import orjson
+
+from benchmarks.processes import session_process
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench-stream-mlp"
@@ -275,23 +277,6 @@ def open_loop(
 # --------------------------------------------------------------------------- processes
 
 
-@contextmanager
-def process(cmd: list[str], env: dict[str, str], log: Path):
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            yield proc
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
 def wait_http(url: str, ok: Any, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -393,7 +378,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         log_a = work / "a_stream.log"
         proc_a = stack.enter_context(
-            process([sys.executable, "-m", "services.predictor", "stream"], env_a, log_a)
+            session_process([sys.executable, "-m", "services.predictor", "stream"], env_a, log_a)
         )
         # (b) the Kafka-ML-style worker
         log_b = work / "b_kafka_ml.log"
@@ -404,13 +389,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--weights", str(store.local_path(mv["weights"]["uri"])),
             "--card", str(store.local_path(mv["card"]["uri"])),
         ]  # fmt: skip
-        proc_b = stack.enter_context(process(cmd_b, base_env, log_b))
+        proc_b = stack.enter_context(session_process(cmd_b, base_env, log_b))
         # (c) the predictor's HTTP path
         port_c = _free_port()
         env_c = {**env, "PREDICTOR_HTTP_PORT": str(port_c)}
         log_c = work / "c_http.log"
         proc_c = stack.enter_context(
-            process([sys.executable, "-m", "services.predictor"], env_c, log_c)
+            session_process([sys.executable, "-m", "services.predictor"], env_c, log_c)
         )
         wait_http(
             f"http://127.0.0.1:{port_a}/stream", lambda s: s["serving"].get(MODEL), proc_a, log_a
