@@ -21,19 +21,17 @@ from confluent_kafka import Consumer, Producer
 from contracts.events import (
     ArtifactRef,
     InferenceCompleted,
-    InferenceRequested,
     ModelPromoted,
     ModelSpec,
     decode_event,
 )
-from contracts.topics import Topic
-from libs.messaging.admin import create_topics
 from libs.models import build_model
 from libs.storage import open_store
 from tests.support.kafka import TopicReader, produce
 from tests.support.polling import eventually, wait_for
 from tests.support.predictor_stack import running_stream_worker
 from tests.support.registry_stub import RegistryStub, write_model_version
+from tests.support.stream_worker import StreamTopics, serves_first_version
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -157,19 +155,13 @@ class LibrdkafkaReader:
 # ---------------------------------------------------------------------- tests
 
 
-async def _topics(kafka_settings: Any, *names: str, partitions: int) -> None:
-    await create_topics(
-        kafka_settings,
-        [Topic(n, InferenceRequested, partitions, "key", "test topic") for n in names],
-    )
-
-
 async def test_librdkafka_client_gets_one_answer_per_request_through_a_promotion(
     kafka_settings, kafka_bootstrap, store_url, unique
 ) -> None:
     name = f"stream-{unique}"
-    requests_topic, completed_topic = f"infer-req-{unique}", f"infer-done-{unique}"
-    await _topics(kafka_settings, requests_topic, completed_topic, partitions=4)
+    topics = StreamTopics.named(unique)
+    await topics.create(kafka_settings, partitions=4)
+    requests_topic, completed_topic = topics.requests, topics.completed
     store = open_store(store_url)
     net1, net2 = trained(seed=1, epochs=1), trained(seed=2, epochs=4)
     mv1 = write_model_version(store, name, 1, hidden_sizes=[32], network=net1)
@@ -186,15 +178,12 @@ async def test_librdkafka_client_gets_one_answer_per_request_through_a_promotion
         store_url,
         stub,
         models=name,
-        stream_topic=requests_topic,
-        stream_completed_topic=completed_topic,
-        stream_group=f"predictor-stream-{unique}",
+        **topics.worker_settings(),
     ) as s:
         async with httpx.AsyncClient(base_url=s.url, timeout=10) as http:
 
             async def ready() -> bool:
-                state = (await http.get("/stream")).json()
-                return state["serving"].get(name) == 1 and state["promotions_followed"]
+                return serves_first_version((await http.get("/stream")).json(), name)
 
             await eventually(ready, timeout=60, what="stream worker serving version 1")
             reader = LibrdkafkaReader(kafka_bootstrap, completed_topic, f"reader-{unique}")
@@ -269,8 +258,9 @@ async def test_bad_requests_are_dead_lettered_and_a_stream_waits_for_its_first_v
     kafka_settings, kafka_bootstrap, store_url, unique
 ) -> None:
     name = f"late-{unique}"
-    requests_topic, completed_topic = f"infer-req-{unique}", f"infer-done-{unique}"
-    await _topics(kafka_settings, requests_topic, completed_topic, partitions=1)
+    topics = StreamTopics.named(unique)
+    await topics.create(kafka_settings, partitions=1)
+    requests_topic, completed_topic = topics.requests, topics.completed
     store = open_store(store_url)
     mv1 = write_model_version(store, name, 1, hidden_sizes=[32])
     stub = RegistryStub()  # no version yet: the stream starts before the first promotion
@@ -306,9 +296,7 @@ async def test_bad_requests_are_dead_lettered_and_a_stream_waits_for_its_first_v
         store_url,
         stub,
         models=name,
-        stream_topic=requests_topic,
-        stream_completed_topic=completed_topic,
-        stream_group=f"predictor-stream-{unique}",
+        **topics.worker_settings(),
         stream_max_request_bytes=16 * 1024,
         stream_model_wait_s=120,
     ) as s:

@@ -16,8 +16,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from contracts.events import InferenceCompleted, InferenceRequested
-from contracts.topics import Topic
-from libs.messaging.admin import create_topics
+from benchmarks.processes import session_process
+from contracts.events import InferenceCompleted
 from libs.messaging.embedded import free_port
 from libs.storage import open_store
 from services.predictor.stream import PREFETCH_BATCHES
@@ -38,10 +36,9 @@ from tests.support.polling import eventually
 from tests.support.predictor_stack import running_stream_worker
 from tests.support.registry_stub import RegistryStub, write_model_version
 from tests.support.servers import serve_app
+from tests.support.stream_worker import StreamTopics, serves_first_version
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def request_value(request_id: str, model: str, seed: int) -> bytes:
@@ -66,13 +63,6 @@ async def produce_keyed(bootstrap: str, topic: str, items: list[tuple[bytes, byt
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-
-
-async def _topics(kafka_settings: Any, *names: str, partitions: int) -> None:
-    await create_topics(
-        kafka_settings,
-        [Topic(n, InferenceRequested, partitions, "key", "test topic") for n in names],
-    )
 
 
 class HeldAcknowledgements:
@@ -117,8 +107,9 @@ async def test_the_worker_pauses_fetching_while_its_answers_are_unacknowledged(
     kafka_settings, kafka_bootstrap, store_url, unique
 ) -> None:
     name = f"bp-{unique}"
-    requests_topic, completed_topic = f"infer-req-{unique}", f"infer-done-{unique}"
-    await _topics(kafka_settings, requests_topic, completed_topic, partitions=1)
+    topics = StreamTopics.named(unique)
+    await topics.create(kafka_settings, partitions=1)
+    requests_topic, completed_topic = topics.requests, topics.completed
     store = open_store(store_url)
     stub = RegistryStub()
     stub.add(write_model_version(store, name, 1, hidden_sizes=[16]))
@@ -131,9 +122,7 @@ async def test_the_worker_pauses_fetching_while_its_answers_are_unacknowledged(
         store_url,
         stub,
         models=name,
-        stream_topic=requests_topic,
-        stream_completed_topic=completed_topic,
-        stream_group=f"predictor-stream-{unique}",
+        **topics.worker_settings(),
         stream_poll_max_records=per_poll,
         stream_max_in_flight=in_flight,
     ) as s:
@@ -147,8 +136,7 @@ async def test_the_worker_pauses_fetching_while_its_answers_are_unacknowledged(
                 return (await http.get("/stream")).json()
 
             async def ready() -> bool:
-                st = await state()
-                return st["serving"].get(name) == 1 and st["promotions_followed"]
+                return serves_first_version(await state(), name)
 
             await eventually(ready, timeout=60, what="stream worker serving version 1")
             await eventually(lambda: worker.producer is not None, timeout=60, what="producer")
@@ -195,29 +183,13 @@ async def test_the_worker_pauses_fetching_while_its_answers_are_unacknowledged(
 # ---------------------------------------------------------------------- crash and restart
 
 
-@contextmanager
-def stream_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def stream_process(
+    env: dict[str, str], log: Path
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
     """``python -m services.predictor stream`` as its own process (its own session, so
     that a kill reaches it and nothing else)."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.predictor", "stream"],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    cmd = [sys.executable, "-m", "services.predictor", "stream"]
+    return session_process(cmd, env, log, append=True)
 
 
 async def _serving(url: str, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -230,7 +202,7 @@ async def _serving(url: str, name: str, proc: subprocess.Popen[bytes], log: Path
                 st = (await http.get("/stream")).json()
             except httpx.HTTPError:
                 return False
-            return st["serving"].get(name) == 1 and st["promotions_followed"]
+            return serves_first_version(st, name)
 
         await eventually(ready, timeout=120, interval=0.2, what="stream worker serving")
 
@@ -239,8 +211,9 @@ async def test_a_killed_worker_loses_no_request(
     kafka_settings, kafka_bootstrap, store_url, unique, tmp_path
 ) -> None:
     name = f"crash-{unique}"
-    requests_topic, completed_topic = f"infer-req-{unique}", f"infer-done-{unique}"
-    await _topics(kafka_settings, requests_topic, completed_topic, partitions=2)
+    topics = StreamTopics.named(unique)
+    await topics.create(kafka_settings, partitions=2)
+    requests_topic, completed_topic = topics.requests, topics.completed
     store = open_store(store_url)
     stub = RegistryStub()
     stub.add(write_model_version(store, name, 1, hidden_sizes=[16]))
@@ -260,7 +233,7 @@ async def test_a_killed_worker_loses_no_request(
             "PREDICTOR_STREAM_HTTP_PORT": str(port),
             "PREDICTOR_STREAM_TOPIC": requests_topic,
             "PREDICTOR_STREAM_COMPLETED_TOPIC": completed_topic,
-            "PREDICTOR_STREAM_GROUP": f"predictor-stream-{unique}",
+            "PREDICTOR_STREAM_GROUP": topics.group,
             # small poll batches: many commits, so the kill lands between them
             "PREDICTOR_STREAM_POLL_MAX_RECORDS": "50",
         }
