@@ -26,6 +26,7 @@ from libs.models import build_model
 from libs.storage import open_store
 from services.trainer.app import build_app
 from services.trainer.settings import TrainerSettings
+from tests.support.dataset_registry import dataset_registry
 from tests.support.kafka import TopicReader, produce
 from tests.support.polling import wait_for
 from tests.support.servers import serve_app
@@ -34,19 +35,6 @@ from tests.support.trainer_data import prepared_dataset
 pytestmark = pytest.mark.kafka
 
 RESULTS = ("training.progress.v1", "training.completed.v1", "training.failed.v1")
-
-
-def registry_stub(known: dict[str, PreparedDatasetRef]) -> FastAPI:
-    """The registry's dataset endpoint (interfaces: GET /datasets/{name}/versions/{v})."""
-    app = FastAPI()
-
-    @app.get("/datasets/{name}/versions/{version}")
-    def dataset_version(name: str, version: str) -> Any:
-        if name not in known:
-            raise HTTPException(404, f"unknown dataset {name}")
-        return known[name].model_dump(mode="json", by_alias=True)
-
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +47,7 @@ def env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     )
     liar = prepared_dataset(store, "liar", declared_shape=[32])  # declares 32 features, has 64
     with serve_app(
-        registry_stub({"blobs-reg": blobs.model_copy(update={"dataset": "blobs-reg"})})
+        dataset_registry({"blobs-reg": blobs.model_copy(update={"dataset": "blobs-reg"})})
     ) as registry:
         settings = TrainerSettings(
             http_port=0,

@@ -17,14 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, HTTPException
 
-from contracts.events import Hyperparameters, ModelSpec, PreparedDatasetRef, TrainingRequested
+from contracts.events import Hyperparameters, ModelSpec, TrainingRequested
 from libs.messaging import KafkaSettings
 from libs.messaging.embedded import free_port
 from libs.storage import open_store
 from services.trainer.app import build_app
 from services.trainer.settings import TrainerSettings
+from tests.support.dataset_registry import dataset_registry
 from tests.support.kafka import TopicReader, produce
 from tests.support.polling import eventually, wait_for
 from tests.support.servers import serve_app
@@ -33,19 +33,6 @@ from tests.support.trainer_data import prepared_dataset
 pytestmark = pytest.mark.kafka
 
 RESULTS = ("training.completed.v1", "training.failed.v1", "trainer.dlq.v1")
-
-
-def registry(known: dict[str, PreparedDatasetRef]) -> FastAPI:
-    """The registry's dataset endpoint (GET /datasets/{name}/versions/{version})."""
-    app = FastAPI()
-
-    @app.get("/datasets/{name}/versions/{version}")
-    def dataset_version(name: str, version: str) -> Any:
-        if name not in known:
-            raise HTTPException(404, f"unknown dataset {name}")
-        return known[name].model_dump(mode="json", by_alias=True)
-
-    return app
 
 
 def failed_attempts(metrics_text: str) -> float:
@@ -65,7 +52,7 @@ async def test_requests_made_while_the_registry_is_down_are_all_answered_after_i
     store = open_store(store_url)
     dataset = f"blobs-{uuid.uuid4().hex[:6]}"
     prepared = prepared_dataset(store, dataset)
-    registry_app, registry_port = registry({dataset: prepared}), free_port()
+    registry_app, registry_port = dataset_registry({dataset: prepared}), free_port()
     settings = TrainerSettings(
         http_port=0,
         store_url=store_url,
