@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -39,6 +38,7 @@ import httpx
 import numpy as np
 import orjson
 
+from benchmarks.conditions import machine
 from benchmarks.processes import session_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -344,12 +344,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         models[arch] = mv
 
     report: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "note": args.note,
-        },
+        "machine": machine(note=args.note),
         "settings": {
             "server_processes": args.workers,
             "duration_s": args.duration,

@@ -31,7 +31,6 @@ import asyncio
 import base64
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -48,6 +47,7 @@ import httpx
 import numpy as np
 import orjson
 
+from benchmarks.conditions import machine
 from benchmarks.processes import session_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -325,12 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     use_wrk = shutil.which("wrk") is not None and not args.no_wrk
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREDICTOR_")}
     report: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "note": args.note,
-        },
+        "machine": machine(note=args.note),
         "settings": {
             "model": "mlp 784-500-10 (seed), random weights, UINT8 28x28 input",
             "records": args.records,

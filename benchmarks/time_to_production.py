@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import tempfile
 import time
 from datetime import datetime
@@ -26,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from benchmarks.conditions import machine
 
 HOPS = (
     "dataset.ingested.v1",
@@ -112,10 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     training = completed["training_seconds"]
     return {
         "benchmark": "time_to_production",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-        },
+        "machine": machine(),
         "settings": {"data": args.data, "epochs": args.epochs, "model": "mlp 784-500-10"},
         "total_s": round(total, 2),
         "training_s": round(training, 2),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from benchmarks.conditions import machine
 from benchmarks.predictor_load import (
     WRK_SCRIPT,
     _client,
@@ -108,10 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     on = max(r["rps"] for r in results["tracing_on"])
     return {
         "benchmark": "tracing_overhead",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-        },
+        "machine": machine(),
         "settings": {
             "trace_sample_ratio": args.sample_ratio,
             "server_processes": args.workers,
