@@ -26,6 +26,7 @@ import numpy as np
 from contracts.events import (
     DataDrift,
     InferenceCompleted,
+    LoggedRequest,
     ModelHealth,
     PredictionFeedback,
     PredictionLogged,
@@ -311,6 +312,7 @@ class Monitor:
         self._pending: OrderedDict[tuple[str, int], tuple[float, int]] = OrderedDict()
         #: reason -> events ignored for it (the handlers turn these into metrics)
         self.ignored: dict[str, int] = {}
+        self._evaluated: list[tuple[ModelHealth, DataDrift | None]] = []
 
     # ------------------------------------------------------------------ versions
 
@@ -333,46 +335,56 @@ class Monitor:
     # ------------------------------------------------------------------ traffic
 
     def observe_logged(self, event: PredictionLogged, now: float) -> None:
-        """Every request of the event (its own and ``more_requests``)."""
+        """Every request of the event (its own and ``more_requests``), in order. A window
+        that reaches ``step`` new rows part-way through an event is evaluated there (kept
+        for :meth:`evaluate_due`), as if the requests had come one event each."""
         w = self.window(event.model_name, event.version)
         requests = event.requests()
+        summaries = self._input_summaries(w, requests)
         # stream answers are counted from inference.completed; shadow answers are not on it
-        if event.source != "stream" or event.role == "shadow":
-            for r in requests:
+        counted = event.source != "stream" or event.role == "shadow"
+        for i, (r, summary) in enumerate(zip(requests, summaries, strict=True)):
+            if counted:
                 labels = np.asarray(r.predictions, dtype=np.int64)
                 w.add(now, labels, r.latency_ms, r.error is not None)
                 self._remember(r.request_id, w, labels, now)
+            if summary is not None:
+                w.add_inputs(now, summary)
+            if i + 1 < len(requests) and w.since_evaluation >= w.config.step:
+                self._evaluated.append(w.evaluate(now))
         if event.role == "shadow" and event.champion_predictions is not None:
             w.add_agreement(event.predictions, event.champion_predictions)
-        carrying = [r for r in requests if r.input_summary]
-        if not carrying:
-            return
-        # the summaries of all requests in one array; request by request if that fails
-        merged = _summaries(
-            w,
-            [row for r in carrying for row in r.input_summary or ()],
-            sum(len(r.predictions) for r in carrying),
-        )
-        if merged is not None and all(
-            len(r.input_summary or ()) <= max(len(r.predictions), 1) for r in carrying
-        ):
-            start = 0
-            for r in carrying:  # per request (views), so the window keeps requests whole
-                end = start + len(r.input_summary or ())
-                w.add_inputs(now, merged[start:end])
-                start = end
-            accepted = len(carrying)
-        else:
-            accepted = 0
-            for r in carrying:
-                one = _summaries(w, r.input_summary or [], len(r.predictions))
-                if one is None:
-                    self.count_ignored("malformed_input_summary")
-                else:
-                    w.add_inputs(now, one)
-                    accepted += 1
+        accepted = sum(s is not None for s in summaries)
         if accepted and w.info.reference is None:
             self.count_ignored("no_reference", accepted)
+
+    def _input_summaries(
+        self, w: VersionWindow, requests: list[PredictionLogged | LoggedRequest]
+    ) -> list[np.ndarray | None]:
+        """Per request, its input summaries as the window takes them (None: none, or
+        malformed, counted): all requests' in one array; request by request if that fails."""
+        out: list[np.ndarray | None] = [None] * len(requests)
+        carrying = [(i, r.input_summary) for i, r in enumerate(requests) if r.input_summary]
+        if not carrying:
+            return out
+        merged = _summaries(
+            w,
+            [row for _, rows in carrying for row in rows],
+            sum(len(requests[i].predictions) for i, _ in carrying),
+        )
+        if merged is not None and all(
+            len(rows) <= max(len(requests[i].predictions), 1) for i, rows in carrying
+        ):
+            start = 0
+            for i, rows in carrying:  # per request (views): the window keeps requests whole
+                out[i] = merged[start : start + len(rows)]
+                start += len(rows)
+            return out
+        for i, rows in carrying:
+            out[i] = _summaries(w, rows, len(requests[i].predictions))
+            if out[i] is None:
+                self.count_ignored("malformed_input_summary")
+        return out
 
     def observe_completed(self, event: InferenceCompleted, now: float) -> None:
         w = self.window(event.model_name, event.model_version)
@@ -441,4 +453,6 @@ class Monitor:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate_due(self, now: float) -> list[tuple[ModelHealth, DataDrift | None]]:
-        return [w.evaluate(now) for w in list(self.windows.values()) if w.due(now)]
+        """Evaluations made part-way through batched events, then the windows due now."""
+        done, self._evaluated = self._evaluated, []
+        return done + [w.evaluate(now) for w in list(self.windows.values()) if w.due(now)]

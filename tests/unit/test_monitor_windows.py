@@ -192,9 +192,17 @@ def test_a_batched_event_counts_as_its_requests_each_logged_alone() -> None:
         logged(rows[i : i + 30], f"b{i}", latency_ms=float(i)) for i in range(0, len(rows), 30)
     ]
     alone, together = monitor(), monitor()
+    evaluated = []
     for e in events:
         alone.observe_logged(e, 1.0)
+        evaluated += alone.evaluate_due(1.0)
     together.observe_logged(batched(events), 1.0)
+
+    # evaluated every `step` rows part-way through the event, as the events one by one were
+    def same(results: list) -> list:
+        return [h.model_dump(exclude={"event_id", "occurred_at"}) for h, _ in results]
+
+    assert same(together.evaluate_due(1.0)) == same(evaluated) and len(evaluated) == 2
     a, t = alone.windows[("m", 1)], together.windows[("m", 1)]
     assert (t.rows, t.input_rows, len(t.requests)) == (a.rows, a.input_rows, len(a.requests))
     assert t.evaluate(2.0)[0].model_dump(exclude={"event_id", "occurred_at"}) == a.evaluate(2.0)[
