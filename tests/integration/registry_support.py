@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from contracts.events import (
@@ -24,11 +24,15 @@ from contracts.events import (
     PreprocessingSpec,
     TrainingCompleted,
 )
+from libs.messaging import KafkaSettings
+from tests.support.servers import serve_app
 
 POSTGRES_URL = os.environ.get(
     "REGISTRY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+TOKEN = "test-registry-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @contextmanager
@@ -56,6 +60,36 @@ def database_url(backend: str, directory: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@contextmanager
+def running_registry(
+    backend: str, directory: Path, kafka_bootstrap: str, **settings: Any
+) -> Iterator[tuple[str, Engine]]:
+    """The registry app served over HTTP on a fresh database of ``backend`` (a consumer
+    group of its own, reading only events published from now on, never other tests'), and
+    an engine on that database. ``settings``: further RegistrySettings fields."""
+    from services.registry.app import build_app
+    from services.registry.database import make_engine
+    from services.registry.settings import RegistrySettings
+
+    with database_url(backend, directory) as url:
+        app = build_app(
+            RegistrySettings(
+                database_url=url,
+                token=TOKEN,
+                consumer_group=f"registry-test-{uuid.uuid4().hex[:8]}",
+                consume_from="latest",
+                **settings,
+            ),
+            KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        )
+        with serve_app(app) as base:
+            engine = make_engine(url)
+            try:
+                yield base, engine
+            finally:
+                engine.dispose()
 
 
 def artifact(tag: str) -> ArtifactRef:

@@ -5,7 +5,6 @@ operations on the same database; each test uses its own model names."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,24 +13,20 @@ import pytest
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from libs.messaging import KafkaSettings
 from lmesh.cli import app as cli_app
 from services.registry import operations
-from services.registry.app import build_app
-from services.registry.database import make_engine, write_session
-from services.registry.settings import RegistrySettings
+from services.registry.database import write_session
 from tests.integration.registry_support import (
+    AUTH,
     BACKENDS,
-    database_url,
+    TOKEN,
     dataset_prepared,
+    running_registry,
     training_completed,
 )
 from tests.support.kafka import TopicReader
-from tests.support.servers import serve_app
 
 pytestmark = pytest.mark.kafka
-TOKEN = "test-registry-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @dataclass
@@ -59,20 +54,11 @@ class Registry:
 def registry(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str
 ) -> Iterator[Registry]:
-    with database_url(request.param, tmp_path_factory.mktemp("registry")) as url:
-        settings = RegistrySettings(
-            database_url=url,
-            token=TOKEN,
-            consumer_group=f"registry-test-{uuid.uuid4().hex[:8]}",
-            consume_from="latest",  # never replay other tests' events
-        )
-        app = build_app(settings, KafkaSettings(bootstrap_servers=kafka_bootstrap))
-        with serve_app(app) as base:
-            engine = make_engine(url)
-            try:
-                yield Registry(base, engine)
-            finally:
-                engine.dispose()
+    with running_registry(request.param, tmp_path_factory.mktemp("registry"), kafka_bootstrap) as (
+        base,
+        engine,
+    ):
+        yield Registry(base, engine)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ that would change the input signature under a stream's producers, unless forced.
 from __future__ import annotations
 
 import base64
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,21 +17,21 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from contracts.events import ArtifactRef, InferenceRequested
-from libs.messaging import KafkaSettings
 from libs.storage import open_store
 from lmesh.cli import app as cli_app
 from services.registry import operations
-from services.registry.app import build_app
 from services.registry.cards import CardReader
-from services.registry.database import make_engine, write_session
-from services.registry.settings import RegistrySettings
-from tests.integration.registry_support import database_url, dataset_prepared, training_completed
+from services.registry.database import write_session
+from tests.integration.registry_support import (
+    AUTH,
+    TOKEN,
+    dataset_prepared,
+    running_registry,
+    training_completed,
+)
 from tests.support.registry_stub import write_model_version
-from tests.support.servers import serve_app
 
 pytestmark = pytest.mark.kafka
-TOKEN = "test-registry-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @dataclass
@@ -45,24 +44,13 @@ class Registry:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Iterator[Registry]:
     store_url = tmp_path_factory.mktemp("artifacts").as_uri()
-    with (
-        pytest.MonkeyPatch.context() as mp,
-        database_url("sqlite", tmp_path_factory.mktemp("registry")) as url,
-    ):
+    with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STORE_URL", store_url)
-        settings = RegistrySettings(
-            database_url=url,
-            token=TOKEN,
-            consumer_group=f"registry-test-{uuid.uuid4().hex[:8]}",
-            consume_from="latest",
-        )
-        app = build_app(settings, KafkaSettings(bootstrap_servers=kafka_bootstrap))
-        with serve_app(app) as base:
-            engine = make_engine(url)
-            try:
-                yield Registry(base, engine, open_store(store_url))
-            finally:
-                engine.dispose()
+        with running_registry("sqlite", tmp_path_factory.mktemp("registry"), kafka_bootstrap) as (
+            base,
+            engine,
+        ):
+            yield Registry(base, engine, open_store(store_url))
 
 
 def register(reg: Registry, model: str, version: int, accuracy: float, **card: Any) -> str:
