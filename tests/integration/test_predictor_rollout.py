@@ -61,7 +61,11 @@ async def test_canary_share_sticky_shadow_never_answers_and_a_bad_load_is_report
 
     with running_predictor(kafka_settings, store_url, stub, models=name, log_sample_rate=1.0) as s:
         async with (
-            httpx.AsyncClient(base_url=s.url, timeout=30) as client,
+            # idle connections expire here before the server's 5 s keep-alive closes them
+            # (reusing one the server is closing at that instant fails with ReadError)
+            httpx.AsyncClient(
+                base_url=s.url, timeout=30, limits=httpx.Limits(keepalive_expiry=1.0)
+            ) as client,
             TopicReader(
                 kafka_bootstrap, "prediction.logged.v1", "model.health.v1", from_beginning=False
             ) as logged,
