@@ -26,6 +26,7 @@ from contracts.topics import TOPICS, Topic, topic_for
 from libs.messaging.deliveries import DeliveryLog, StoreDeliveryLog
 from libs.messaging.idempotency import IdempotencyStore
 from libs.messaging.middleware import MeshMiddlewareFactory, PoisonAnswer, RetryPolicy
+from libs.messaging.positions import StartPinner
 from libs.messaging.settings import KafkaSettings
 from libs.storage import StoreSettings, open_store
 from libs.telemetry import metrics
@@ -128,8 +129,12 @@ def subscribe(
         # handler); ACK_FIRST commits on receipt, so there is nothing to contain.
         if mesh is not None and ack_policy in (None, AckPolicy.ACK):
             mesh.groups[topic] = group_id
+    pinner = None
+    if group_id and auto_offset_reset == "latest" and "listener" not in kwargs:
+        # a rebalance before the first commit must not move "latest" past unhandled events
+        pinner = options["listener"] = StartPinner()
     options.update(kwargs)
-    return broker.subscriber(  # type: ignore[call-overload]
+    subscriber = broker.subscriber(  # type: ignore[call-overload]
         topic,
         group_id=group_id,
         decoder=contract_decoder(spec.event),
@@ -139,6 +144,9 @@ def subscribe(
         description=spec.description,
         **options,
     )
+    if pinner is not None:
+        pinner.subscriber = subscriber
+    return subscriber
 
 
 def event_key(event: BaseModel, spec: Topic) -> bytes | None:

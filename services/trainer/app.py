@@ -14,6 +14,7 @@ from contracts.events import TrainingRequested
 from libs.messaging import KafkaSettings, create_broker, subscribe
 from libs.messaging.assignment import BusyAwareAssignor
 from libs.messaging.deliveries import StoreDeliveryLog
+from libs.messaging.positions import pin_uncommitted
 from libs.service import create_app
 from libs.storage import open_store
 from services.trainer.handlers import answer_poison, on_training_requested
@@ -42,12 +43,7 @@ class AssignmentTracker(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = getattr(self.subscriber, "consumer", None)
         if self.pin_start and consumer is not None:
-            offsets = {}
-            for tp in assigned:
-                if await consumer.committed(tp) is None:
-                    offsets[tp] = await consumer.position(tp)
-            if offsets:
-                await consumer.commit(offsets)
+            await pin_uncommitted(consumer, assigned)
         self.assigned = set(assigned)
 
 

@@ -241,3 +241,56 @@ async def test_a_graceful_stop_does_not_count_as_a_death_of_the_worker(
     finally:
         release.set()
         await broker.stop()
+
+
+async def test_a_latest_group_resumes_where_it_first_held_its_partitions(
+    kafka_settings: KafkaSettings, unique: str
+) -> None:
+    """A "latest" group commits where it started (libs.messaging.positions): an event sent
+    while no member runs, before the group ever handled one, is handled by the next member
+    instead of being skipped by a second look-up of "latest"."""
+    group = f"pin-{unique}"
+    handled: list[int] = []
+
+    def member() -> object:
+        broker = create_broker("ingest", kafka_settings)
+
+        @subscribe(broker, "ingest.records.v1", group_id=group, **_fresh(kafka_settings))
+        async def on_record(event: UpstreamRecord) -> None:
+            if event.dataset == unique:
+                handled.append(event.label)
+
+        return broker
+
+    first = member()
+    try:
+        await start_subscribed(first)  # type: ignore[arg-type]
+        consumer = first.subscribers[0].consumer  # type: ignore[attr-defined]
+        partitions = consumer.assignment()
+        assert partitions
+        # every partition it holds has the group's start committed, before any event
+        await eventually(
+            lambda: _all_committed(consumer, partitions), what="the group's start committed"
+        )
+    finally:
+        await first.stop()  # type: ignore[attr-defined]
+
+    await produce(
+        kafka_settings.bootstrap_servers,
+        "ingest.records.v1",
+        [UpstreamRecord(dataset=unique, features=[0.5], label=7).model_dump(mode="json")],
+        key=unique.encode(),
+    )
+    second = member()
+    await start_subscribed(second)  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: handled, timeout=30, what="the event sent between members")
+        assert handled == [7]
+    finally:
+        await second.stop()  # type: ignore[attr-defined]
+
+
+async def _all_committed(consumer: object, partitions: object) -> bool:
+    return all(
+        [await consumer.committed(tp) is not None for tp in partitions]  # type: ignore[attr-defined]
+    )
