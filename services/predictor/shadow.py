@@ -125,7 +125,7 @@ class ShadowRunner:
         self.max_queue = max_queue
         self.in_flight = in_flight
         self.max_sending = max_sending
-        self._sending: set[asyncio.Task[Any]] = set()
+        self._sending: set[asyncio.Future[Any]] = set()
         self.queue: asyncio.Queue[_Item] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -203,11 +203,11 @@ class ShadowRunner:
         overlapped with the next ones."""
         while len(self._sending) >= self.max_sending:
             await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.get_running_loop().create_task(self.publish(event))
+        task: asyncio.Future[Any] = asyncio.ensure_future(self.publish(event))
         self._sending.add(task)
         task.add_done_callback(self._sent)
 
-    def _sent(self, task: asyncio.Task[Any]) -> None:
+    def _sent(self, task: asyncio.Future[Any]) -> None:
         self._sending.discard(task)
         if not task.cancelled() and task.exception() is not None:
             metrics.PREDICTIONS_LOG_DROPPED.labels("publish failed").inc()
