@@ -117,6 +117,16 @@ def trainers_share_the_partitions(st: dict[str, Any]) -> bool:
     return all(h["assigned_partitions"] for h in held) and sorted(parts) == [0, 1, 2, 3]
 
 
+async def upload_csv(ingest_url: str, token: str, dataset: str, csv: str) -> httpx.Response:
+    """Upload ``csv`` (one file, ``d.csv``) as a new version of ``dataset``."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        return await client.post(
+            f"{ingest_url}/datasets/{dataset}/upload",
+            files=[("files", ("d.csv", csv.encode(), "text/csv"))],
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+
 def status_row(env: dict[str, str], name: str) -> dict[str, Any] | None:
     out = lmesh(env, "status", "--json", timeout=60)
     try:
@@ -221,12 +231,8 @@ def test_a_killed_service_restarts_and_handles_what_was_published_meanwhile(
             killed_at = time.monotonic()
             os.kill(before["pid"], signal.SIGKILL)
             # Published while preprocess is down: the broker keeps it for the restarted one.
-            async with httpx.AsyncClient(timeout=60) as client:
-                r = await client.post(
-                    f"{st['services']['ingest']['url']}/datasets/{dataset}/upload",
-                    files=[("files", ("d.csv", csv.encode(), "text/csv"))],
-                    headers={"Authorization": f"Bearer {st['tokens']['ingest']}"},
-                )
+            ingest = st["services"]["ingest"]["url"]
+            r = await upload_csv(ingest, st["tokens"]["ingest"], dataset, csv)
             assert r.status_code in (200, 201), r.text
             assert not _alive(before["pid"])
             await reader.wait_for(lambda m: m["prepared"]["dataset"] == dataset, timeout=120)
@@ -370,12 +376,8 @@ def test_a_dead_broker_is_restarted_on_its_address_and_services_publish_again(
 
         async def upload_announced() -> None:
             async with TopicReader(bootstrap, "dataset.ingested.v1") as reader:
-                async with httpx.AsyncClient(timeout=60) as client:
-                    r = await client.post(
-                        f"{mesh.url('ingest')}/datasets/after-restart/upload",
-                        files=[("files", ("d.csv", csv.encode(), "text/csv"))],
-                        headers={"Authorization": f"Bearer {mesh.tokens['ingest']}"},
-                    )
+                ingest = mesh.url("ingest")
+                r = await upload_csv(ingest, mesh.tokens["ingest"], "after-restart", csv)
                 assert r.status_code in (200, 201), r.text
                 await reader.wait_for(lambda m: m["dataset"] == "after-restart", timeout=30)
 
