@@ -19,16 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from libs import telemetry
-from libs.messaging import KafkaSettings
-from libs.messaging.batch_consumer import (
-    PollBatch,
-    assigned_records,
-    batch_span,
-    broker_running,
-    group_consumer,
-    poll_batches,
-    start_client,
-)
+from libs.messaging import KafkaSettings, batch_consumer
 from libs.messaging.middleware import _reason
 from libs.messaging.retry import waiting
 from libs.telemetry import metrics
@@ -49,7 +40,9 @@ class RecordsConsumer:
         self.kafka = kafka
         self.topic = handlers.RECORDS_TOPIC
         self.consumer: AIOKafkaConsumer | None = None
-        self._queue: asyncio.Queue[PollBatch] = asyncio.Queue(maxsize=PREFETCH_BATCHES)
+        self._queue: asyncio.Queue[batch_consumer.PollBatch] = asyncio.Queue(
+            maxsize=PREFETCH_BATCHES
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._tracer = telemetry.tracer("lmesh.ingest")
 
@@ -68,7 +61,7 @@ class RecordsConsumer:
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         # offsets: see IngestRuntime.commit
-        return group_consumer(
+        return batch_consumer.group_consumer(
             self.kafka,
             self.topic,
             client_id="lmesh-ingest",
@@ -77,12 +70,12 @@ class RecordsConsumer:
         )
 
     async def _start_consumer(self) -> AIOKafkaConsumer:
-        return await start_client(self._new_consumer())  # a new one each attempt
+        return await batch_consumer.start_client(self._new_consumer())  # a new one each attempt
 
     async def _poll(self) -> None:
         wait = waiting(what=f"the {self.topic} consumer to start")
         self.consumer = self.rt.consumer = await wait(self._start_consumer)
-        await poll_batches(
+        await batch_consumer.poll_batches(
             self.consumer,
             self._queue.put,
             max_records=self.rt.settings.poll_max_records,
@@ -93,8 +86,8 @@ class RecordsConsumer:
         while True:
             batches = await self._queue.get()
             # The app starts the broker (which sends dead letters) right after this task.
-            await broker_running(self.rt.broker)
-            records = assigned_records(self.consumer, batches)
+            await batch_consumer.broker_running(self.rt.broker)
+            records = batch_consumer.assigned_records(self.consumer, batches)
             if records:
                 await self.handle(records)
 
@@ -103,7 +96,7 @@ class RecordsConsumer:
         dies on a batch: if sorting fails unexpectedly, its records are dead-lettered."""
         labels = ("ingest", self.topic)
         started = time.perf_counter()
-        with batch_span(self._tracer, self.topic, GROUP, len(records)) as span:
+        with batch_consumer.batch_span(self._tracer, self.topic, GROUP, len(records)) as span:
             try:
                 await handlers.on_upstream_records(self.rt, records)
             except asyncio.CancelledError:

@@ -161,7 +161,6 @@ async def test_librdkafka_client_gets_one_answer_per_request_through_a_promotion
     name = f"stream-{unique}"
     topics = StreamTopics.named(unique)
     await topics.create(kafka_settings, partitions=4)
-    requests_topic, completed_topic = topics.requests, topics.completed
     store = open_store(store_url)
     net1, net2 = trained(seed=1, epochs=1), trained(seed=2, epochs=4)
     mv1 = write_model_version(store, name, 1, hidden_sizes=[32], network=net1)
@@ -186,13 +185,13 @@ async def test_librdkafka_client_gets_one_answer_per_request_through_a_promotion
                 return serves_first_version((await http.get("/stream")).json(), name)
 
             await eventually(ready, timeout=60, what="stream worker serving version 1")
-            reader = LibrdkafkaReader(kafka_bootstrap, completed_topic, f"reader-{unique}")
+            reader = LibrdkafkaReader(kafka_bootstrap, topics.completed, f"reader-{unique}")
             reading = asyncio.create_task(asyncio.to_thread(reader.run))
             try:
                 half = N // 2
                 producing = asyncio.create_task(
                     asyncio.to_thread(
-                        librdkafka_produce, kafka_bootstrap, requests_topic, items[:half]
+                        librdkafka_produce, kafka_bootstrap, topics.requests, items[:half]
                     )
                 )
                 # The promotion lands while the worker answers the first half ...
@@ -211,7 +210,7 @@ async def test_librdkafka_client_gets_one_answer_per_request_through_a_promotion
                 await eventually(serving_v2, timeout=60, what="version 2 served")
                 # ... and the second half follows it.
                 await asyncio.to_thread(
-                    librdkafka_produce, kafka_bootstrap, requests_topic, items[half:]
+                    librdkafka_produce, kafka_bootstrap, topics.requests, items[half:]
                 )
                 await eventually(
                     lambda: len(reader.messages) >= N, timeout=240, what=f"{N} answers"
@@ -236,7 +235,7 @@ async def test_librdkafka_client_gets_one_answer_per_request_through_a_promotion
         assert key == items[i][0]  # the answer carries the request's key
         assert a.lineage.run_id == f"run-{name}-{a.model_version}"
         assert (a.lineage.dataset, a.lineage.dataset_version) == ("synthetic", 1)
-        assert a.source.topic == requests_topic
+        assert a.source.topic == topics.requests
         label = {t.name: t for t in a.outputs}["label"].data[0]
         assert label == expected[a.model_version][i], "the stream answers as the model does"
         correct += label == y[i]
@@ -260,7 +259,6 @@ async def test_bad_requests_are_dead_lettered_and_a_stream_waits_for_its_first_v
     name = f"late-{unique}"
     topics = StreamTopics.named(unique)
     await topics.create(kafka_settings, partitions=1)
-    requests_topic, completed_topic = topics.requests, topics.completed
     store = open_store(store_url)
     mv1 = write_model_version(store, name, 1, hidden_sizes=[32])
     stub = RegistryStub()  # no version yet: the stream starts before the first promotion
@@ -302,7 +300,7 @@ async def test_bad_requests_are_dead_lettered_and_a_stream_waits_for_its_first_v
     ) as s:
         async with (
             httpx.AsyncClient(base_url=s.url, timeout=10) as http,
-            TopicReader(kafka_bootstrap, completed_topic) as done,
+            TopicReader(kafka_bootstrap, topics.completed) as done,
             TopicReader(kafka_bootstrap, "predictor.dlq.v1") as dlq,
         ):
 
@@ -310,7 +308,7 @@ async def test_bad_requests_are_dead_lettered_and_a_stream_waits_for_its_first_v
                 return (await http.get("/stream")).json()["promotions_followed"]
 
             await eventually(following, timeout=60, what="promotions followed")
-            await produce(kafka_bootstrap, requests_topic, values, key=b"k")
+            await produce(kafka_bootstrap, topics.requests, values, key=b"k")
             # The batch waits for the model's first version: nothing answered meanwhile ...
 
             async def waiting() -> bool:
@@ -325,7 +323,7 @@ async def test_bad_requests_are_dead_lettered_and_a_stream_waits_for_its_first_v
             # ... then the partition moves: three answers, seven letters.
             answers = await done.wait_for(count=3, timeout=60)
             letters = await dlq.wait_for(
-                lambda m: m.get("source_topic") == requests_topic, count=7, timeout=30
+                lambda m: m.get("source_topic") == topics.requests, count=7, timeout=30
             )
 
     # One partition, answers in record order: a duplicate answer would come before good-2.

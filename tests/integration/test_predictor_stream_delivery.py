@@ -109,7 +109,6 @@ async def test_the_worker_pauses_fetching_while_its_answers_are_unacknowledged(
     name = f"bp-{unique}"
     topics = StreamTopics.named(unique)
     await topics.create(kafka_settings, partitions=1)
-    requests_topic, completed_topic = topics.requests, topics.completed
     store = open_store(store_url)
     stub = RegistryStub()
     stub.add(write_model_version(store, name, 1, hidden_sizes=[16]))
@@ -129,7 +128,7 @@ async def test_the_worker_pauses_fetching_while_its_answers_are_unacknowledged(
         worker = s.app.state.worker
         async with (
             httpx.AsyncClient(base_url=s.url, timeout=10) as http,
-            TopicReader(kafka_bootstrap, completed_topic) as done,
+            TopicReader(kafka_bootstrap, topics.completed) as done,
         ):
 
             async def state() -> dict[str, Any]:
@@ -143,7 +142,7 @@ async def test_the_worker_pauses_fetching_while_its_answers_are_unacknowledged(
             gate = HeldAcknowledgements(worker.producer)
             await produce(
                 kafka_bootstrap,
-                requests_topic,
+                topics.requests,
                 [request_value(f"bp-{i}", name, i) for i in range(n)],
                 key=b"k",
             )
@@ -213,7 +212,6 @@ async def test_a_killed_worker_loses_no_request(
     name = f"crash-{unique}"
     topics = StreamTopics.named(unique)
     await topics.create(kafka_settings, partitions=2)
-    requests_topic, completed_topic = topics.requests, topics.completed
     store = open_store(store_url)
     stub = RegistryStub()
     stub.add(write_model_version(store, name, 1, hidden_sizes=[16]))
@@ -231,19 +229,19 @@ async def test_a_killed_worker_loses_no_request(
             "PREDICTOR_MODELS": name,
             "PREDICTOR_LOG_LEVEL": "WARNING",
             "PREDICTOR_STREAM_HTTP_PORT": str(port),
-            "PREDICTOR_STREAM_TOPIC": requests_topic,
-            "PREDICTOR_STREAM_COMPLETED_TOPIC": completed_topic,
+            "PREDICTOR_STREAM_TOPIC": topics.requests,
+            "PREDICTOR_STREAM_COMPLETED_TOPIC": topics.completed,
             "PREDICTOR_STREAM_GROUP": topics.group,
             # small poll batches: many commits, so the kill lands between them
             "PREDICTOR_STREAM_POLL_MAX_RECORDS": "50",
         }
         url = f"http://127.0.0.1:{port}"
-        async with TopicReader(kafka_bootstrap, completed_topic) as done:
+        async with TopicReader(kafka_bootstrap, topics.completed) as done:
             with stream_process(env, log) as proc:
                 await _serving(url, name, proc, log)
                 await produce_keyed(
                     kafka_bootstrap,
-                    requests_topic,
+                    topics.requests,
                     [(keys[rid], request_value(rid, name, i)) for i, rid in enumerate(ids[:first])],
                 )
                 await eventually(lambda: len(done.messages) >= 100, timeout=120, what="answers")
@@ -253,7 +251,7 @@ async def test_a_killed_worker_loses_no_request(
             # The stream goes on while no worker runs ...
             await produce_keyed(
                 kafka_bootstrap,
-                requests_topic,
+                topics.requests,
                 [
                     (keys[rid], request_value(rid, name, i))
                     for i, rid in enumerate(ids)
@@ -276,4 +274,4 @@ async def test_a_killed_worker_loses_no_request(
     assert set(per_id) == set(ids)  # none missing (a redelivered one may come twice)
     for m in done.messages:
         assert m["_key"] == keys[m["request_id"]].decode()  # the request's key, kept
-    assert all(a.model_version == 1 and a.source.topic == requests_topic for a in answers)
+    assert all(a.model_version == 1 and a.source.topic == topics.requests for a in answers)
