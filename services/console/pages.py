@@ -280,8 +280,8 @@ async def events(  # type: ignore[no-untyped-def]
     run: Annotated[str | None, Query(max_length=64)] = None,
     model: Annotated[str | None, Query(max_length=64)] = None,
 ):
-    """Server-Sent Events: ``progress`` (of ``run`` when given), ``health`` (of ``model``
-    when given), ``stats``, ``event``."""
+    """Server-Sent Events: ``progress`` (of ``run`` when given), ``health`` (only of
+    ``model``, when given), ``stats``, ``event``."""
     feed = _feed(request)
 
     async def stream():  # type: ignore[no-untyped-def]
@@ -295,8 +295,10 @@ async def events(  # type: ignore[no-untyped-def]
                     continue
                 if run and kind == "progress" and f'"run_id": "{run}"' not in data:
                     continue
-                if model and kind == "health" and not data.startswith(f'{{"model_name": "{model}"'):
-                    continue
+                if kind == "health" and not (
+                    model and data.startswith(f'{{"model_name": "{model}"')
+                ):
+                    continue  # only a model page asks for them (one per window per version)
                 yield f"event: {kind}\ndata: {data}\n\n"
 
     return StreamingResponse(
