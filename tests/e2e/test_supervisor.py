@@ -27,10 +27,11 @@ from libs.storage import open_store
 from lmesh.mesh import Mesh, MeshConfig, _alive
 from lmesh.state import SERVICES
 from lmesh.supervision import RestartPolicy
-from tests.support.kafka import TopicReader, produce
+from tests.support.kafka import TopicReader
 from tests.support.polling import wait_for
 from tests.support.ports import free_base_port
 from tests.support.trainer_data import prepared_dataset
+from tests.support.training_requests import partition_of, request_training
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -83,21 +84,6 @@ def training_job(prepared: PreparedDatasetRef, epochs: int, run_id: str | None =
         model=ModelSpec(hidden_sizes=[512, 512]),
         hyperparameters=Hyperparameters(epochs=epochs, batch_size=64),
     )
-
-
-async def send(bootstrap: str, request: TrainingRequested) -> None:
-    await produce(
-        bootstrap,
-        "training.requested.v1",
-        [request.model_dump(mode="json", by_alias=True)],
-        key=request.run_id.encode(),
-    )
-
-
-def partition_of(key: str) -> int:
-    from aiokafka.partitioner import DefaultPartitioner
-
-    return int(DefaultPartitioner()(key.encode(), [0, 1, 2, 3], [0, 1, 2, 3]))
 
 
 def same_partition_run_id(run_id: str) -> str:
@@ -158,7 +144,7 @@ def test_killed_trainer_restarts_while_the_other_finishes_its_run(
 
     async def scenario() -> tuple[str, dict[str, Any], float, list[dict[str, Any]]]:
         async with TopicReader(st["bootstrap"], *RESULTS) as reader:
-            await send(st["bootstrap"], long_run)
+            await request_training(st["bootstrap"], long_run)
             first = await reader.wait_for(
                 lambda m: (
                     m["_topic"] == "training.progress.v1"
@@ -173,7 +159,7 @@ def test_killed_trainer_restarts_while_the_other_finishes_its_run(
             done = await reader.wait_for(completed(long_run.run_id), timeout=300)
             # A later run on the same partition: once it is answered, any redelivery of the
             # long run's request has been handled too, so the count below is final.
-            await send(st["bootstrap"], marker)
+            await request_training(st["bootstrap"], marker)
             await reader.wait_for(completed(marker.run_id), timeout=120)
             answers = reader.matching(
                 lambda m: (
@@ -283,7 +269,7 @@ def test_every_service_exits_within_10s_of_sigterm_with_the_broker_gone(tmp_path
 
         async def job_running() -> None:
             async with TopicReader(mesh.bootstrap, "training.progress.v1") as reader:
-                await send(mesh.bootstrap, job)
+                await request_training(mesh.bootstrap, job)
                 await reader.wait_for(lambda m: m["run_id"] == job.run_id, timeout=120)
 
         asyncio.run(job_running())

@@ -27,10 +27,11 @@ from libs.storage import open_store
 from services.trainer.app import build_app
 from services.trainer.settings import TrainerSettings
 from tests.support.dataset_registry import dataset_registry
-from tests.support.kafka import TopicReader, produce
+from tests.support.kafka import TopicReader
 from tests.support.polling import wait_for
 from tests.support.servers import serve_app
 from tests.support.trainer_data import prepared_dataset
+from tests.support.training_requests import request_training
 
 pytestmark = pytest.mark.kafka
 
@@ -84,16 +85,6 @@ def request(
     )
 
 
-async def send(bootstrap: str, *events: TrainingRequested) -> None:
-    for e in events:
-        await produce(
-            bootstrap,
-            "training.requested.v1",
-            [e.model_dump(mode="json", by_alias=True)],
-            key=e.run_id.encode(),
-        )
-
-
 async def test_each_bad_request_fails_with_its_reason_and_the_worker_takes_the_next(
     kafka_bootstrap: str, env: dict[str, Any]
 ) -> None:
@@ -111,7 +102,7 @@ async def test_each_bad_request_fails_with_its_reason_and_the_worker_takes_the_n
     }
     good = request(blobs)
     async with TopicReader(kafka_bootstrap, *RESULTS) as reader:
-        await send(kafka_bootstrap, *bad.values(), good)
+        await request_training(kafka_bootstrap, *bad.values(), good)
         done = await reader.wait_for(
             lambda m: m["_topic"] == "training.completed.v1" and m["run_id"] == good.run_id,
             timeout=90,
@@ -145,7 +136,7 @@ async def test_a_completed_run_has_loadable_artifacts_progress_per_epoch_and_one
         None, dataset="blobs-reg", hp={"epochs": 3, "optimizer": "adamw", "schedule": "onecycle"}
     )
     async with TopicReader(kafka_bootstrap, *RESULTS) as reader:
-        await send(kafka_bootstrap, event)
+        await request_training(kafka_bootstrap, event)
         done = await reader.wait_for(
             lambda m: m["_topic"] == "training.completed.v1" and m["run_id"] == event.run_id,
             timeout=60,
@@ -188,11 +179,11 @@ async def test_a_completed_run_has_loadable_artifacts_progress_per_epoch_and_one
 
         # The same request redelivered: nothing new. A new request for the finished run id:
         # the stored result again (same event id), no second training.
-        await send(kafka_bootstrap, event)
+        await request_training(kafka_bootstrap, event)
         again = event.model_copy(update={"event_id": uuid.uuid4()})
-        await send(kafka_bootstrap, again)
+        await request_training(kafka_bootstrap, again)
         marker = request(env["blobs"], hp={"epochs": 1})
-        await send(kafka_bootstrap, marker)
+        await request_training(kafka_bootstrap, marker)
         await reader.wait_for(
             lambda m: m["run_id"] == marker.run_id and m["_topic"] == "training.completed.v1",
             timeout=60,
@@ -217,7 +208,7 @@ async def test_ddp_world_size_two_on_cpu_produces_a_model(
 ) -> None:
     event = request(env["blobs"], hp={"epochs": 2, "world_size": 2})
     async with TopicReader(kafka_bootstrap, *RESULTS) as reader:
-        await send(kafka_bootstrap, event)
+        await request_training(kafka_bootstrap, event)
         done = await reader.wait_for(
             lambda m: (
                 (m["run_id"] == event.run_id and "reason" in m)
@@ -247,7 +238,7 @@ async def test_cnn_with_augmentation_trains_on_image_data(
         hp={"augment": True, "schedule": "cosine", "optimizer": "sgd", "learning_rate": 0.05},
     )
     async with TopicReader(kafka_bootstrap, *RESULTS) as reader:
-        await send(kafka_bootstrap, event)
+        await request_training(kafka_bootstrap, event)
         done = await reader.wait_for(
             lambda m: m["run_id"] == event.run_id and m["_topic"] != "training.progress.v1",
             timeout=90,

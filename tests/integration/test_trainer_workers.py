@@ -19,9 +19,10 @@ import pytest
 from contracts.events import Hyperparameters, ModelSpec, PreparedDatasetRef, TrainingRequested
 from libs.messaging.embedded import free_port
 from libs.storage import open_store
-from tests.support.kafka import TopicReader, produce
+from tests.support.kafka import TopicReader
 from tests.support.polling import wait_for
 from tests.support.trainer_data import prepared_dataset
+from tests.support.training_requests import partition_of, request_training
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -108,25 +109,8 @@ def job(prepared: PreparedDatasetRef, epochs: int, **model: Any) -> TrainingRequ
     )
 
 
-async def send(bootstrap: str, *events: TrainingRequested) -> None:
-    for e in events:
-        await produce(
-            bootstrap,
-            "training.requested.v1",
-            [e.model_dump(mode="json", by_alias=True)],
-            key=e.run_id.encode(),
-        )
-
-
 def completed(run_id: str) -> Any:
     return lambda m: m["_topic"] == "training.completed.v1" and m["run_id"] == run_id
-
-
-def partition_of(run_id: str) -> int:
-    """The partition the producer's default (murmur2) partitioner picks for a run id key."""
-    from aiokafka.partitioner import DefaultPartitioner
-
-    return int(DefaultPartitioner()(run_id.encode(), [0, 1, 2, 3], [0, 1, 2, 3]))
 
 
 async def test_two_worker_processes_share_four_jobs(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -144,7 +128,7 @@ async def test_two_worker_processes_share_four_jobs(kafka_bootstrap: str, tmp_pa
                     mine.append(candidate)
             jobs += mine
         async with TopicReader(kafka_bootstrap, *RESULTS) as reader:
-            await send(kafka_bootstrap, *jobs)
+            await request_training(kafka_bootstrap, *jobs)
             done = [await reader.wait_for(completed(j.run_id), timeout=90) for j in jobs]
             assert not reader.matching(
                 lambda m: (
@@ -165,7 +149,7 @@ async def test_sigkilled_worker_job_resumes_on_the_other_from_its_checkpoint(
     long_job = job(prepared, epochs=40, hidden_sizes=[512, 512])
     with two_workers(kafka_bootstrap, store_url, tmp_path) as workers:
         async with TopicReader(kafka_bootstrap, *RESULTS) as reader:
-            await send(kafka_bootstrap, long_job)
+            await request_training(kafka_bootstrap, long_job)
             first = await reader.wait_for(
                 lambda m: (
                     m["_topic"] == "training.progress.v1"
@@ -207,6 +191,6 @@ async def test_sigkilled_worker_job_resumes_on_the_other_from_its_checkpoint(
 
             # A later job on the survivor proves it moved on; still one result for the killed run.
             marker = job(prepared, epochs=1)
-            await send(kafka_bootstrap, marker)
+            await request_training(kafka_bootstrap, marker)
             await reader.wait_for(completed(marker.run_id), timeout=60)
             assert len(reader.matching(completed(long_job.run_id))) == 1

@@ -25,10 +25,11 @@ from libs.storage import open_store
 from services.trainer.app import build_app
 from services.trainer.settings import TrainerSettings
 from tests.support.dataset_registry import dataset_registry
-from tests.support.kafka import TopicReader, produce
+from tests.support.kafka import TopicReader
 from tests.support.polling import eventually, wait_for
 from tests.support.servers import serve_app
 from tests.support.trainer_data import prepared_dataset
+from tests.support.training_requests import request_training
 
 pytestmark = pytest.mark.kafka
 
@@ -83,13 +84,7 @@ async def test_requests_made_while_the_registry_is_down_are_all_answered_after_i
             before = failed_attempts((await http.get(f"{trainer}/metrics")).text)
             # The registry is down (nothing listens on its port) while the requests arrive.
             down_since = time.monotonic()
-            for r in requests:
-                await produce(
-                    kafka_bootstrap,
-                    "training.requested.v1",
-                    [r.model_dump(mode="json", by_alias=True)],
-                    key=r.run_id.encode(),
-                )
+            await request_training(kafka_bootstrap, *requests)
 
             async def retrying() -> bool:
                 text = (await http.get(f"{trainer}/metrics")).text
