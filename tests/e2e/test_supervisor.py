@@ -71,6 +71,13 @@ def detached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[st
         lmesh(env, "down", timeout=90)
 
 
+def mesh_config(tmp_path: Path, **options: Any) -> MeshConfig:
+    """A mesh homed in ``tmp_path`` on free ports; ``options``: further MeshConfig fields."""
+    base = free_base_port(len(SERVICES))
+    ports = {n: base + i + 1 for i, n in enumerate(SERVICES)}
+    return MeshConfig(home=tmp_path / "mesh", ports=ports, **options)
+
+
 def mesh_state(home: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((home / "mesh.json").read_text())
     return data
@@ -252,13 +259,7 @@ def test_sigkill_of_the_supervisor_leaves_no_process(detached: tuple[dict[str, s
 
 
 def test_every_service_exits_within_10s_of_sigterm_with_the_broker_gone(tmp_path: Path) -> None:
-    base = free_base_port(len(SERVICES))
-    config = MeshConfig(
-        home=tmp_path / "mesh",
-        ports={n: base + i + 1 for i, n in enumerate(SERVICES)},
-        supervise=False,
-        extra_env={"TRAINER_THREADS": "1"},
-    )
+    config = mesh_config(tmp_path, supervise=False, extra_env={"TRAINER_THREADS": "1"})
     took: dict[str, float] = {}
     with Mesh(config) as mesh:
         # Work in flight: a training job (its thread would be joined at exit) and an upload
@@ -310,10 +311,8 @@ def test_every_service_exits_within_10s_of_sigterm_with_the_broker_gone(tmp_path
 def test_a_service_that_keeps_dying_is_reported_failed_and_the_rest_keeps_running(
     tmp_path: Path,
 ) -> None:
-    base = free_base_port(len(SERVICES))
-    config = MeshConfig(
-        home=tmp_path / "mesh",
-        ports={n: base + i + 1 for i, n in enumerate(SERVICES)},
+    config = mesh_config(
+        tmp_path,
         services=("ingest", "preprocess"),
         restart=RestartPolicy(backoff_s=0.2, max_per_minute=1),
     )
@@ -342,13 +341,7 @@ def test_a_service_that_keeps_dying_is_reported_failed_and_the_rest_keeps_runnin
 def test_a_dead_broker_is_restarted_on_its_address_and_services_publish_again(
     tmp_path: Path,
 ) -> None:
-    base = free_base_port(len(SERVICES))
-    config = MeshConfig(
-        home=tmp_path / "mesh",
-        ports={n: base + i + 1 for i, n in enumerate(SERVICES)},
-        services=("ingest",),
-        restart=RestartPolicy(backoff_s=0.2),
-    )
+    config = mesh_config(tmp_path, services=("ingest",), restart=RestartPolicy(backoff_s=0.2))
     with Mesh(config) as mesh:
         bootstrap = mesh.bootstrap
         mesh.broker.process.kill()
