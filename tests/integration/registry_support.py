@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,14 @@ def database_url(backend: str, directory: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@dataclass
+class RegistryServer:
+    """A registry served by :func:`running_registry`: its URL, and an engine on its database."""
+
+    url: str
+    engine: Engine
 
 
 @contextmanager

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
-from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from lmesh.cli import app as cli_app
@@ -20,6 +18,7 @@ from tests.integration.registry_support import (
     AUTH,
     BACKENDS,
     TOKEN,
+    RegistryServer,
     dataset_prepared,
     running_registry,
     training_completed,
@@ -29,11 +28,7 @@ from tests.support.kafka import TopicReader
 pytestmark = pytest.mark.kafka
 
 
-@dataclass
-class Registry:
-    url: str
-    engine: Engine
-
+class Registry(RegistryServer):
     def seed(self, model: str, accuracies: list[float], dataset: str | None = None) -> str:
         """Register one version per accuracy (the policy places the aliases)."""
         dataset = dataset or f"ds-{model}"

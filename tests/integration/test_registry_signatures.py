@@ -13,7 +13,6 @@ import httpx
 import jsonschema
 import numpy as np
 import pytest
-from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from contracts.events import ArtifactRef, InferenceRequested
@@ -25,6 +24,7 @@ from services.registry.database import write_session
 from tests.integration.registry_support import (
     AUTH,
     TOKEN,
+    RegistryServer,
     dataset_prepared,
     running_registry,
     training_completed,
@@ -35,9 +35,7 @@ pytestmark = pytest.mark.kafka
 
 
 @dataclass
-class Registry:
-    url: str
-    engine: Engine
+class Registry(RegistryServer):
     store: Any
 
 
