@@ -65,6 +65,10 @@ class ServiceSettings(BaseSettings):
 
 #: In-flight HTTP requests get this long after SIGTERM before uvicorn cancels them.
 HTTP_GRACEFUL_S = 3
+#: An idle keep-alive connection stays open this long: longer than clients keep idle ones
+#: (httpx 5 s), so a client never sends on a connection the server is closing (uvicorn's
+#: 5 s default raced httpx's and failed a request now and then with ReadError).
+HTTP_KEEP_ALIVE_S = 65
 #: The lifespan's shutdown steps (broker client, service hook) get this long together.
 STOP_BUDGET_S = 3.0
 #: Set by :func:`enable_exit_deadline` in service processes (inherited by uvicorn workers).
@@ -253,6 +257,7 @@ def serve(
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        timeout_keep_alive=HTTP_KEEP_ALIVE_S,
         timeout_graceful_shutdown=max(
             1, min(HTTP_GRACEFUL_S, int(settings.shutdown_timeout_s / 2))
         ),

@@ -7,7 +7,13 @@ import logging
 import sys
 
 from libs.messaging.settings import KafkaSettings
-from libs.service import HTTP_GRACEFUL_S, check_broker, enable_exit_deadline, serve
+from libs.service import (
+    HTTP_GRACEFUL_S,
+    HTTP_KEEP_ALIVE_S,
+    check_broker,
+    enable_exit_deadline,
+    serve,
+)
 from services.predictor.app import build_app
 from services.predictor.settings import PredictorSettings
 
@@ -41,6 +47,7 @@ def main() -> None:
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        timeout_keep_alive=HTTP_KEEP_ALIVE_S,
         timeout_graceful_shutdown=HTTP_GRACEFUL_S,
     )
 

@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from libs.messaging.embedded import free_port
+from libs.service import HTTP_KEEP_ALIVE_S
 
 
 @contextmanager
@@ -20,7 +21,14 @@ def serve_app(app: Any, *, timeout: float = 90.0, port: int | None = None) -> It
     ``timeout`` is a deadline for a loaded 2-core machine (a lifespan may migrate a
     database or load torch models), not an expectation."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_keep_alive=HTTP_KEEP_ALIVE_S,  # as the services: no keep-alive race with httpx
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
