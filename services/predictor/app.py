@@ -35,7 +35,7 @@ from services.predictor.endpoint import (
     openapi_paths,
 )
 from services.predictor.model import LoadedModel
-from services.predictor.prediction_log import PredictionLog, prediction_logged
+from services.predictor.prediction_log import PredictionLog, kafka_publisher
 from services.predictor.responses import Liveness, ModelMetadata, Readiness, ServerMetadata
 from services.predictor.routing import Role
 from services.predictor.runtime import PredictorRuntime
@@ -149,15 +149,14 @@ def build_app(
         rows: np.ndarray,
         role: Role | None = None,
     ) -> None:
-        prediction_log.add(
-            prediction_logged(model.name, model.version, request_id, labels, ms, rows, role=role)
-        )
+        prediction_log.add_prediction(model.name, model.version, request_id, labels, ms, rows, role)
 
     async def publish_logged(events: list[Any]) -> None:
         await publish_many(broker, events)
 
-    # logged predictions leave in batches from one task: no task and no ack wait per request
-    prediction_log = PredictionLog(publish_logged)
+    # logged predictions leave in batches from one task: no task and no ack wait per request;
+    # one prediction.logged.v1 per model version and batch, serialized once from numpy
+    prediction_log = PredictionLog(publish_logged, publish_serialized=kafka_publisher(broker))
 
     async def log_shadow(event: Any) -> None:
         await publish(broker, event)
