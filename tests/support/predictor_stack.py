@@ -3,8 +3,8 @@ registry stand-in (tests/support/registry_stub.py) that answers its start-up loo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,34 +26,40 @@ class PredictorStack:
 
 
 @contextmanager
+def _served(
+    build: Callable[[Any, KafkaSettings], Any],
+    kafka: KafkaSettings,
+    store_url: str,
+    stub: RegistryStub,
+    settings: dict[str, Any],
+) -> Iterator[PredictorStack]:
+    """The app ``build`` makes of PredictorSettings(``settings``), served over HTTP on the
+    store at ``store_url``, with the registry stand-in ``stub`` served beside it."""
+    from services.predictor.settings import PredictorSettings
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORE_URL", store_url)
+        with serve_app(stub.app()) as registry_url:
+            cfg = PredictorSettings(registry_url=registry_url, reconcile_interval_s=0, **settings)
+            app = build(cfg, kafka)
+            with serve_app(app) as url:
+                yield PredictorStack(url, registry_url, stub, open_store(store_url), app)
+
+
 def running_predictor(
     kafka: KafkaSettings, store_url: str, stub: RegistryStub, **settings: Any
-) -> Iterator[PredictorStack]:
+) -> AbstractContextManager[PredictorStack]:
+    """The predictor's HTTP app in-process, with the registry stand-in."""
     from services.predictor.app import build_app
-    from services.predictor.settings import PredictorSettings
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STORE_URL", store_url)
-        with serve_app(stub.app()) as registry_url:
-            cfg = PredictorSettings(registry_url=registry_url, reconcile_interval_s=0, **settings)
-            app = build_app(cfg, kafka)
-            with serve_app(app) as url:
-                yield PredictorStack(url, registry_url, stub, open_store(store_url), app)
+    return _served(build_app, kafka, store_url, stub, settings)
 
 
-@contextmanager
 def running_stream_worker(
     kafka: KafkaSettings, store_url: str, stub: RegistryStub, **settings: Any
-) -> Iterator[PredictorStack]:
+) -> AbstractContextManager[PredictorStack]:
     """The predictor's stream worker (``python -m services.predictor stream``) in-process,
     with its health/metrics HTTP server and the registry stand-in."""
-    from services.predictor.settings import PredictorSettings
     from services.predictor.stream import build_stream_app
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STORE_URL", store_url)
-        with serve_app(stub.app()) as registry_url:
-            cfg = PredictorSettings(registry_url=registry_url, reconcile_interval_s=0, **settings)
-            app = build_stream_app(cfg, kafka)
-            with serve_app(app) as url:
-                yield PredictorStack(url, registry_url, stub, open_store(store_url), app)
+    return _served(build_stream_app, kafka, store_url, stub, settings)
