@@ -7,6 +7,8 @@ publish what it returns (``model.health.v1``, ``data.drift.v1``).
   whole: the oldest request leaves once the rest still fill the window), the input
   summaries of the most recent ``size`` rows that carried them, and the most recent
   ``size`` labelled rows (feedback joined by request id).
+- Feedback credits every version that answered its request id: a shadowed request is
+  answered by the champion and by the candidate under one id, and each gets the label.
 - A window is evaluated every ``step`` new rows, and after ``period_s`` with new rows;
   each evaluation is one ``model.health.v1``.
 - Input drift (libs.drift PSI) raises ``data.drift.v1`` after ``raise_after`` consecutive
@@ -57,7 +59,8 @@ class WindowConfig:
     threshold: float = 0.1
     clear_threshold: float = 0.05
     raise_after: int = 3
-    #: Request ids remembered for the feedback join (oldest forgotten first).
+    #: Answers remembered for the feedback join, one per request id and version that
+    #: answered it (the oldest request ids forgotten first).
     remembered_requests: int = 200_000
     #: Feedback waiting for its prediction (it may arrive first), and for how long.
     pending_feedback: int = 10_000
@@ -294,11 +297,19 @@ def _summaries(w: VersionWindow, rows: list[list[float]], predictions: int) -> n
     return summaries
 
 
-@dataclass
-class _Prediction:
-    key: tuple[str, int]
-    labels: np.ndarray
-    labelled: set[int] = field(default_factory=set)
+def _credit(w: VersionWindow, labels: np.ndarray, row: int, label: int) -> None:
+    """One labelled row for the version that predicted ``labels`` (if it has that row)."""
+    if row < len(labels):
+        w.add_label(int(labels[row]) == label)
+
+
+@dataclass(slots=True)
+class _Request:
+    """One request id: each version's predicted classes (a shadowed request has two: the
+    champion's and the candidate's), and the true labels its feedback gave, by row."""
+
+    answers: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    feedback: dict[int, int] = field(default_factory=dict)
 
 
 class Monitor:
@@ -308,7 +319,8 @@ class Monitor:
         self.config = config
         self.windows: dict[tuple[str, int], VersionWindow] = {}
         self.infos: dict[tuple[str, int], VersionInfo] = {}
-        self._predictions: OrderedDict[str, _Prediction] = OrderedDict()
+        self._requests: OrderedDict[str, _Request] = OrderedDict()
+        self._answers = 0  # entries in _requests' answers, what remembered_requests bounds
         self._pending: OrderedDict[tuple[str, int], tuple[float, int]] = OrderedDict()
         #: reason -> events ignored for it (the handlers turn these into metrics)
         self.ignored: dict[str, int] = {}
@@ -396,22 +408,32 @@ class Monitor:
         self._remember(event.request_id, w, labels, now)
 
     def _remember(self, request_id: str, w: VersionWindow, labels: np.ndarray, now: float) -> None:
+        """Remember a version's answer to a request id; feedback that came before it (for
+        another version's answer, or waiting for any) credits it now."""
         if not request_id:
             return
-        pred = _Prediction((w.model_name, w.version), labels)
-        self._predictions[request_id] = pred
-        self._predictions.move_to_end(request_id)
-        while len(self._predictions) > self.config.remembered_requests:
-            self._predictions.popitem(last=False)
+        req = self._requests.get(request_id)
+        if req is None:
+            req = self._requests[request_id] = _Request()
+        else:
+            self._requests.move_to_end(request_id)
+        key = (w.model_name, w.version)
+        if key not in req.answers:
+            self._answers += 1
+            for row, label in req.feedback.items():
+                _credit(w, labels, row, label)
+        req.answers[key] = labels  # the same version again (redelivered): no new credit
         for row in range(len(labels)):
             if (waiting := self._pending.pop((request_id, row), None)) is not None:
-                self._join(pred, row, waiting[1])
+                self._join(req, row, waiting[1])
+        while self._answers > self.config.remembered_requests and len(self._requests) > 1:
+            self._answers -= len(self._requests.popitem(last=False)[1].answers)
 
     # ------------------------------------------------------------------ feedback
 
     def observe_feedback(self, event: PredictionFeedback, now: float) -> FeedbackOutcome:
-        pred = self._predictions.get(event.request_id)
-        if pred is None:
+        req = self._requests.get(event.request_id)
+        if req is None:
             key = (event.request_id, event.row)
             if key in self._pending:
                 self.count_ignored("duplicate_feedback")
@@ -421,20 +443,20 @@ class Monitor:
                 self._pending.popitem(last=False)
                 self.count_ignored("unknown_request_id")
             return "pending"
-        if event.row >= len(pred.labels):
+        if event.row >= max(map(len, req.answers.values()), default=0):
             self.count_ignored("feedback_row_out_of_range")
             return "out_of_range"
-        if event.row in pred.labelled:
+        if event.row in req.feedback:  # a duplicate for every version that answered
             self.count_ignored("duplicate_feedback")
             return "duplicate"
-        self._join(pred, event.row, event.label)
+        self._join(req, event.row, event.label)
         return "joined"
 
-    def _join(self, pred: _Prediction, row: int, label: int) -> None:
-        pred.labelled.add(row)
-        w = self.windows.get(pred.key)
-        if w is not None:
-            w.add_label(int(pred.labels[row]) == label)
+    def _join(self, req: _Request, row: int, label: int) -> None:
+        req.feedback[row] = label
+        for key, labels in req.answers.items():
+            if (w := self.windows.get(key)) is not None:
+                _credit(w, labels, row, label)
 
     def expire_pending(self, now: float) -> int:
         """Forget feedback whose prediction never came; returns how many."""
