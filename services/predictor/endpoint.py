@@ -219,6 +219,16 @@ class InferenceEndpoint:
                     self.shadow_sample_rate >= 1.0 or random.random() < self.shadow_sample_rate
                 ):
                     shadow_rows = rows.copy()  # the forward pass may normalize rows in place
+            # the raw input of a request to be logged (the monitor summarizes it against the
+            # training split's raw statistics): a copy, as the forward pass may normalize
+            # the request's own rows in place
+            logged_rows = (
+                rows.copy()
+                if self.sample_rate
+                and self.on_prediction is not None
+                and (self.sample_rate >= 1.0 or random.random() < self.sample_rate)
+                else None
+            )
         except OIPError as exc:
             await self._error(send, exc.status, exc.message)
             return
@@ -261,12 +271,8 @@ class InferenceEndpoint:
         if hist is None:
             hist = self._latency[model.name] = metrics.REQUEST_LATENCY.labels(model.name)
         hist.observe(elapsed)
-        if (
-            self.sample_rate
-            and self.on_prediction is not None
-            and random.random() < self.sample_rate
-        ):
-            self.on_prediction(model, request.id or "", labels, elapsed * 1000, rows, role)
+        if logged_rows is not None and self.on_prediction is not None:
+            self.on_prediction(model, request.id or "", labels, elapsed * 1000, logged_rows, role)
         if shadow_rows is not None and rollout is not None and self.on_shadow is not None:
             self.on_shadow(rollout, model, request.id or "", shadow_rows, labels)
 

@@ -4,6 +4,9 @@ model, with the event headers and the trace context."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import numpy as np
 import pytest
 
@@ -11,8 +14,12 @@ from contracts.events import PredictionLogged
 from libs import telemetry
 from libs.messaging import KafkaSettings, create_broker
 from libs.messaging.broker import publish_many
+from libs.storage import open_store
 from services.predictor.prediction_log import PredictionLog, kafka_publisher, prediction_logged
 from tests.support.kafka import TopicReader
+from tests.support.polling import eventually
+from tests.support.predictor_stack import running_predictor
+from tests.support.registry_stub import RegistryStub, write_model_version
 
 pytestmark = pytest.mark.kafka
 
@@ -49,3 +56,41 @@ async def test_batched_events_reach_the_topic_as_the_contract_with_key_and_heade
     assert headers["event-type"] == "PredictionLogged"
     assert headers["event-id"] == str(event.event_id)
     assert "traceparent" in headers
+
+
+async def test_the_http_path_logs_the_raw_input_not_the_normalized_rows(
+    kafka_settings: KafkaSettings, tmp_path: Path, unique: str
+) -> None:
+    """A lone FP32 request is normalized in place by the forward pass (scale 1/255 here):
+    the logged summary must still be the raw input's, the scale of the reference that
+    preprocess records from the raw training split (else clean traffic reads as drift)."""
+    store_url = (tmp_path / "artifacts").as_uri()
+    name = f"raw-{unique}"
+    stub = RegistryStub()
+    stub.add(write_model_version(open_store(store_url), name, 1))
+    raw = np.random.default_rng(1).integers(0, 256, (1, 28, 28)).astype(np.float32)
+    body = {
+        "id": f"{unique}-fp32",
+        "inputs": [
+            {"name": "input", "shape": [1, 28, 28], "datatype": "FP32", "data": raw.tolist()}
+        ],
+    }
+    with running_predictor(kafka_settings, store_url, stub, models=name, log_sample_rate=1.0) as s:
+        async with (
+            httpx.AsyncClient(base_url=s.url, timeout=30) as client,
+            TopicReader(
+                kafka_settings.bootstrap_servers, "prediction.logged.v1", from_beginning=False
+            ) as reader,
+        ):
+
+            async def ready() -> bool:
+                return (await client.get("/v2/health/ready")).status_code == 200
+
+            await eventually(ready, timeout=60, what="predictor ready")
+            r = await client.post(f"/v2/models/{name}/infer", json=body)
+            assert r.status_code == 200, r.text
+            msg = await reader.wait_for(lambda m: m.get("model_name") == name, timeout=60)
+    event = PredictionLogged.model_validate({k: v for k, v in msg.items() if k[0] != "_"})
+    (logged,) = [q for q in event.requests() if q.request_id == f"{unique}-fp32"]
+    expected = prediction_logged(name, 1, "x", np.array([0]), 1.0, raw).input_summary
+    assert logged.input_summary == expected
