@@ -31,7 +31,12 @@ from tests.support.kafka import TopicReader
 from tests.support.polling import wait_for
 from tests.support.ports import free_base_port
 from tests.support.trainer_data import prepared_dataset
-from tests.support.training_requests import partition_of, request_training
+from tests.support.training_requests import (
+    completed,
+    partition_of,
+    reached_epoch,
+    request_training,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -146,20 +151,10 @@ def test_killed_trainer_restarts_while_the_other_finishes_its_run(
     long_run = training_job(prepared, epochs=30)
     marker = training_job(prepared, epochs=1, run_id=same_partition_run_id(long_run.run_id))
 
-    def completed(run_id: str) -> Any:
-        return lambda m: m["_topic"] == "training.completed.v1" and m["run_id"] == run_id
-
     async def scenario() -> tuple[str, dict[str, Any], float, list[dict[str, Any]]]:
         async with TopicReader(st["bootstrap"], *RESULTS) as reader:
             await request_training(st["bootstrap"], long_run)
-            first = await reader.wait_for(
-                lambda m: (
-                    m["_topic"] == "training.progress.v1"
-                    and m["run_id"] == long_run.run_id
-                    and m["epoch"] >= 2
-                ),
-                timeout=120,
-            )
+            first = await reader.wait_for(reached_epoch(long_run.run_id, 2), timeout=120)
             victim = first["worker"]  # TRAINER_WORKER_ID is the process's name in mesh.json
             killed_at = time.monotonic()
             os.kill(st["services"][victim]["pid"], signal.SIGKILL)

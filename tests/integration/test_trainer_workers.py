@@ -22,7 +22,12 @@ from libs.storage import open_store
 from tests.support.kafka import TopicReader
 from tests.support.polling import wait_for
 from tests.support.trainer_data import prepared_dataset
-from tests.support.training_requests import partition_of, request_training
+from tests.support.training_requests import (
+    completed,
+    partition_of,
+    reached_epoch,
+    request_training,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -109,10 +114,6 @@ def job(prepared: PreparedDatasetRef, epochs: int, **model: Any) -> TrainingRequ
     )
 
 
-def completed(run_id: str) -> Any:
-    return lambda m: m["_topic"] == "training.completed.v1" and m["run_id"] == run_id
-
-
 async def test_two_worker_processes_share_four_jobs(kafka_bootstrap: str, tmp_path: Path) -> None:
     store_url = (tmp_path / "artifacts").as_uri()
     prepared = prepared_dataset(open_store(store_url), "shared")
@@ -150,14 +151,7 @@ async def test_sigkilled_worker_job_resumes_on_the_other_from_its_checkpoint(
     with two_workers(kafka_bootstrap, store_url, tmp_path) as workers:
         async with TopicReader(kafka_bootstrap, *RESULTS) as reader:
             await request_training(kafka_bootstrap, long_job)
-            first = await reader.wait_for(
-                lambda m: (
-                    m["_topic"] == "training.progress.v1"
-                    and m["run_id"] == long_job.run_id
-                    and m["epoch"] >= 2
-                ),
-                timeout=60,
-            )
+            first = await reader.wait_for(reached_epoch(long_job.run_id, 2), timeout=60)
             victim = workers[first["worker"]]
             victim.proc.send_signal(signal.SIGKILL)
             victim.proc.wait(timeout=10)

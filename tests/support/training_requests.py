@@ -1,7 +1,11 @@
 """Training requests published as the registry publishes them (``training.requested.v1``,
-keyed by run id), and the partition such a key lands on, for tests of the trainers."""
+keyed by run id), the partition such a key lands on, and predicates on what the trainers
+answer (for ``TopicReader.wait_for``), for tests of the trainers."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -24,3 +28,15 @@ def partition_of(run_id: str) -> int:
     """The partition the producer's default (murmur2) partitioner picks for a run id key."""
     every = list(range(TOPIC.partitions))
     return int(DefaultPartitioner()(run_id.encode(), every, every))
+
+
+def completed(run_id: str) -> Callable[[dict[str, Any]], bool]:
+    """training.completed.v1 of run ``run_id``."""
+    return lambda m: m["_topic"] == "training.completed.v1" and m["run_id"] == run_id
+
+
+def reached_epoch(run_id: str, epoch: int) -> Callable[[dict[str, Any]], bool]:
+    """training.progress.v1 of run ``run_id`` at ``epoch`` or later."""
+    return lambda m: (
+        m["_topic"] == "training.progress.v1" and m["run_id"] == run_id and m["epoch"] >= epoch
+    )
