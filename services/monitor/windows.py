@@ -310,6 +310,7 @@ class _Request:
 
     answers: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     feedback: dict[int, int] = field(default_factory=dict)
+    rows: int = 0  # the longest answer's rows: feedback for a row past it is out of range
 
 
 class Monitor:
@@ -423,6 +424,7 @@ class Monitor:
             for row, label in req.feedback.items():
                 _credit(w, labels, row, label)
         req.answers[key] = labels  # the same version again (redelivered): no new credit
+        req.rows = max(req.rows, len(labels))
         for row in range(len(labels)):
             if (waiting := self._pending.pop((request_id, row), None)) is not None:
                 self._join(req, row, waiting[1])
@@ -443,7 +445,7 @@ class Monitor:
                 self._pending.popitem(last=False)
                 self.count_ignored("unknown_request_id")
             return "pending"
-        if event.row >= max(map(len, req.answers.values()), default=0):
+        if event.row >= req.rows:
             self.count_ignored("feedback_row_out_of_range")
             return "out_of_range"
         if event.row in req.feedback:  # a duplicate for every version that answered
