@@ -11,6 +11,7 @@ the moment this group first held the partition".
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -42,3 +43,14 @@ class StartPinner(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer = getattr(self.subscriber, "consumer", None)
         if consumer is not None:
             await pin_uncommitted(consumer, assigned)
+
+
+async def wait_positioned(subscribers: Iterable[Any], *, poll_s: float = 0.05) -> None:
+    """Return once every FastStream subscriber's consumer holds its partitions and knows its
+    position on each: from then on nothing published can slip past a consumer that starts
+    at "latest". Start-up only (FastStream has no "assigned" event, so this polls)."""
+    for subscriber in subscribers:
+        while getattr(subscriber, "consumer", None) is None or not subscriber.consumer.assignment():  # noqa: ASYNC110
+            await asyncio.sleep(poll_s)
+        for tp in list(subscriber.consumer.assignment()):
+            await subscriber.consumer.position(tp)

@@ -22,6 +22,7 @@ from contracts.events import (
     PredictionLogged,
 )
 from libs.messaging import KafkaSettings, create_broker, publish, subscribe
+from libs.messaging.positions import wait_positioned
 from libs.service import create_app
 from libs.storage import open_store
 from services.monitor import handlers
@@ -123,16 +124,6 @@ class HealthHistory:
                 )
             )
         return out
-
-
-async def wait_positioned(subscribers: list[Any]) -> None:
-    """Until every subscriber's consumer holds its partitions and knows its position."""
-    for subscriber in subscribers:
-        # FastStream has no "assigned" event: poll (start-up only)
-        while getattr(subscriber, "consumer", None) is None or not subscriber.consumer.assignment():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        for tp in list(subscriber.consumer.assignment()):
-            await subscriber.consumer.position(tp)
 
 
 def build_app(

@@ -24,6 +24,7 @@ from libs import telemetry
 from libs.http_errors import add_openapi_paths, error_response
 from libs.messaging import create_broker, publish, subscribe
 from libs.messaging.broker import publish_many
+from libs.messaging.positions import wait_positioned
 from libs.messaging.settings import KafkaSettings
 from libs.service import create_app
 from libs.storage import StoreSettings
@@ -92,23 +93,20 @@ class PredictorApp:
             await self.api(scope, receive, send)
 
 
-async def wait_positioned(subscriber: Any, runtime: PredictorRuntime) -> None:
-    """Ready only once the broadcast consumer knows where 'latest' is: from then on no
-    promotion can slip past between start-up and the first fetch."""
-    # FastStream offers no event for "consumer assigned": poll it (start-up only).
-    while getattr(subscriber, "consumer", None) is None or not subscriber.consumer.assignment():  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
-    consumer = subscriber.consumer
-    for tp in list(consumer.assignment()):
-        await consumer.position(tp)
+async def ready_when_positioned(subscribers: list[Any], runtime: PredictorRuntime) -> None:
+    """Ready only once the broadcast consumers (promotions, rollout steps) know where
+    'latest' is: from then on no promotion or step can slip past between start-up and the
+    first fetch."""
+    await wait_positioned(subscribers)
     runtime.events_ready = True
 
 
-def follow_models(broker: KafkaBroker, runtime: PredictorRuntime, kafka: KafkaSettings) -> Any:
+def follow_models(
+    broker: KafkaBroker, runtime: PredictorRuntime, kafka: KafkaSettings
+) -> list[Any]:
     """The broadcast subscribers every predictor process has (HTTP and stream worker alike):
     promotions hot-swap the model, rollout steps load or drop a candidate (a failed load is
-    reported on model.health.v1). Returns the promotions subscriber, whose position gates
-    readiness."""
+    reported on model.health.v1). Returns both subscribers, whose positions gate readiness."""
     promotions = subscribe(
         broker, "model.promoted.v1", group_id=None, settings=kafka, auto_offset_reset="latest"
     )
@@ -117,16 +115,18 @@ def follow_models(broker: KafkaBroker, runtime: PredictorRuntime, kafka: KafkaSe
     async def model_promoted(event: ModelPromoted) -> None:
         await handlers.on_model_promoted(event, runtime)
 
-    @subscribe(
+    rollouts = subscribe(
         broker, "model.rollout.v1", group_id=None, settings=kafka, auto_offset_reset="latest"
     )
+
+    @rollouts
     async def model_rollout(event: ModelRollout) -> None:
         async def report(health: ModelHealth) -> None:
             await publish(broker, health)
 
         await handlers.on_model_rollout(event, runtime, report)
 
-    return promotions
+    return [promotions, rollouts]
 
 
 def build_app(
@@ -136,10 +136,10 @@ def build_app(
     kafka = kafka or KafkaSettings()
     broker = create_broker(SERVICE, kafka)
     runtime = PredictorRuntime(settings, store_url=StoreSettings().url)
-    runtime.events_ready = False  # until the promotion consumer is positioned
+    runtime.events_ready = False  # until the broadcast consumers are positioned
     background: set[asyncio.Task[Any]] = set()
 
-    promotions = follow_models(broker, runtime, kafka)
+    followed = follow_models(broker, runtime, kafka)
 
     def log_prediction(
         model: LoadedModel,
@@ -173,7 +173,7 @@ def build_app(
         prediction_log.start()
 
         async def positioned() -> None:
-            await wait_positioned(promotions, runtime)
+            await ready_when_positioned(followed, runtime)
 
         task = asyncio.get_running_loop().create_task(positioned())
         background.add(task)

@@ -57,7 +57,7 @@ from libs.service import create_app
 from libs.storage import StoreSettings
 from libs.telemetry import metrics as mesh_metrics
 from services.predictor import metrics, streaming
-from services.predictor.app import follow_models, wait_positioned
+from services.predictor.app import follow_models, ready_when_positioned
 from services.predictor.prediction_log import PredictionLog, prediction_logged
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
@@ -515,14 +515,14 @@ def build_stream_app(
     worker = StreamWorker(runtime, broker, settings, kafka)
     background: set[asyncio.Task[Any]] = set()
 
-    promotions = follow_models(broker, runtime, kafka)
+    followed = follow_models(broker, runtime, kafka)
 
     async def on_startup(app: FastAPI) -> None:
         torch.set_num_threads(settings.torch_threads)
         runtime.start()
         worker.shadow.start()
         worker.start()
-        task = asyncio.get_running_loop().create_task(wait_positioned(promotions, runtime))
+        task = asyncio.get_running_loop().create_task(ready_when_positioned(followed, runtime))
         background.add(task)
         task.add_done_callback(background.discard)
 
