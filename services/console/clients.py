@@ -168,6 +168,12 @@ class MeshClient:
         result: list[dict[str, Any]] = await self.get("registry", "/models")
         return result
 
+    async def model(self, name: str) -> dict[str, Any]:
+        """One model's ``{model_name, latest_version, aliases, history}`` (each alias's
+        moves, newest first)."""
+        result: dict[str, Any] = await self.get("registry", f"/models/{name}")
+        return result
+
     async def versions(self, name: str, *, limit: int, offset: int) -> dict[str, Any]:
         result: dict[str, Any] = await self.get(
             "registry", f"/models/{name}/versions", limit=limit, offset=offset
@@ -176,15 +182,6 @@ class MeshClient:
 
     async def version(self, name: str, version: int) -> dict[str, Any]:
         result: dict[str, Any] = await self.get("registry", f"/models/{name}/versions/{version}")
-        return result
-
-    async def alias_history(self, name: str, alias: str) -> list[dict[str, Any]]:
-        try:
-            result: list[dict[str, Any]] = await self.get(
-                "registry", f"/models/{name}/aliases/{alias}/history"
-            )
-        except NotFound:
-            return []
         return result
 
     async def datasets(self) -> list[dict[str, Any]]:

@@ -181,28 +181,23 @@ async def model(
     request: Request, name: Name, offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0
 ) -> HTMLResponse:
     client = _client(request)
-    versions, all_models, production, staging, monitor, rollouts = await asyncio.gather(
+    versions, summary, monitor, rollouts = await asyncio.gather(
         client.versions(name, limit=VERSIONS_PER_PAGE, offset=offset),
-        client.models(),
-        client.alias_history(name, "production"),
-        client.alias_history(name, "staging"),
+        client.model(name),
         client.optional("monitor", "/models", model=name),
         client.optional("registry", f"/models/{name}/rollouts"),
     )
     rollouts = rollouts if isinstance(rollouts, list) else []
     current = rollouts[0] if rollouts else None
     evidence = current["steps"][-1]["evidence"] if current and current.get("steps") else {}
-    aliases: dict[str, int] = next(
-        (m["aliases"] for m in all_models if m["model_name"] == name), {}
-    )
     return page(
         request,
         "model.html",
         name=name,
         versions=versions["items"],
         pager=viewmodels.pages(versions["total"], VERSIONS_PER_PAGE, offset),
-        aliases=aliases,
-        history={"production": production, "staging": staging},
+        aliases=summary["aliases"],
+        history={a: summary["history"].get(a, []) for a in ("production", "staging")},
         monitor=(monitor or {}).get("windows") if isinstance(monitor, dict) else None,
         rollout=current,
         rollouts=rollouts[:10],

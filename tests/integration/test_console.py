@@ -195,6 +195,11 @@ def test_actions_need_a_login_and_a_csrf_token_and_show_their_reason(mesh: Mesh)
         assert "rolled back to version 2" in back.text
         history = httpx.get(f"{mesh.registry}/models/{m}/aliases/production/history").json()
         assert [h["actor"] for h in history[:2]] == ["console", "console"]
+        shown = http.get(f"/models/{m}").text  # the page shows both moves, and the holder
+        moves = shown.split('id="history-production"')[1].split("</table>")[0]
+        assert moves.count("<tr><td>") == len(history) and "<td>console</td>" in moves
+        aliases = shown.split('id="aliases"')[1].split("</table>")[0]
+        assert f'<th>production</th><td><a href="/models/{m}/versions/2">v2</a>' in aliases
         # a session signed by another console (or expired) is stale: log in again
         http.cookies.set("lmesh_console", "tampered.value.sig")
         stale = http.post(f"/models/{m}/promote", data={"version": 1, "csrf": csrf})

@@ -70,6 +70,15 @@ def test_list_get_paginate_and_lineage(registry: Registry, model: str) -> None:
             "latest_version": 3,
             "aliases": {"production": 2, "staging": 3},
         }
+        detail = http.get(f"/models/{model}").json()
+        assert detail == {
+            **models[model],
+            "history": {
+                alias: http.get(f"/models/{model}/aliases/{alias}/history").json()
+                for alias in ("production", "staging")
+            },
+        }
+        assert detail["history"]["production"][0]["version"] == 2
         page = http.get(f"/models/{model}/versions", params={"limit": 2, "offset": 0}).json()
         assert page["total"] == 3 and [v["version"] for v in page["items"]] == [3, 2]
         rest = http.get(f"/models/{model}/versions", params={"limit": 2, "offset": 2}).json()
@@ -101,6 +110,7 @@ def test_unknown_things_are_404_with_a_message(registry: Registry, model: str) -
     registry.seed(model, [0.5])
     with httpx.Client(base_url=registry.url, headers=AUTH) as http:
         for path in (
+            "/models/nope-nope",
             "/models/nope-nope/versions",
             f"/models/{model}/versions/7",
             f"/models/{model}/versions/7/lineage",

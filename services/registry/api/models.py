@@ -14,6 +14,7 @@ from services.registry.errors import NotFound
 from services.registry.rollout_tables import VersionLineage
 from services.registry.tables import (
     MAX_VERSION,
+    AliasHistoryPublic,
     ModelSummary,
     ModelVersionPublic,
     ModelVersionsPublic,
@@ -27,6 +28,26 @@ _404: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown model or 
 def list_models(session: SessionDep) -> list[ModelSummary]:
     """Every registered model with its latest version and aliases."""
     return queries.list_models(session)
+
+
+class ModelDetail(ModelSummary):
+    """One model: its entry of ``GET /models`` and every move of each of its aliases."""
+
+    history: dict[str, list[AliasHistoryPublic]]
+
+
+@router.get("/{name}", response_model=ModelDetail, responses=_404)
+def get_model(session: SessionDep, name: ModelName) -> ModelDetail:
+    """One model with its latest version, its aliases and each alias's history (newest
+    first, as ``GET /models/{name}/aliases/{alias}/history``): a model page in one read."""
+    model = queries._model(session, name)
+    aliases = queries._aliases(session, name)
+    return ModelDetail(
+        model_name=model.name,
+        latest_version=model.latest_version,
+        aliases=aliases,
+        history={a: queries.alias_history(session, name, a) for a in aliases},
+    )
 
 
 @router.get("/{name}/versions", response_model=ModelVersionsPublic, responses=_404)
