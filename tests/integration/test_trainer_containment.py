@@ -23,11 +23,12 @@ from libs.messaging import KafkaSettings
 from libs.storage import open_store
 from services.trainer.app import build_app
 from services.trainer.settings import TrainerSettings
-from tests.integration.test_trainer_workers import Worker, job, partition_of, send
+from tests.integration.test_trainer_workers import Worker, job
 from tests.support.kafka import TopicReader
 from tests.support.polling import wait_for
 from tests.support.servers import serve_app
 from tests.support.trainer_data import prepared_dataset
+from tests.support.training_requests import partition_of, request_training
 
 pytestmark = pytest.mark.kafka
 
@@ -67,7 +68,7 @@ async def test_a_request_that_killed_its_worker_twice_is_answered_and_the_partit
             for attempt, name in enumerate(("worker-1", "worker-2"), start=1):
                 worker = start(name)
                 if attempt == 1:
-                    await send(kafka_bootstrap, poison, nxt)
+                    await request_training(kafka_bootstrap, poison, nxt)
                 await reader.wait_for(
                     lambda m, n=name: (
                         m["_topic"] == "training.progress.v1"
@@ -120,7 +121,7 @@ async def test_a_model_too_big_for_the_worker_is_refused_and_the_worker_trains_t
             what="the worker to hold all four partitions",
         )
         async with TopicReader(kafka_bootstrap, *RESULTS) as reader:
-            await send(kafka_bootstrap, huge, normal)
+            await request_training(kafka_bootstrap, huge, normal)
             refused = await reader.wait_for(answer_of(huge.run_id), timeout=60)
             done = await reader.wait_for(answer_of(normal.run_id), timeout=90)
         assert refused["_topic"] == "training.failed.v1"  # type: ignore[index]
