@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "MODEL_HEALTH_SERIES",
     "NAME_MAX_LENGTH",
     "NAME_PATTERN",
     "NAME_SCHEMA",
@@ -548,6 +549,21 @@ class ModelHealth(Event):
 
 
 RolloutStep = Literal["shadow", "canary", "promoted", "aborted"]
+
+
+#: The figures of a model.health.v1 that make a time series per version (the monitor's
+#: GET /history columns besides the window's end and ``drifting``; the console's charts)
+MODEL_HEALTH_SERIES = (
+    "count",
+    "labelled",
+    "compared",
+    "input_drift",
+    "prediction_drift",
+    "accuracy",
+    "error_rate",
+    "latency_ms_p99",
+    "agreement",
+)
 
 
 class RolloutEvidence(Contract):

@@ -6,6 +6,8 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from contracts.events import MODEL_HEALTH_SERIES
+
 
 def pages(total: int, limit: int, offset: int) -> dict[str, Any]:
     """Pagination facts for a list of ``total`` rows shown ``limit`` at a time."""
@@ -126,17 +128,7 @@ def evidence_bars(evidence: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 #: What a health chart plots of a model.health.v1 (the monitor's history or the topic)
-HEALTH_FIELDS = (
-    "count",
-    "labelled",
-    "compared",
-    "input_drift",
-    "prediction_drift",
-    "accuracy",
-    "error_rate",
-    "latency_ms_p99",
-    "agreement",
-)
+HEALTH_FIELDS = MODEL_HEALTH_SERIES
 #: Versions with a chart of their own on a model page (the newest with history)
 HEALTH_CHARTS = 8
 

@@ -13,6 +13,7 @@ from faststream import AckPolicy
 from pydantic import BaseModel, Field
 
 from contracts.events import (
+    MODEL_HEALTH_SERIES,
     NAME_SCHEMA,
     DatasetPrepared,
     InferenceCompleted,
@@ -55,18 +56,7 @@ class WindowsPublic(BaseModel):
 
 
 #: What a chart plots of each published model.health.v1, besides its window's end
-HISTORY_FIELDS = (
-    "count",
-    "labelled",
-    "compared",
-    "input_drift",
-    "prediction_drift",
-    "accuracy",
-    "error_rate",
-    "latency_ms_p99",
-    "agreement",
-    "drifting",
-)
+HISTORY_FIELDS = (*MODEL_HEALTH_SERIES, "drifting")
 
 
 class VersionHistory(BaseModel):
