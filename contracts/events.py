@@ -31,6 +31,7 @@ __all__ = [
     "InferenceCompleted",
     "InferenceRequested",
     "InferenceTensor",
+    "LoggedColumns",
     "LoggedRequest",
     "ModelHealth",
     "ModelPromoted",
@@ -364,11 +365,86 @@ class LoggedRequest(Contract):
     error: str | None = Field(default=None, max_length=1000)
 
 
+class LoggedColumns(Contract):
+    """More requests of a :class:`PredictionLogged`, as columns: one entry per request in
+    ``request_ids``, ``rows`` and ``latency_ms``; the predicted classes (and, for shadow
+    answers, the champion's) of all their rows one after another, and the input summaries
+    likewise, in request order. The same model version, source and role as the event's
+    own request; requests that failed are logged in events of their own (``error``).
+
+    A column costs the producer and the consumer one array, where a request object costs
+    them some microseconds of Python each: this is how the HTTP predictor logs every
+    request (hundreds per event) at a small share of its own CPU."""
+
+    request_ids: list[str]
+    rows: list[Annotated[int, Field(ge=0)]] = Field(description="Predicted rows per request")
+    predictions: list[int] = Field(description="Predicted class per row, all requests' rows")
+    latency_ms: list[float] = Field(description="Per request")
+    summary_rows: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None,
+        description="Per request: how many of input_summary's rows are its own (0: none; "
+        "at most its predicted rows, at least one where it has any)",
+    )
+    input_summary: list[list[float]] | None = Field(
+        default=None,
+        description="As PredictionLogged.input_summary, every request's rows in request order",
+    )
+    champion_predictions: list[int] | None = Field(
+        default=None, description="shadow: the champion's predicted class per row (agreement)"
+    )
+
+    @model_validator(mode="after")
+    def _aligned(self) -> LoggedColumns:
+        n = len(self.request_ids)
+        if len(self.rows) != n or len(self.latency_ms) != n:
+            raise ValueError("request_ids, rows and latency_ms must have one entry per request")
+        if sum(self.rows) != len(self.predictions):
+            raise ValueError("predictions must hold sum(rows) classes")
+        if self.champion_predictions is not None and len(self.champion_predictions) != len(
+            self.predictions
+        ):
+            raise ValueError("champion_predictions must have one class per predicted row")
+        if (self.summary_rows is None) != (self.input_summary is None):
+            raise ValueError("summary_rows and input_summary come together")
+        if self.summary_rows is not None and self.input_summary is not None:
+            if len(self.summary_rows) != n:
+                raise ValueError("summary_rows must have one entry per request")
+            if sum(self.summary_rows) != len(self.input_summary):
+                raise ValueError("input_summary must hold sum(summary_rows) rows")
+            if any(s > max(r, 1) for s, r in zip(self.summary_rows, self.rows, strict=True)):
+                raise ValueError("a request has more summary rows than predicted rows")
+        return self
+
+    def logged_requests(self) -> list[LoggedRequest]:
+        """The same requests as objects (for readers that go request by request)."""
+        out: list[LoggedRequest] = []
+        row = summary = 0
+        for i, request_id in enumerate(self.request_ids):
+            n = self.rows[i]
+            s = self.summary_rows[i] if self.summary_rows is not None else 0
+            out.append(
+                LoggedRequest(
+                    request_id=request_id,
+                    predictions=self.predictions[row : row + n],
+                    latency_ms=self.latency_ms[i],
+                    input_summary=(
+                        self.input_summary[summary : summary + s]
+                        if self.input_summary is not None and s
+                        else None
+                    ),
+                )
+            )
+            row += n
+            summary += s
+        return out
+
+
 class PredictionLogged(Event):
     """Sampled predictions: one request (one or more rows) in the fields below, and the
-    requests logged together with it in ``more_requests`` (the HTTP predictor sends one
-    event per batch of logged requests of one model version, so that logging every
-    prediction costs one Kafka message per batch, not per request). Key: model_name."""
+    requests logged together with it in ``columns`` (or, from older producers,
+    ``more_requests``): the HTTP predictor sends one event per batch of logged requests of
+    one model version and role, so that logging every prediction costs one Kafka message
+    per batch, not per request. Key: model_name."""
 
     model_name: Name
     version: int
@@ -402,15 +478,28 @@ class PredictionLogged(Event):
     )
     more_requests: list[LoggedRequest] = Field(
         default_factory=list,
-        description="Further requests logged in this event: same model_name, version, source "
-        "and role (never shadow), each with its own request_id, predictions, latency_ms, "
-        "input_summary and error. Empty: the event is one request. A consumer that predates "
-        "this field sees the first request only",
+        description="Further requests logged in this event, one object each: same "
+        "model_name, version, source and role (never shadow), each with its own request_id, "
+        "predictions, latency_ms, input_summary and error. Producers now send columns "
+        "instead; consumers read both. A consumer that predates this field sees the first "
+        "request only",
+    )
+    columns: LoggedColumns | None = Field(
+        default=None,
+        description="Further requests logged in this event, as columns (after more_requests "
+        "when both are present): what the HTTP predictor sends, hundreds of requests per "
+        "event. For shadow answers they carry the champion's classes too (champion_version "
+        "is the event's). A consumer that predates this field sees the first request only",
     )
 
     def requests(self) -> list[PredictionLogged | LoggedRequest]:
-        """Every request in the event, its own first."""
-        return [self, *self.more_requests]
+        """Every request in the event, its own first (objects: for readers that go request
+        by request; the monitor reads the columns as arrays)."""
+        more = self.columns.logged_requests() if self.columns is not None else []
+        return [self, *self.more_requests, *more]
+
+    def request_count(self) -> int:
+        return 1 + len(self.more_requests) + (len(self.columns.request_ids) if self.columns else 0)
 
 
 #: Open Inference Protocol tensor datatypes (BYTES: UTF-8 strings, e.g. a label's name).

@@ -42,19 +42,15 @@ async def on_dataset_prepared(event: DatasetPrepared, rt: MonitorRuntime) -> Non
 
 
 async def on_prediction_logged(event: PredictionLogged, rt: MonitorRuntime) -> None:
-    rt.monitor.observe_logged(event, time.time())
+    rows = rt.monitor.observe_logged(event, time.time())
     if event.source != "stream":
-        rows = sum(len(r.predictions) for r in event.requests())
         metrics.ROWS.labels(event.model_name, str(event.version)).inc(rows)
     await rt.publish_evaluations(rt.monitor.evaluate_due(time.time()))
 
 
 async def on_inference_completed(event: InferenceCompleted, rt: MonitorRuntime) -> None:
-    rt.monitor.observe_completed(event, time.time())
-    window = rt.monitor.windows[(event.model_name, event.model_version)]
-    metrics.ROWS.labels(event.model_name, str(event.model_version)).inc(
-        len(window.requests[-1].labels)
-    )
+    rows = rt.monitor.observe_completed(event, time.time())
+    metrics.ROWS.labels(event.model_name, str(event.model_version)).inc(rows)
     await rt.publish_evaluations(rt.monitor.evaluate_due(time.time()))
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -87,12 +87,76 @@ class VersionInfo:
     note: str | None = None  # why there is no reference, when there is none
 
 
+def _leading(counts: np.ndarray, excess: int) -> int:
+    """How many leading requests (``counts`` rows each) can leave a window that holds
+    ``excess`` rows more than it needs, requests kept whole."""
+    return int(np.searchsorted(np.cumsum(counts), excess, side="right"))
+
+
 @dataclass
-class _Requests:
+class _Answers:
+    """Consecutive requests a window received at one time: per request its predicted rows
+    (``counts``), latency and error flag; the predicted classes of all its rows."""
+
     at: float
+    counts: np.ndarray
     labels: np.ndarray
-    latency_ms: float
-    error: bool
+    latency_ms: np.ndarray
+    errors: np.ndarray
+
+    def without_first(self, k: int, rows: int) -> _Answers:
+        return _Answers(
+            self.at, self.counts[k:], self.labels[rows:], self.latency_ms[k:], self.errors[k:]
+        )
+
+
+@dataclass
+class _Inputs:
+    """Consecutive requests' input summaries (``counts`` rows each, all their rows)."""
+
+    at: float
+    counts: np.ndarray
+    summaries: np.ndarray
+
+    def without_first(self, k: int, rows: int) -> _Inputs:
+        return _Inputs(self.at, self.counts[k:], self.summaries[rows:])
+
+
+C = TypeVar("C", _Answers, _Inputs)
+
+
+@dataclass
+class _Sliding(Generic[C]):
+    """The most recent ``size`` rows of whole requests, in chunks: the oldest request
+    leaves once the rest still fill the window (and the newest one always stays)."""
+
+    chunks: deque[C] = field(default_factory=deque)
+    rows: int = 0
+    requests: int = 0
+
+    def add(self, chunk: C, rows: int, size: int) -> None:
+        self.chunks.append(chunk)
+        self.rows += rows
+        self.requests += len(chunk.counts)
+        while self.requests > 1 and self.rows >= size:
+            first = self.chunks[0]
+            k = min(_leading(first.counts, self.rows - size), self.requests - 1)
+            if k == 0:
+                return
+            dropped = int(first.counts[:k].sum())
+            if k == len(first.counts):
+                self.chunks.popleft()
+            else:
+                self.chunks[0] = first.without_first(k, dropped)
+            self.rows -= dropped
+            self.requests -= k
+
+    def first_at(self) -> float | None:
+        return self.chunks[0].at if self.chunks else None
+
+
+def _one(value: float, error: bool) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([value], dtype=np.float64), np.array([error])
 
 
 @dataclass
@@ -101,10 +165,8 @@ class VersionWindow:
     version: int
     config: WindowConfig
     info: VersionInfo = field(default_factory=VersionInfo)
-    requests: deque[_Requests] = field(default_factory=deque)
-    rows: int = 0
-    inputs: deque[tuple[float, np.ndarray]] = field(default_factory=deque)
-    input_rows: int = 0
+    answers: _Sliding[_Answers] = field(default_factory=_Sliding)
+    inputs: _Sliding[_Inputs] = field(default_factory=_Sliding)
     labelled: deque[bool] = field(default_factory=deque)
     #: shadow rows: did this version agree with the champion's answer (rollouts)
     agreed: deque[bool] = field(default_factory=deque)
@@ -116,22 +178,50 @@ class VersionWindow:
     total_rows: int = 0
     last_health: ModelHealth | None = None
 
-    def add(self, at: float, labels: np.ndarray, latency_ms: float, error: bool) -> None:
-        n = len(labels)
-        self.requests.append(_Requests(at, labels, latency_ms, error))
-        self.rows += n
-        self.total_rows += n
-        self.since_evaluation += max(n, 1)
-        while (
-            len(self.requests) > 1 and self.rows - len(self.requests[0].labels) >= self.config.size
-        ):
-            self.rows -= len(self.requests.popleft().labels)
+    def __post_init__(self) -> None:
+        #: this window's key in the monitor's maps: one tuple, not one per request
+        self.key = (self.model_name, self.version)
 
-    def add_inputs(self, at: float, summaries: np.ndarray) -> None:
-        self.inputs.append((at, summaries))
-        self.input_rows += len(summaries)
-        while len(self.inputs) > 1 and self.input_rows - len(self.inputs[0][1]) >= self.config.size:
-            self.input_rows -= len(self.inputs.popleft()[1])
+    @property
+    def rows(self) -> int:
+        return self.answers.rows
+
+    @property
+    def request_count(self) -> int:
+        return self.answers.requests
+
+    @property
+    def input_rows(self) -> int:
+        return self.inputs.rows
+
+    def add(self, at: float, labels: np.ndarray, latency_ms: float, error: bool) -> None:
+        """One request's answer."""
+        latency, errors = _one(latency_ms, error)
+        self.add_many(at, np.array([len(labels)], dtype=np.int64), labels, latency, errors)
+
+    def add_many(
+        self,
+        at: float,
+        counts: np.ndarray,
+        labels: np.ndarray,
+        latency_ms: np.ndarray,
+        errors: np.ndarray,
+    ) -> None:
+        """Consecutive requests' answers (``counts`` predicted rows each, ``labels`` all
+        their rows)."""
+        n = len(labels)
+        self.answers.add(_Answers(at, counts, labels, latency_ms, errors), n, self.config.size)
+        self.total_rows += n
+        self.since_evaluation += int(np.maximum(counts, 1).sum())
+
+    def add_inputs(
+        self, at: float, summaries: np.ndarray, counts: np.ndarray | None = None
+    ) -> None:
+        """Input summaries: of one request, or of consecutive requests (``counts`` rows
+        each)."""
+        if counts is None:
+            counts = np.array([len(summaries)], dtype=np.int64)
+        self.inputs.add(_Inputs(at, counts, summaries), len(summaries), self.config.size)
 
     def fits(self, summaries: np.ndarray, predictions: int) -> bool:
         """At most one summary per predicted row, as many columns as the reference (or as
@@ -140,14 +230,15 @@ class VersionWindow:
             return False
         if self.info.reference is not None:
             width = len(self.info.reference.edges)
-        elif self.inputs:
-            width = self.inputs[0][1].shape[1]
+        elif self.inputs.chunks:
+            width = self.inputs.chunks[0].summaries.shape[1]
         else:
             width = summaries.shape[1]
         return summaries.shape[1] == width and bool(np.isfinite(summaries).all())
 
-    def add_agreement(self, mine: list[int], champion: list[int]) -> None:
-        self.agreed.extend(a == b for a, b in zip(mine, champion, strict=False))
+    def add_agreement(self, mine: np.ndarray, champion: np.ndarray) -> None:
+        n = min(len(mine), len(champion))
+        self.agreed.extend((mine[:n] == champion[:n]).tolist())
         while len(self.agreed) > self.config.size:
             self.agreed.popleft()
 
@@ -173,7 +264,7 @@ class VersionWindow:
         if self.input_rows < self.config.min_rows:
             return None, {}, f"{self.input_rows} rows with inputs (< {self.config.min_rows})"
         width = len(ref.edges)
-        parts = [s for _, s in self.inputs if s.shape[1] == width]
+        parts = [c.summaries for c in self.inputs.chunks if c.summaries.shape[1] == width]
         if sum(len(s) for s in parts) < self.config.min_rows:  # logged before the reference
             return None, {}, "too few rows with inputs of the reference's width"
         summaries = np.concatenate(parts)
@@ -189,7 +280,7 @@ class VersionWindow:
             expected = self.info.reference.class_prior
         if not expected or sum(expected) <= 0 or self.rows < self.config.min_rows:
             return None
-        labels = np.concatenate([r.labels for r in self.requests])
+        labels = np.concatenate([c.labels for c in self.answers.chunks])
         return class_psi(expected, labels)
 
     def evaluate(self, now: float) -> tuple[ModelHealth, DataDrift | None]:
@@ -201,16 +292,17 @@ class VersionWindow:
         if why:
             notes.append(why)
         raised = self._hysteresis(score, notes)
-        latencies = np.array([r.latency_ms for r in self.requests if not r.error])
+        chunks = self.answers.chunks
+        latencies = (
+            np.concatenate([c.latency_ms[~c.errors] for c in chunks]) if chunks else np.empty(0)
+        )
         p50 = p95 = p99 = None
         if len(latencies):
             p50, p95, p99 = (round(float(v), 3) for v in np.percentile(latencies, [50, 95, 99]))
-        errors = sum(1 for r in self.requests if r.error)
-        starts = [now]
-        if self.requests:
-            starts.append(self.requests[0].at)
-        if self.inputs:
-            starts.append(self.inputs[0][0])
+        errors = sum(int(c.errors.sum()) for c in chunks)
+        requests = self.answers.requests
+        firsts = (self.answers.first_at(), self.inputs.first_at())
+        starts = [now, *(t for t in firsts if t is not None)]
         window_start = _utc(min(starts))
         pdrift = self.prediction_drift()
         health = ModelHealth(
@@ -219,7 +311,7 @@ class VersionWindow:
             window_start=window_start,
             window_end=_utc(now),
             count=self.rows,
-            requests=len(self.requests),
+            requests=requests,
             input_drift=round(score, 6) if score is not None else None,
             input_drift_groups=groups,
             prediction_drift=round(pdrift, 6) if pdrift is not None else None,
@@ -228,7 +320,7 @@ class VersionWindow:
             latency_ms_p50=p50,
             latency_ms_p95=p95,
             latency_ms_p99=p99,
-            error_rate=round(errors / len(self.requests), 6) if self.requests else 0.0,
+            error_rate=round(errors / requests, 6) if requests else 0.0,
             drifting=self.drifting,
             notes=notes,
             agreement=round(sum(self.agreed) / len(self.agreed), 6) if self.agreed else None,
@@ -286,8 +378,73 @@ def predicted_labels(event: InferenceCompleted) -> np.ndarray | None:
     return None
 
 
+@dataclass
+class _Logged:
+    """A prediction.logged.v1's requests (its own, ``more_requests``, ``columns``) as
+    columns: per request its id, predicted rows, latency, error flag and summary rows; the
+    predicted classes (and a shadow's champion classes) and the summary rows of all."""
+
+    request_ids: list[str]
+    counts: np.ndarray
+    labels: np.ndarray
+    latency_ms: np.ndarray
+    errors: np.ndarray
+    summary_counts: np.ndarray
+    summaries: list[list[float]]
+    champion: np.ndarray | None
+
+    @classmethod
+    def of(cls, event: PredictionLogged) -> _Logged:
+        objects: list[PredictionLogged | LoggedRequest] = [event, *event.more_requests]
+        c = event.columns
+        ids = [r.request_id for r in objects]
+        predictions = [r.predictions for r in objects]
+        summaries: list[list[float]] = [row for r in objects for row in r.input_summary or ()]
+        summary_counts = [len(r.input_summary or ()) for r in objects]
+        latency = [r.latency_ms for r in objects]
+        counts = [len(p) for p in predictions]
+        champion: list[int] | None = event.champion_predictions
+        if c is not None:
+            ids += c.request_ids
+            predictions.append(c.predictions)
+            counts += c.rows
+            latency += c.latency_ms
+            if c.input_summary is not None and c.summary_rows is not None:
+                summaries += c.input_summary
+                summary_counts += c.summary_rows
+            else:
+                summary_counts += [0] * len(c.request_ids)
+            champion = (
+                champion + c.champion_predictions
+                if champion is not None and c.champion_predictions is not None
+                else None
+            )
+        labels = np.fromiter(
+            (label for p in predictions for label in p), dtype=np.int64, count=sum(counts)
+        )
+        errors = np.zeros(len(ids), dtype=bool)
+        errors[: len(objects)] = [r.error is not None for r in objects]
+        return cls(
+            ids,
+            np.asarray(counts, dtype=np.int64),
+            labels,
+            np.asarray(latency, dtype=np.float64),
+            errors,
+            np.asarray(summary_counts, dtype=np.int64),
+            summaries,
+            np.asarray(champion, dtype=np.int64) if champion is not None else None,
+        )
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    """Where each request's rows start, and (last) where they all end."""
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
 def _summaries(w: VersionWindow, rows: list[list[float]], predictions: int) -> np.ndarray | None:
-    """Input summaries as the window takes them; None when they do not fit it."""
+    """One request's input summaries as the window takes them; None when they do not fit."""
     try:
         summaries = np.asarray(rows, dtype=np.float32)
     except ValueError:  # ragged rows
@@ -303,14 +460,10 @@ def _credit(w: VersionWindow, labels: np.ndarray, row: int, label: int) -> None:
         w.add_label(int(labels[row]) == label)
 
 
-@dataclass(slots=True)
-class _Request:
-    """One request id: each version's predicted classes (a shadowed request has two: the
-    champion's and the candidate's), and the true labels its feedback gave, by row."""
-
-    answers: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
-    feedback: dict[int, int] = field(default_factory=dict)
-    rows: int = 0  # the longest answer's rows: feedback for a row past it is out of range
+#: A request id's answers: each version's predicted classes (a shadowed request has two:
+#: the champion's and the candidate's). Plain dicts of arrays: the garbage collector does
+#: not track them, which matters with 200,000 of them remembered.
+_Answered = dict[tuple[str, int], np.ndarray]
 
 
 class Monitor:
@@ -320,7 +473,9 @@ class Monitor:
         self.config = config
         self.windows: dict[tuple[str, int], VersionWindow] = {}
         self.infos: dict[tuple[str, int], VersionInfo] = {}
-        self._requests: OrderedDict[str, _Request] = OrderedDict()
+        self._requests: OrderedDict[str, _Answered] = OrderedDict()
+        #: the true labels feedback gave a remembered request id, by row
+        self._feedback: dict[str, dict[int, int]] = {}
         self._answers = 0  # entries in _requests' answers, what remembered_requests bounds
         self._pending: OrderedDict[tuple[str, int], tuple[float, int]] = OrderedDict()
         #: reason -> events ignored for it (the handlers turn these into metrics)
@@ -347,95 +502,124 @@ class Monitor:
 
     # ------------------------------------------------------------------ traffic
 
-    def observe_logged(self, event: PredictionLogged, now: float) -> None:
-        """Every request of the event (its own and ``more_requests``), in order. A window
-        that reaches ``step`` new rows part-way through an event is evaluated there (kept
-        for :meth:`evaluate_due`), as if the requests had come one event each."""
+    def observe_logged(self, event: PredictionLogged, now: float) -> int:
+        """Every request of the event (its own, ``more_requests`` and ``columns``), in
+        order, added to the window as arrays. A window that reaches ``step`` new rows
+        part-way through an event is evaluated there (kept for :meth:`evaluate_due`), as if
+        the requests had come one event each. Returns the event's predicted rows."""
         w = self.window(event.model_name, event.version)
-        requests = event.requests()
-        summaries = self._input_summaries(w, requests)
+        logged = _Logged.of(event)
+        summary_counts, summaries = self._input_summaries(w, logged)
+        rows, at_summary = _offsets(logged.counts), _offsets(summary_counts)
+        n = len(logged.request_ids)
         # stream answers are counted from inference.completed; shadow answers are not on it
         counted = event.source != "stream" or event.role == "shadow"
-        for i, (r, summary) in enumerate(zip(requests, summaries, strict=True)):
-            if counted:
-                labels = np.asarray(r.predictions, dtype=np.int64)
-                w.add(now, labels, r.latency_ms, r.error is not None)
-                self._remember(r.request_id, w, labels, now)
-            if summary is not None:
-                w.add_inputs(now, summary)
-            if i + 1 < len(requests) and w.since_evaluation >= w.config.step:
+        weights = np.maximum(logged.counts, 1)
+        start = 0
+        while start < n:
+            end = n
+            if counted:  # up to the request that completes a step, evaluated after it
+                room = w.config.step - w.since_evaluation
+                end = min(start + int(np.searchsorted(np.cumsum(weights[start:]), room)) + 1, n)
+                labels = logged.labels[rows[start] : rows[end]]
+                w.add_many(
+                    now,
+                    logged.counts[start:end],
+                    labels,
+                    logged.latency_ms[start:end],
+                    logged.errors[start:end],
+                )
+                for i in range(start, end):
+                    self._remember(logged.request_ids[i], w, logged.labels[rows[i] : rows[i + 1]])
+            if summaries is not None and at_summary[end] > at_summary[start]:
+                w.add_inputs(
+                    now,
+                    summaries[at_summary[start] : at_summary[end]],
+                    summary_counts[start:end],
+                )
+            if end < n:
                 self._evaluated.append(w.evaluate(now))
-        if event.role == "shadow" and event.champion_predictions is not None:
-            w.add_agreement(event.predictions, event.champion_predictions)
-        accepted = sum(s is not None for s in summaries)
+            start = end
+        if event.role == "shadow" and logged.champion is not None:
+            w.add_agreement(logged.labels, logged.champion)
+        accepted = int((summary_counts > 0).sum())
         if accepted and w.info.reference is None:
             self.count_ignored("no_reference", accepted)
+        return len(logged.labels)
 
     def _input_summaries(
-        self, w: VersionWindow, requests: list[PredictionLogged | LoggedRequest]
-    ) -> list[np.ndarray | None]:
-        """Per request, its input summaries as the window takes them (None: none, or
-        malformed, counted): all requests' in one array; request by request if that fails."""
-        out: list[np.ndarray | None] = [None] * len(requests)
-        carrying = [(i, r.input_summary) for i, r in enumerate(requests) if r.input_summary]
-        if not carrying:
-            return out
-        merged = _summaries(
-            w,
-            [row for _, rows in carrying for row in rows],
-            sum(len(requests[i].predictions) for i, _ in carrying),
-        )
-        if merged is not None and all(
-            len(rows) <= max(len(requests[i].predictions), 1) for i, rows in carrying
+        self, w: VersionWindow, logged: _Logged
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The summary rows the window takes, per request (0: none, or malformed, counted),
+        and all of them in one array: checked together; request by request if that fails."""
+        counts = logged.summary_counts
+        if not logged.summaries:
+            return counts, None
+        try:
+            merged = np.asarray(logged.summaries, dtype=np.float32)
+        except ValueError:  # ragged rows
+            merged = None
+        if (
+            merged is not None
+            and merged.ndim == 2
+            and bool((counts <= np.maximum(logged.counts, 1)).all())
+            and w.fits(merged, len(merged))
         ):
-            start = 0
-            for i, rows in carrying:  # per request (views): the window keeps requests whole
-                out[i] = merged[start : start + len(rows)]
-                start += len(rows)
-            return out
-        for i, rows in carrying:
-            out[i] = _summaries(w, rows, len(requests[i].predictions))
-            if out[i] is None:
+            return counts, merged
+        at = _offsets(counts)
+        kept: list[np.ndarray] = []
+        accepted = counts.copy()
+        for i in np.flatnonzero(counts):
+            one = _summaries(w, logged.summaries[at[i] : at[i + 1]], int(logged.counts[i]))
+            if one is None:
                 self.count_ignored("malformed_input_summary")
-        return out
+                accepted[i] = 0
+            else:
+                kept.append(one)
+        return accepted, (np.concatenate(kept) if kept else None)
 
-    def observe_completed(self, event: InferenceCompleted, now: float) -> None:
+    def observe_completed(self, event: InferenceCompleted, now: float) -> int:
+        """A stream answer; returns its predicted rows."""
         w = self.window(event.model_name, event.model_version)
         labels = predicted_labels(event)
         if labels is None:
             self.count_ignored("no_label_output")
             labels = np.empty(0, dtype=np.int64)
         w.add(now, labels, event.latency_ms, False)
-        self._remember(event.request_id, w, labels, now)
+        self._remember(event.request_id, w, labels)
+        return len(labels)
 
-    def _remember(self, request_id: str, w: VersionWindow, labels: np.ndarray, now: float) -> None:
+    def _remember(self, request_id: str, w: VersionWindow, labels: np.ndarray) -> None:
         """Remember a version's answer to a request id; feedback that came before it (for
         another version's answer, or waiting for any) credits it now."""
         if not request_id:
             return
-        req = self._requests.get(request_id)
-        if req is None:
-            req = self._requests[request_id] = _Request()
+        key = w.key
+        answers = self._requests.get(request_id)
+        if answers is None:
+            answers = self._requests[request_id] = {key: labels}
+            self._answers += 1
         else:
             self._requests.move_to_end(request_id)
-        key = (w.model_name, w.version)
-        if key not in req.answers:
-            self._answers += 1
-            for row, label in req.feedback.items():
-                _credit(w, labels, row, label)
-        req.answers[key] = labels  # the same version again (redelivered): no new credit
-        req.rows = max(req.rows, len(labels))
-        for row in range(len(labels)):
-            if (waiting := self._pending.pop((request_id, row), None)) is not None:
-                self._join(req, row, waiting[1])
+            if key not in answers:
+                self._answers += 1
+                for row, label in self._feedback.get(request_id, {}).items():
+                    _credit(w, labels, row, label)
+            answers[key] = labels  # the same version again (redelivered): no new credit
+        if self._pending:
+            for row in range(len(labels)):
+                if (waiting := self._pending.pop((request_id, row), None)) is not None:
+                    self._join(request_id, answers, row, waiting[1])
         while self._answers > self.config.remembered_requests and len(self._requests) > 1:
-            self._answers -= len(self._requests.popitem(last=False)[1].answers)
+            forgotten, old = self._requests.popitem(last=False)
+            self._answers -= len(old)
+            self._feedback.pop(forgotten, None)
 
     # ------------------------------------------------------------------ feedback
 
     def observe_feedback(self, event: PredictionFeedback, now: float) -> FeedbackOutcome:
-        req = self._requests.get(event.request_id)
-        if req is None:
+        answers = self._requests.get(event.request_id)
+        if answers is None:
             key = (event.request_id, event.row)
             if key in self._pending:
                 self.count_ignored("duplicate_feedback")
@@ -445,18 +629,19 @@ class Monitor:
                 self._pending.popitem(last=False)
                 self.count_ignored("unknown_request_id")
             return "pending"
-        if event.row >= req.rows:
+        # the longest answer's rows: feedback for a row past it is out of range
+        if event.row >= max(len(labels) for labels in answers.values()):
             self.count_ignored("feedback_row_out_of_range")
             return "out_of_range"
-        if event.row in req.feedback:  # a duplicate for every version that answered
-            self.count_ignored("duplicate_feedback")
+        if event.row in self._feedback.get(event.request_id, {}):
+            self.count_ignored("duplicate_feedback")  # a duplicate for every version
             return "duplicate"
-        self._join(req, event.row, event.label)
+        self._join(event.request_id, answers, event.row, event.label)
         return "joined"
 
-    def _join(self, req: _Request, row: int, label: int) -> None:
-        req.feedback[row] = label
-        for key, labels in req.answers.items():
+    def _join(self, request_id: str, answers: _Answered, row: int, label: int) -> None:
+        self._feedback.setdefault(request_id, {})[row] = label
+        for key, labels in answers.items():
             if (w := self.windows.get(key)) is not None:
                 _credit(w, labels, row, label)
 

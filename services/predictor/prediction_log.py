@@ -9,8 +9,9 @@ Two ways in:
 - :meth:`PredictionLog.add_prediction` only appends the answered request to the buffer (the
   HTTP hot path): the log's task later builds the events of everything that queued up at
   once (:func:`batch_logged`): the summaries of all their rows in one numpy call, and one
-  event per model version and role carrying many requests (``more_requests``), so that
-  logging every prediction costs one Kafka message per batch rather than per request.
+  event per model version and role carrying many requests as columns (``columns``: a few
+  arrays per event, not an object per request), so that logging every prediction costs one
+  Kafka message per batch rather than per request.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def prediction_logged(
 
 
 class Answered(NamedTuple):
-    """A request answered and waiting in the log to be built into an event."""
+    """A request answered and waiting in the log to be built into an event (shadow: the
+    candidate's answer, with the champion's classes for the monitor's agreement)."""
 
     model_name: str
     version: int
@@ -112,6 +114,8 @@ class Answered(NamedTuple):
     latency_ms: float
     rows: np.ndarray | None
     role: Role | None = None
+    champion_version: int | None = None
+    champion_labels: np.ndarray | None = None
 
 
 class SerializedEvent(NamedTuple):
@@ -125,17 +129,18 @@ class SerializedEvent(NamedTuple):
 def batch_serialized(
     answered: Sequence[Answered], source: Literal["http", "stream"] = "http"
 ) -> list[SerializedEvent]:
-    """The events of answered requests, serialized: one per model version and role (split
-    where an event would exceed :data:`MAX_EVENT_SUMMARY_ROWS` or
-    :data:`MAX_EVENT_PREDICTIONS`), in the order the requests came; the summaries of all
-    rows of one width in one numpy call, and numpy arrays written by orjson as they are
-    (no Python list, no pydantic model per request: the contract is held by the tests,
-    which decode these bytes with :class:`PredictionLogged`)."""
-    groups: dict[tuple[str, int, Role | None], list[Answered]] = {}
+    """The events of answered requests, serialized: one per model version and role (and,
+    for shadow answers, champion version), split where an event would exceed
+    :data:`MAX_EVENT_SUMMARY_ROWS` or :data:`MAX_EVENT_PREDICTIONS`, in the order the
+    requests came; the summaries of all rows of one width in one numpy call, and the
+    requests after each event's first as columns (``LoggedColumns``) written by orjson from
+    numpy arrays (no Python list, no pydantic model per request: the contract is held by
+    the tests, which decode these bytes with :class:`PredictionLogged`)."""
+    groups: dict[tuple[str, int, Role | None, int | None], list[Answered]] = {}
     for a in answered:
-        groups.setdefault((a.model_name, a.version, a.role), []).append(a)
+        groups.setdefault((a.model_name, a.version, a.role, a.champion_version), []).append(a)
     events: list[SerializedEvent] = []
-    for (model_name, version, role), members in groups.items():
+    for (model_name, version, role, champion_version), members in groups.items():
         summaries = _batch_summaries([_summarized_rows(a.rows) for a in members])
         chunk: list[tuple[Answered, np.ndarray | None]] = []
         summary_rows = predicted = 0
@@ -144,12 +149,14 @@ def batch_serialized(
             if chunk and (
                 summary_rows + s > MAX_EVENT_SUMMARY_ROWS or predicted + n > MAX_EVENT_PREDICTIONS
             ):
-                events.append(_serialized(model_name, version, role, source, chunk))
+                events.append(
+                    _serialized(model_name, version, role, champion_version, source, chunk)
+                )
                 chunk, summary_rows, predicted = [], 0, 0
             chunk.append((a, summary))
             summary_rows += s
             predicted += n
-        events.append(_serialized(model_name, version, role, source, chunk))
+        events.append(_serialized(model_name, version, role, champion_version, source, chunk))
     return events
 
 
@@ -184,6 +191,7 @@ def _serialized(
     model_name: str,
     version: int,
     role: Role | None,
+    champion_version: int | None,
     source: Literal["http", "stream"],
     chunk: list[tuple[Answered, np.ndarray | None]],
 ) -> SerializedEvent:
@@ -201,21 +209,45 @@ def _serialized(
         "input_summary": summary,
         "error": None,
         "role": role,
-        "champion_version": None,
-        "champion_predictions": None,
-        "more_requests": [
-            {
-                "request_id": a.request_id,
-                "predictions": np.ascontiguousarray(a.labels),
-                "latency_ms": round(a.latency_ms, 3),
-                "input_summary": s,
-                "error": None,
-            }
-            for a, s in rest
-        ],
+        "champion_version": champion_version,
+        "champion_predictions": (
+            np.ascontiguousarray(first.champion_labels)
+            if first.champion_labels is not None
+            else None
+        ),
+        "columns": _columns(rest) if rest else None,
     }
     value = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     return SerializedEvent(model_name.encode(), str(event_id), value)
+
+
+def _columns(rest: list[tuple[Answered, np.ndarray | None]]) -> dict[str, object]:
+    """``LoggedColumns`` of the requests after an event's first: a few arrays, whatever the
+    number of requests."""
+    labels = [np.asarray(a.labels, dtype=np.int64).reshape(-1) for a, _ in rest]
+    summaries = [s for _, s in rest if s is not None]
+    champion = [a.champion_labels for a, _ in rest]
+    return {
+        "request_ids": [a.request_id for a, _ in rest],
+        "rows": np.fromiter(map(len, labels), dtype=np.int64, count=len(rest)),
+        "predictions": np.concatenate(labels),
+        "latency_ms": np.fromiter(
+            (a.latency_ms for a, _ in rest), dtype=np.float64, count=len(rest)
+        ).round(3),
+        "summary_rows": (
+            np.fromiter(
+                (len(s) if s is not None else 0 for _, s in rest), dtype=np.int64, count=len(rest)
+            )
+            if summaries
+            else None
+        ),
+        "input_summary": np.concatenate(summaries) if summaries else None,
+        "champion_predictions": (
+            np.concatenate([np.asarray(c, dtype=np.int64).reshape(-1) for c in champion])
+            if all(c is not None for c in champion)
+            else None
+        ),
+    }
 
 
 def kafka_publisher(broker: KafkaBroker) -> Callable[[list[SerializedEvent]], Awaitable[None]]:

@@ -542,9 +542,10 @@ async def _health(stack: Stack, name: str, version: int) -> Any:
 async def test_a_batched_prediction_logged_counts_every_request_and_feedback_joins_each(
     stack: Stack, models: tuple[str, str, str]
 ) -> None:
-    """The HTTP predictor logs one event per batch of requests (more_requests): the monitor
-    counts every request's rows, and feedback joins a request that rode in more_requests."""
-    from services.predictor.prediction_log import Answered, batch_logged
+    """The HTTP predictor logs one event per batch of requests (the requests after the
+    first as columns): the monitor counts every request's rows, and feedback joins a
+    request that rode in the columns. The bytes are the predictor's own."""
+    from services.predictor.prediction_log import Answered, batch_serialized
 
     clean = models[0]
     x = fashion_like(9, seed=8)[0]
@@ -552,14 +553,15 @@ async def test_a_batched_prediction_logged_counts_every_request_and_feedback_joi
         Answered(clean, 98, f"batched-{i}", np.arange(n) % 10, 1.0, x[s : s + n])
         for i, (s, n) in enumerate([(0, 2), (2, 3), (5, 4)])
     ]
-    (event,) = batch_logged(answered)
-    assert len(event.more_requests) == 2
-    await produce(stack.bootstrap, "prediction.logged.v1", [_json(event)], key=clean.encode())
+    (serialized,) = batch_serialized(answered)
+    event = PredictionLogged.model_validate_json(serialized.value)
+    assert event.columns is not None and len(event.columns.request_ids) == 2
+    await produce(stack.bootstrap, "prediction.logged.v1", [serialized.value], key=clean.encode())
     window = await eventually(
         lambda: _window(stack, clean, 98), timeout=60, interval=0.3, what="batched event seen"
     )
     assert window["total_rows"] == 9  # one event, all three requests
-    third = event.more_requests[1]
+    third = event.requests()[2]
     feedback = PredictionFeedback(request_id=third.request_id, label=third.predictions[3], row=3)
     await produce(stack.bootstrap, "prediction.feedback.v1", [_json(feedback)])
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from contracts.events import (
     InferenceCompleted,
     InferenceTensor,
+    LoggedColumns,
     LoggedRequest,
     PredictionFeedback,
     PredictionLineage,
@@ -186,7 +189,22 @@ def batched(events: list[PredictionLogged]) -> PredictionLogged:
     return first.model_copy(update={"more_requests": more})
 
 
-def test_a_batched_event_counts_as_its_requests_each_logged_alone() -> None:
+def columned(events: list[PredictionLogged]) -> PredictionLogged:
+    """The events as the HTTP predictor sends them now: the others as columns."""
+    first, rest = events[0], events[1:]
+    columns = LoggedColumns(
+        request_ids=[e.request_id for e in rest],
+        rows=[len(e.predictions) for e in rest],
+        predictions=[p for e in rest for p in e.predictions],
+        latency_ms=[e.latency_ms for e in rest],
+        summary_rows=[len(e.input_summary or ()) for e in rest],
+        input_summary=[row for e in rest for row in e.input_summary or ()],
+    )
+    return first.model_copy(update={"columns": columns})
+
+
+@pytest.mark.parametrize("batch", [batched, columned], ids=["more_requests", "columns"])
+def test_a_batched_event_counts_as_its_requests_each_logged_alone(batch: Any) -> None:
     rows = fashion_like(600, seed=3)[0]
     events = [
         logged(rows[i : i + 30], f"b{i}", latency_ms=float(i)) for i in range(0, len(rows), 30)
@@ -196,7 +214,7 @@ def test_a_batched_event_counts_as_its_requests_each_logged_alone() -> None:
     for e in events:
         alone.observe_logged(e, 1.0)
         evaluated += alone.evaluate_due(1.0)
-    together.observe_logged(batched(events), 1.0)
+    together.observe_logged(batch(events), 1.0)
 
     # evaluated every `step` rows part-way through the event, as the events one by one were
     def same(results: list) -> list:
@@ -204,7 +222,7 @@ def test_a_batched_event_counts_as_its_requests_each_logged_alone() -> None:
 
     assert same(together.evaluate_due(1.0)) == same(evaluated) and len(evaluated) == 2
     a, t = alone.windows[("m", 1)], together.windows[("m", 1)]
-    assert (t.rows, t.input_rows, len(t.requests)) == (a.rows, a.input_rows, len(a.requests))
+    assert (t.rows, t.input_rows, t.request_count) == (a.rows, a.input_rows, a.request_count)
     assert t.evaluate(2.0)[0].model_dump(exclude={"event_id", "occurred_at"}) == a.evaluate(2.0)[
         0
     ].model_dump(exclude={"event_id", "occurred_at"})
@@ -215,12 +233,13 @@ def test_a_batched_event_counts_as_its_requests_each_logged_alone() -> None:
     assert list(t.labelled) == [True]
 
 
-def test_one_malformed_summary_in_a_batch_spoils_only_its_request() -> None:
+@pytest.mark.parametrize("batch", [batched, columned], ids=["more_requests", "columns"])
+def test_one_malformed_summary_in_a_batch_spoils_only_its_request(batch: Any) -> None:
     m = monitor()
     rows = fashion_like(40, seed=4)[0]
     good = [logged(rows[i : i + 10], f"g{i}") for i in range(0, 40, 10)]
     bad = good[1].model_copy(update={"request_id": "bad", "input_summary": [[0.0] * 31]})
-    m.observe_logged(batched([good[0], bad, *good[2:]]), 1.0)
+    m.observe_logged(batch([good[0], bad, *good[2:]]), 1.0)
     w = m.windows[("m", 1)]
     assert m.ignored == {"malformed_input_summary": 1}
     assert w.rows == 40 and w.input_rows == 30
@@ -274,3 +293,46 @@ def test_stream_answers_count_once_and_their_inputs_come_from_logged_events() ->
         }
     )
     assert predicted_labels(probs).tolist() == [1, 0]  # type: ignore[union-attr]
+
+
+def test_columns_that_do_not_line_up_are_refused() -> None:
+    ok = {"request_ids": ["a", "b"], "rows": [1, 2], "predictions": [1, 2, 3], "latency_ms": [1, 2]}
+    LoggedColumns(**ok)  # type: ignore[arg-type]
+    bad = [
+        {"rows": [1]},
+        {"predictions": [1, 2]},
+        {"champion_predictions": [1]},
+        {"summary_rows": [1, 1]},
+        {"summary_rows": [1, 1], "input_summary": [[0.0]]},
+        {"summary_rows": [2, 0], "input_summary": [[0.0], [0.0]]},
+    ]
+    for change in bad:
+        with pytest.raises(ValueError):
+            LoggedColumns(**{**ok, **change})  # type: ignore[arg-type]
+
+
+def test_shadow_answers_in_columns_are_compared_with_the_champion_row_by_row() -> None:
+    m = monitor()
+    columns = LoggedColumns(
+        request_ids=["s2", "s3"],
+        rows=[1, 2],
+        predictions=[4, 5, 6],
+        latency_ms=[1.0, 1.0],
+        champion_predictions=[4, 0, 6],
+    )
+    event = PredictionLogged(
+        model_name="m",
+        version=2,
+        request_id="s1",
+        predictions=[7],
+        latency_ms=1.0,
+        role="shadow",
+        champion_version=1,
+        champion_predictions=[1],
+        columns=columns,
+    )
+    assert m.observe_logged(event, 1.0) == 4
+    w = m.windows[("m", 2)]
+    assert list(w.agreed) == [False, True, False, True] and w.rows == 4
+    assert m.observe_feedback(PredictionFeedback(request_id="s3", label=6, row=1), 2.0) == "joined"
+    assert list(w.labelled) == [True]
