@@ -69,6 +69,11 @@ SERVICE = "predictor-stream"
 DLQ_SERVICE = "predictor"  # dead letters go to predictor.dlq.v1
 PREFETCH_BATCHES = 2
 _TRACE_HEADERS = ("traceparent", "tracestate")
+#: every answer's headers (shared: the producer only reads them), before any trace headers
+_ANSWER_HEADERS: list[tuple[str, bytes]] = [
+    ("content-type", b"application/json"),
+    ("event-type", b"InferenceCompleted"),
+]
 
 
 #: key, value, headers of one answer
@@ -331,18 +336,21 @@ class StreamWorker:
         if not self._answer_partitions:
             self._answer_partitions = len(await self.producer.partitions_for(topic))
         sends: dict[int, _Send] = {}
-        offsets: dict[TopicPartition, int] = {}
         sample = self.settings.log_sample_rate
         latency_ms = (time.perf_counter() - fetched) * 1000
+        last: dict[tuple[str, int], int] = {}  # offset of each partition's last record
         for i, record in enumerate(records):
-            offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            last[record.topic, record.partition] = record.offset
             answer = answers.get(i)
             if answer is not None:
-                headers = [
-                    ("content-type", b"application/json"),
-                    ("event-type", b"InferenceCompleted"),
-                    *((k, v) for k, v in record.headers or () if k in _TRACE_HEADERS),
-                ]
+                headers = (
+                    [
+                        *_ANSWER_HEADERS,
+                        *((k, v) for k, v in record.headers if k in _TRACE_HEADERS),
+                    ]
+                    if record.headers
+                    else _ANSWER_HEADERS
+                )
                 partition = record.partition % self._answer_partitions
                 send = sends.get(partition)
                 if send is None:
@@ -353,6 +361,7 @@ class StreamWorker:
                     self._log_prediction(answer, latency_ms)
             elif (rejected := plan.rejected.get(i)) is not None:
                 await self._dead_letter(record, rejected)
+        offsets = {TopicPartition(*tp): offset + 1 for tp, offset in last.items()}
         for send in sends.values():
             await self._send(send)
         metrics.STREAM_REQUESTS.labels("completed").inc(len(answers))

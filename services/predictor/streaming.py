@@ -63,13 +63,18 @@ __all__ = [
 PRODUCTION = "production"
 #: a tensor parameter: its data is one base64 string of that many raw bytes (see decode)
 BINARY_DATA_SIZE = "binary_data_size"
-_BINARY_MARK = b'"binary_data_size"'
 _ALL_OUTPUTS = InferenceRequest(id=None, inputs=[], outputs=None)
 _UNUSED_EVENT_ID = "00000000-0000-4000-8000-000000000000"
 #: version 4 and RFC 4122 variant bits of a UUID, and the random bits around them
 _UUID_V4 = (0x4 << 76) | (0x2 << 62)
 _UUID_RANDOM = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
 _IINFO = {dt: np.iinfo(dt) for dt in DATATYPES.values() if dt.kind in "iu"}
+#: one past the largest value of each unsigned datatype narrower than 64 bits
+_UNSIGNED_END = {
+    dt: int(info.max) + 1 for dt, info in _IINFO.items() if dt.kind == "u" and dt.itemsize < 8
+}
+_MAX = np.maximum.reduce
+_UINT8 = np.dtype(np.uint8)
 
 #: fields that differ from record to record: checked one by one against the contract's own
 #: field definitions, the rest of the envelope (model, tensor name/datatype/shape...) once
@@ -104,19 +109,101 @@ class Rejected(Exception):
         self.kind = kind  # contract | oversized | signature | unknown-model | unknown-version
 
 
-@dataclass(slots=True)
-class StreamRequest:
-    request_id: str
+@dataclass(frozen=True, slots=True, eq=False)
+class _Kind:
+    """What every request of one envelope shares, worked out once per kind of envelope
+    (model, version, tensor name, datatype, shape, outputs) rather than per record."""
+
     model_name: str
     version: int | None
     alias: str
     input_name: str
     datatype: str
     shape: tuple[int, ...]
-    array: np.ndarray
+    dtype: np.dtype[Any]
+    count: int
+    #: the tensor's binary_data_size parameter; None: its data is JSON numbers
+    binary_size: Any
     outputs: list[str] | None
-    #: the request as the model's output helpers read it (which outputs are wanted)
     oip: InferenceRequest
+
+    @property
+    def simdjson_suits(self) -> bool:
+        """Whether simdjson reads its records quicker than orjson: numbers, except UINT8
+        ones (orjson's small ints go straight into a bytearray) and binary tensors."""
+        return self.binary_size is None and self.dtype != _UINT8
+
+
+def _kind(event: InferenceRequested) -> _Kind | Rejected:
+    """The envelope's kind, or why no request of it can be answered."""
+    if len(event.inputs) != 1:
+        return Rejected(
+            f"inputs: exactly one input tensor is supported, got {len(event.inputs)}", "signature"
+        )
+    tensor = event.inputs[0]
+    dtype = DATATYPES.get(tensor.datatype)
+    if dtype is None:
+        return Rejected(
+            f"inputs.0.datatype: {tensor.datatype} is not a numeric datatype", "signature"
+        )
+    shape = tuple(tensor.shape)
+    return _Kind(
+        model_name=event.model_name,
+        version=event.version,
+        alias=event.alias,
+        input_name=tensor.name,
+        datatype=tensor.datatype,
+        shape=shape,
+        dtype=dtype,
+        count=math.prod(shape),
+        binary_size=tensor.parameters.get(BINARY_DATA_SIZE) if tensor.parameters else None,
+        outputs=event.outputs,
+        oip=_ALL_OUTPUTS
+        if event.outputs is None
+        else InferenceRequest(id=None, inputs=[], outputs=dict.fromkeys(event.outputs, False)),
+    )
+
+
+@dataclass(slots=True)
+class StreamRequest:
+    """One decoded request: its id and input array, and its envelope's shared kind."""
+
+    request_id: str
+    array: np.ndarray
+    kind: _Kind
+
+    @property
+    def model_name(self) -> str:
+        return self.kind.model_name
+
+    @property
+    def version(self) -> int | None:
+        return self.kind.version
+
+    @property
+    def alias(self) -> str:
+        return self.kind.alias
+
+    @property
+    def input_name(self) -> str:
+        return self.kind.input_name
+
+    @property
+    def datatype(self) -> str:
+        return self.kind.datatype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.kind.shape
+
+    @property
+    def outputs(self) -> list[str] | None:
+        return self.kind.outputs
+
+    @property
+    def oip(self) -> InferenceRequest:
+        """The request as the model's output helpers read it (which outputs are wanted)."""
+        return self.kind.oip
 
 
 def _contract_reason(exc: ValidationError) -> str:
@@ -127,8 +214,13 @@ def _contract_reason(exc: ValidationError) -> str:
     return "does not match contract InferenceRequested: " + "; ".join(parts)
 
 
-def _lift_orjson(value: bytes) -> tuple[dict[str, Any], list[Any]]:
-    """The payload with each input's ``data`` replaced by ``[]``, and the data lifted out."""
+#: an envelope less its per-record fields, those fields, each input's lifted data
+_Lifted = tuple[dict[str, Any], dict[str, Any], list[Any]]
+
+
+def _lift_orjson(value: bytes) -> _Lifted:
+    """The payload split into the envelope (each input's ``data`` replaced by ``[]``) and
+    the per-record fields, and the data lifted out."""
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -142,7 +234,8 @@ def _lift_orjson(value: bytes) -> tuple[dict[str, Any], list[Any]]:
             if isinstance(raw, dict):
                 data.append(raw.get("data"))
                 raw["data"] = []
-    return doc, data
+    per_record = {k: doc.pop(k) for k in _PER_RECORD if k in doc}
+    return doc, per_record, data
 
 
 def _python(item: Any) -> Any:
@@ -153,7 +246,7 @@ def _python(item: Any) -> Any:
     return item
 
 
-def _lift_simdjson(value: bytes) -> tuple[dict[str, Any], list[Any]] | None:
+def _lift_simdjson(value: bytes) -> _Lifted | None:
     """As :func:`_lift_orjson`, but the data stays a simdjson array that numpy reads as one
     buffer (no Python number per value: ~3x faster on an image). None: not applicable here
     (no simdjson, or a payload the orjson path must explain)."""
@@ -173,10 +266,13 @@ def _lift_simdjson(value: bytes) -> tuple[dict[str, Any], list[Any]] | None:
     if not isinstance(doc, simdjson.Object):
         return None
     envelope: dict[str, Any] = {}
+    per_record: dict[str, Any] = {}
     data: list[Any] = []
-    for key in doc:
+    for key in doc:  # (items() would turn every value into Python objects, data included)
         item = doc[key]
-        if key == "inputs" and isinstance(item, simdjson.Array):
+        if key in _PER_RECORD:
+            per_record[key] = _python(item)
+        elif key == "inputs" and isinstance(item, simdjson.Array):
             inputs = []
             for raw in item:
                 if not isinstance(raw, simdjson.Object):
@@ -188,23 +284,44 @@ def _lift_simdjson(value: bytes) -> tuple[dict[str, Any], list[Any]] | None:
             envelope[key] = inputs
         else:
             envelope[key] = _python(item)
-    return envelope, data
+    return envelope, per_record, data
 
 
-def _array(data: Any, dtype: np.dtype[Any], datatype: str, count: int) -> np.ndarray:
-    """Lifted data -> a flat numpy array of ``dtype``, checked as the HTTP path checks it."""
-    if simdjson is not None and isinstance(data, simdjson.Array) and dtype.kind in "iuf":
+def _array(data: Any, kind: _Kind) -> np.ndarray:
+    """Lifted data -> a flat numpy array of the kind's dtype, checked as the HTTP path
+    checks it (simdjson's numbers read as one buffer; else the HTTP path's own reading)."""
+    dtype, count = kind.dtype, kind.count
+    if dtype == _UINT8 and type(data) is list:  # orjson's: ints 0..255 are bytes already
         try:
-            buffer = data.as_buffer(of_type="d" if dtype.kind == "f" else "i")
+            raw = bytearray(data)
         except (TypeError, ValueError):
-            pass  # not all numbers of that kind: the general path says which
+            pass  # nested, not integers, or out of range: the general path says which
         else:
-            arr = np.frombuffer(buffer, dtype=np.float64 if dtype.kind == "f" else np.int64)
-            if arr.size == count and (dtype.kind == "f" or not arr.size or _in_range(arr, dtype)):
-                return arr.astype(dtype)
+            # (only 0s and 1s: they may all be JSON booleans, which the general path refuses)
+            if len(raw) == count and raw.strip(b"\x00\x01"):
+                return np.frombuffer(raw, dtype=dtype)
     if simdjson is not None and isinstance(data, simdjson.Array):
+        if dtype.kind in "iuf":
+            try:
+                buffer = data.as_buffer(of_type="d" if dtype.kind == "f" else "i")
+            except (TypeError, ValueError):
+                pass  # not all numbers of that kind: the general path says which
+            else:
+                if dtype.kind == "f":
+                    arr = np.frombuffer(buffer, dtype=np.float64)
+                    if arr.size == count:
+                        return arr.astype(dtype)
+                elif dtype.kind == "u" and dtype.itemsize < 8:
+                    # int64s read as uint64: a negative one is above any narrower width
+                    arr = np.frombuffer(buffer, dtype=np.uint64)
+                    if arr.size == count and (not count or _MAX(arr) < _UNSIGNED_END[dtype]):
+                        return arr.astype(dtype)
+                else:
+                    arr = np.frombuffer(buffer, dtype=np.int64)
+                    if arr.size == count and (not count or _in_range(arr, dtype)):
+                        return arr.astype(dtype)
         data = data.as_list()
-    return json_array(data, dtype, datatype, count, "inputs.0.data")
+    return json_array(data, dtype, kind.datatype, count, "inputs.0.data")
 
 
 def _binary(data: Any, dtype: np.dtype[Any], datatype: str, count: int, size: Any) -> np.ndarray:
@@ -252,21 +369,23 @@ class _Envelopes:
 
     def __init__(self, capacity: int = _ENVELOPES_KEPT) -> None:
         self.capacity = capacity
-        self._known: dict[bytes, InferenceRequested] = {}
+        self._known: dict[bytes, _Kind | Rejected] = {}
 
-    def validate(self, doc: dict[str, Any]) -> tuple[InferenceRequested, str]:
-        """The event (the envelope's) and the record's request id; a Rejected names the
-        field that breaks the contract."""
-        rest = {k: v for k, v in doc.items() if k not in _PER_RECORD}
+    def validate(
+        self, envelope: dict[str, Any], per_record: dict[str, Any]
+    ) -> tuple[_Kind | Rejected, str]:
+        """The envelope's kind (or why none of its requests can be answered) and the
+        record's request id; a Rejected raised names the field that breaks the contract."""
         try:
-            key = orjson.dumps(rest)
+            key = orjson.dumps(envelope)
         except TypeError:  # pragma: no cover - JSON in, JSON out
             key = None
         known = self._known.get(key) if key is not None else None
-        if known is not None and "request_id" in doc:
+        if known is not None and "request_id" in per_record:
             try:
-                for name, value in doc.items():
-                    if name in _PER_RECORD:
+                for name, value in per_record.items():
+                    # the worker's own stand-in event id (never read) needs no check
+                    if value is not _UNUSED_EVENT_ID:
                         checked = _PER_RECORD[name].validate_python(value)
                         if name == "request_id":
                             request_id = checked
@@ -275,17 +394,20 @@ class _Envelopes:
             else:
                 return known, request_id
         try:
-            event = InferenceRequested.model_validate(doc, extra="ignore")
+            event = InferenceRequested.model_validate(envelope | per_record, extra="ignore")
         except ValidationError as exc:
             raise Rejected(_contract_reason(exc), "contract") from None
-        if key is not None and "request_id" in doc:
+        kind = _kind(event)
+        if key is not None and "request_id" in per_record:
             if len(self._known) >= self.capacity:
                 self._known.clear()
-            self._known[key] = event
-        return event, event.request_id
+            self._known[key] = kind
+        return kind, event.request_id
 
 
 _envelopes = _Envelopes()
+#: whether the last request decoded was of a kind simdjson reads quicker (see decode)
+_simdjson_suits = True
 
 
 def decode(value: bytes | None, *, max_bytes: int) -> StreamRequest:
@@ -299,82 +421,58 @@ def decode(value: bytes | None, *, max_bytes: int) -> StreamRequest:
             "oversized",
         )
     # The envelope is checked by the contract itself; each input's data (thousands of
-    # numbers) is lifted out first and goes straight into numpy below.
-    # (binary tensors carry no numbers to parse: orjson alone is quicker for them)
-    if _BINARY_MARK in value:
-        doc, data = _lift_orjson(value)
-    else:
-        doc, data = _lift_simdjson(value) or _lift_orjson(value)
+    # numbers) is lifted out first and goes straight into numpy below. Which parser: the
+    # one that suited the previous record (a stream's requests are mostly of one kind).
+    global _simdjson_suits
+    lifted = _lift_simdjson(value) if _simdjson_suits else None
+    envelope, per_record, data = lifted or _lift_orjson(value)
     # The worker never reads the request's event_id: a fixed one saves a uuid4 per record.
-    doc.setdefault("event_id", _UNUSED_EVENT_ID)
-    event, request_id = _envelopes.validate(doc)
-    if len(event.inputs) != 1:
-        raise Rejected(
-            f"inputs: exactly one input tensor is supported, got {len(event.inputs)}", "signature"
-        )
-    tensor = event.inputs[0]
-    dtype = DATATYPES.get(tensor.datatype)
-    if dtype is None:
-        raise Rejected(
-            f"inputs.0.datatype: {tensor.datatype} is not a numeric datatype", "signature"
-        )
-    shape = tuple(tensor.shape)
-    count = math.prod(shape)
-    size = tensor.parameters.get(BINARY_DATA_SIZE) if tensor.parameters else None
+    per_record.setdefault("event_id", _UNUSED_EVENT_ID)
+    kind, request_id = _envelopes.validate(envelope, per_record)
+    if isinstance(kind, Rejected):
+        raise Rejected(kind.reason, kind.kind)
+    _simdjson_suits = kind.simdjson_suits
     try:
-        if size is not None:
-            array = _binary(data[0], dtype, tensor.datatype, count, size).reshape(shape)
+        if kind.binary_size is not None:
+            array = _binary(data[0], kind.dtype, kind.datatype, kind.count, kind.binary_size)
         else:
-            array = _array(data[0], dtype, tensor.datatype, count).reshape(shape)
+            array = _array(data[0], kind)
     except OIPError as exc:
         raise Rejected(exc.message, "contract") from None
-    return StreamRequest(
-        request_id=request_id,
-        model_name=event.model_name,
-        version=event.version,
-        alias=event.alias,
-        input_name=tensor.name,
-        datatype=tensor.datatype,
-        shape=shape,
-        array=array,
-        outputs=event.outputs,
-        oip=_ALL_OUTPUTS
-        if event.outputs is None
-        else InferenceRequest(id=None, inputs=[], outputs=dict.fromkeys(event.outputs, False)),
-    )
+    return StreamRequest(request_id, array.reshape(kind.shape), kind)
 
 
-def rows_for(model: LoadedModel, req: StreamRequest) -> np.ndarray:
-    """The request's input as rows ``[n, F]``, if it fits the version's input signature:
+def signature_misfit(model: LoadedModel, kind: _Kind) -> Rejected | None:
+    """Why requests of ``kind`` do not fit the version's input signature (None: they do):
     same input name, the same datatype, shape ``[n, *feature_shape]`` or ``[n, F]``."""
     where = f"model {model.name!r} version {model.version}"
-    if req.input_name != model.input_name:
-        raise Rejected(
-            f"inputs.0.name: {where} takes input {model.input_name!r}, got {req.input_name!r}",
+    if kind.input_name != model.input_name:
+        return Rejected(
+            f"inputs.0.name: {where} takes input {model.input_name!r}, got {kind.input_name!r}",
             "signature",
         )
-    if req.datatype != model.input_datatype:
-        raise Rejected(
-            f"inputs.0.datatype: {where} takes {model.input_datatype}, got {req.datatype}",
+    if kind.datatype != model.input_datatype:
+        return Rejected(
+            f"inputs.0.datatype: {where} takes {model.input_datatype}, got {kind.datatype}",
             "signature",
         )
-    shape = req.shape
+    shape = kind.shape
     if (
         len(shape) < 2
         or shape[0] < 1
         or (shape[1:] != model.feature_shape and shape[1:] != (model.feature_count,))
     ):
         dims = ", ".join(map(str, model.feature_shape))
-        raise Rejected(
+        return Rejected(
             f"inputs.0.shape: {list(shape)} does not fit {where}: [n, {dims}] with n >= 1",
             "signature",
         )
-    if req.outputs is not None:
+    if kind.outputs is not None:
         try:
-            model.check_outputs(req.oip)
+            model.check_outputs(kind.oip)
         except OIPError as exc:
-            raise Rejected(f"outputs: {exc.message}", "signature") from None
-    return req.array.reshape(shape[0], model.feature_count)
+            return Rejected(f"outputs: {exc.message}", "signature")
+    return None
 
 
 # ---------------------------------------------------------------------- planning
@@ -454,6 +552,8 @@ def plan(
     is an unknown model (the worker has waited already); a request id seen within the
     window is a duplicate (not answered twice)."""
     out = Plan()
+    #: whether a kind of request fits a version's signature, worked out once per batch
+    misfits: dict[tuple[LoadedModel, _Kind], Rejected | None] = {}
     for i, item in enumerate(decoded):
         if isinstance(item, Rejected):
             out.rejected[i] = item
@@ -466,10 +566,16 @@ def plan(
                     f"model_name: unknown model {item.model_name!r} (no version is served)",
                     "unknown-model",
                 )
-            rows = rows_for(model, item)
         except Rejected as exc:
             out.rejected[i] = exc
             continue
+        signature = (model, item.kind)
+        if signature not in misfits:
+            misfits[signature] = signature_misfit(model, item.kind)
+        if (misfit := misfits[signature]) is not None:
+            out.rejected[i] = misfit
+            continue
+        rows = item.array.reshape(item.shape[0], model.feature_count)
         if seen is not None and seen.check(item.request_id):
             out.duplicates.add(i)
             continue

@@ -16,6 +16,7 @@ from libs.storage import open_store
 from services.predictor import streaming
 from services.predictor.holder import ModelTable
 from services.predictor.model import LoadedModel, load_model
+from services.predictor.oip import OIPError, json_array
 from tests.support.registry_stub import write_model_version
 
 LIMIT = 1 << 20
@@ -380,6 +381,44 @@ def test_the_fast_json_path_decodes_and_rejects_as_the_general_one(
     fast = outcome()
     monkeypatch.setattr(streaming, "simdjson", None)
     assert outcome() == fast
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [7, 0, 255, 1],
+        [[7, 0], [255, 1]],
+        [1, True, 0, 1],
+        [True, False, True, True],
+        [1, 0, 1, 1],
+        [1, 2, 3, 256],
+        [1, 2, 3, -1],
+        [1, 2, 3.0, 4],
+        [1, 2, 3, None],
+        [1, 2, 3],
+        4,
+        "1234",
+    ],
+)
+@pytest.mark.parametrize("simdjson_first", [True, False])
+def test_uint8_data_reads_as_the_http_path_reads_it(
+    data: Any, simdjson_first: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Either parser may come first (the one that suited the previous record); UINT8 numbers
+    # from orjson go through a bytearray: the outcome is the HTTP path's all the same.
+    monkeypatch.setattr(streaming, "_simdjson_suits", simdjson_first)
+    value = encode(request(inputs=[_tensor("UINT8", [1, 4], data)]))
+    try:
+        req = streaming.decode(value, max_bytes=LIMIT)
+        got: tuple[str, Any] = (str(req.array.dtype), req.array.tolist())
+    except streaming.Rejected as exc:
+        got = ("rejected", exc.reason)
+    try:
+        arr = json_array(data, np.dtype(np.uint8), "UINT8", 4, "inputs.0.data")
+        expected: tuple[str, Any] = (str(arr.dtype), arr.reshape(1, 4).tolist())
+    except OIPError as exc:
+        expected = ("rejected", exc.message)
+    assert got == expected
 
 
 # ---------------------------------------------------------------------- binary tensor form
