@@ -189,6 +189,40 @@ def test_oversized_records_are_rejected_before_parsing() -> None:
         streaming.decode(value, max_bytes=2048)
 
 
+def test_an_envelope_no_request_of_which_can_be_answered_is_rejected_every_time() -> None:
+    # The kind of envelope is worked out once; each of its records is rejected all the same.
+    two = [_tensor("UINT8", [1, 1], [1]), _tensor("UINT8", [1, 1], [2])]
+    for i in range(3):
+        exc = rejected(encode(request(f"two-{i}", inputs=two)))
+        assert exc.kind == "signature"
+        assert exc.reason == "inputs: exactly one input tensor is supported, got 2"
+
+
+def test_records_of_mixed_kinds_decode_whichever_parser_the_previous_one_chose() -> None:
+    # The parser follows the previous record's kind; records of other kinds in between
+    # decode to the same arrays whichever way round they come.
+    x = np.random.default_rng(3).integers(0, 256, (1, 28, 28))
+    docs = [
+        request("u8", inputs=[_tensor("UINT8", [1, 28, 28], x.ravel().tolist())]),
+        request("f32", inputs=[_tensor("FP32", [1, 28, 28], (x.ravel() / 4).tolist())]),
+        request("bin", inputs=[binary_tensor(x.astype(np.uint8), "UINT8")]),
+        request("i64", inputs=[_tensor("INT64", [1, 28, 28], (x.ravel() - 128).tolist())]),
+    ]
+    values = [encode(d) for d in docs]
+    expected = {
+        "u8": x.astype(np.uint8),
+        "f32": (x / 4).astype(np.float32),
+        "bin": x.astype(np.uint8),
+        "i64": (x - 128).astype(np.int64),
+    }
+    for order in ([0, 1, 2, 3, 0], [3, 2, 1, 0, 0, 1], [1, 1, 0, 0, 2, 2, 3, 3]):
+        for i in order:
+            req = streaming.decode(values[i], max_bytes=LIMIT)
+            want = expected[req.request_id]
+            assert req.array.dtype == want.dtype
+            assert np.array_equal(req.array, want)
+
+
 # ---------------------------------------------------------------------- signature
 
 
@@ -250,6 +284,27 @@ def test_plan_groups_by_version_and_rejects_what_is_not_served(table: ModelTable
     assert "alias: stream workers serve the 'production' alias" in p.rejected[3].reason
     assert p.rejected[4].reason.startswith("model_name: unknown model 'other'")
     assert p.rejected[4].kind == "unknown-model"
+
+
+def test_a_batch_of_mixed_kinds_is_checked_against_each_signature(table: ModelTable) -> None:
+    # The signature check runs once per kind and version in a batch: every record of a
+    # kind that does not fit is rejected, the others answered.
+    bad_shape = _tensor("UINT8", [1, 27, 29], [0] * (27 * 29))
+    docs = [
+        request("a"),
+        request("b", inputs=[bad_shape]),
+        request("c", seed=2),
+        request("d", inputs=[bad_shape]),
+        request("e", version=1, outputs=["saliency"]),
+        request("f", version=1),
+    ]
+    p = streaming.plan([streaming.decode(encode(d), max_bytes=LIMIT) for d in docs], table)
+    by_version = {m.version: [x.index for x in items] for m, items in p.groups.items()}
+    assert by_version == {2: [0, 2], 1: [5]}
+    assert sorted(p.rejected) == [1, 3, 4]
+    for i in (1, 3):
+        assert p.rejected[i].reason.startswith("inputs.0.shape: [1, 27, 29] does not fit")
+    assert "outputs: unknown output 'saliency'" in p.rejected[4].reason
 
 
 def test_request_ids_seen_within_the_window_are_answered_once(table: ModelTable) -> None:
