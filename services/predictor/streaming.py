@@ -4,16 +4,18 @@ one forward pass per model version, ``inference.completed.v1`` documents out.
 No broker, no web framework: :mod:`services.predictor.stream` does the Kafka I/O around
 these steps, and tests drive them with plain objects.
 
-1. :func:`decode` - bytes -> :class:`StreamRequest` (simdjson/orjson; the envelope is checked
-   by the contract once per kind of envelope, ``data`` straight into numpy; or, with the
+1. :func:`decode` - bytes -> :class:`StreamRequest` (orjson for UINT8 numbers, whose small
+   ints go into numpy as one bytearray, and for binary tensors; simdjson, which hands numpy
+   one buffer, for other numbers; the envelope is checked by the contract, and its kind
+   worked out, once per kind of envelope, ``data`` straight into numpy; or, with the
    tensor parameter ``binary_data_size``, ``data`` is one base64 string of the raw
    little-endian bytes: the Open Inference Protocol's binary tensor extension carried in a
    JSON event, so a producer prints no numbers and the worker parses none), or
    :class:`Rejected` with a reason naming the field;
 2. :func:`missing_models` - models named that have no version yet (the worker waits for
    them, bounded); :func:`plan` - resolve each request's model version in the model table,
-   check its input against the version's signature (name, datatype, shape), drop request
-   ids seen within the window;
+   check its input against the version's signature (name, datatype, shape; once per kind
+   and version in a batch), drop request ids seen within the window;
 3. :func:`run` - per model version, stack the rows, one forward pass, slice the outputs;
 4. :func:`completed_document` - the answer with its lineage (version, run, dataset, source
    position, latency).
@@ -634,9 +636,8 @@ def output_tensors(answer: Answer) -> list[dict[str, Any]]:
             data: Any = [b.decode() if isinstance(b, bytes) else str(b) for b in t.array.ravel()]
         else:
             data = t.array.ravel()
-        out.append(
-            {"name": t.name, "datatype": t.datatype, "shape": list(t.array.shape), "data": data}
-        )
+        # (the shape a tuple, the data numpy: orjson writes both as JSON arrays)
+        out.append({"name": t.name, "datatype": t.datatype, "shape": t.array.shape, "data": data})
     return out
 
 
