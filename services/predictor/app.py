@@ -146,10 +146,12 @@ def build_app(
         request_id: str,
         labels: np.ndarray,
         ms: float,
-        rows: np.ndarray,
+        summary: np.ndarray | None,
         role: Role | None = None,
     ) -> None:
-        prediction_log.add_prediction(model.name, model.version, request_id, labels, ms, rows, role)
+        prediction_log.add_prediction(
+            model.name, model.version, request_id, labels, ms, None, role, summary=summary
+        )
 
     async def publish_logged(events: list[Any]) -> None:
         await publish_many(broker, events)

@@ -37,7 +37,11 @@ from services.predictor.routing import ROUTING_HEADER, ActiveRollout, Role, choo
 log = logging.getLogger("lmesh.predictor")
 
 #: (model, request id, predicted labels, latency ms, the request's rows, rollout role)
-PredictionSink = Callable[[LoadedModel, str, np.ndarray, float, np.ndarray, Role | None], None]
+#: (the model, request id, its labels, latency in ms, its rows' input summaries (None when
+#: the batcher does not summarize), its rollout role)
+PredictionSink = Callable[
+    [LoadedModel, str, np.ndarray, float, np.ndarray | None, Role | None], None
+]
 #: (the rollout, the champion that answered, request id, raw rows (a copy), its labels)
 ShadowSink = Callable[[ActiveRollout[LoadedModel], LoadedModel, str, np.ndarray, np.ndarray], None]
 _JSON = [(b"content-type", b"application/json")]
@@ -219,15 +223,12 @@ class InferenceEndpoint:
                     self.shadow_sample_rate >= 1.0 or random.random() < self.shadow_sample_rate
                 ):
                     shadow_rows = rows.copy()  # the forward pass may normalize rows in place
-            # the raw input of a request to be logged (the monitor summarizes it against the
-            # training split's raw statistics): a copy, as the forward pass may normalize
-            # the request's own rows in place
-            logged_rows = (
-                rows.copy()
-                if self.sample_rate
+            # a request to be logged: its batch summarizes the raw rows for the monitor
+            # (runtime: summarizing), before the forward pass may normalize them in place
+            logged = bool(
+                self.sample_rate
                 and self.on_prediction is not None
                 and (self.sample_rate >= 1.0 or random.random() < self.sample_rate)
-                else None
             )
         except OIPError as exc:
             await self._error(send, exc.status, exc.message)
@@ -241,7 +242,8 @@ class InferenceEndpoint:
 
         try:
             assert model.batcher is not None
-            probabilities, labels = await model.batcher.submit(rows)
+            outputs = await model.batcher.submit(rows)
+            probabilities, labels = outputs[0], outputs[1]
             payload, json_length = encode_response(
                 model.name,
                 model.version_str,
@@ -271,8 +273,9 @@ class InferenceEndpoint:
         if hist is None:
             hist = self._latency[model.name] = metrics.REQUEST_LATENCY.labels(model.name)
         hist.observe(elapsed)
-        if logged_rows is not None and self.on_prediction is not None:
-            self.on_prediction(model, request.id or "", labels, elapsed * 1000, logged_rows, role)
+        if logged and self.on_prediction is not None:
+            summary = outputs[2] if len(outputs) > 2 else None
+            self.on_prediction(model, request.id or "", labels, elapsed * 1000, summary, role)
         if shadow_rows is not None and rollout is not None and self.on_shadow is not None:
             self.on_shadow(rollout, model, request.id or "", shadow_rows, labels)
 

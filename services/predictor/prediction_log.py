@@ -62,12 +62,37 @@ def _summarized_rows(rows: np.ndarray | None) -> np.ndarray | None:
 
 def _summaries(flat: np.ndarray) -> np.ndarray:
     """float64, rounded to :data:`SUMMARY_DECIMALS` (written as short decimals)."""
-    summary: np.ndarray = (
-        summarize_rows(flat, feature_groups(flat.shape[1]))
-        .astype(np.float64)
-        .round(SUMMARY_DECIMALS)
-    )
-    return summary
+    return _rounded(summarize_rows(flat, feature_groups(flat.shape[1])))
+
+
+def _rounded(summaries: np.ndarray) -> np.ndarray:
+    out: np.ndarray = summaries.astype(np.float64).round(SUMMARY_DECIMALS)
+    return out
+
+
+def _capped(summaries: np.ndarray) -> np.ndarray:
+    """At most :data:`MAX_SUMMARY_ROWS` rows of a request's summaries, evenly spaced (the
+    rows :func:`_summarized_rows` would have summarized)."""
+    if len(summaries) <= MAX_SUMMARY_ROWS:
+        return summaries
+    return summaries[np.linspace(0, len(summaries) - 1, MAX_SUMMARY_ROWS).astype(np.int64)]
+
+
+def summarizing(
+    forward: Callable[[np.ndarray], tuple[np.ndarray, ...]],
+) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
+    """``forward`` that also returns, as its last output, the per-row summaries of the raw
+    rows it was given (computed before it runs: it may normalize the rows in place). For a
+    micro-batcher: one numpy call per batch, and each request gets its rows' slice, so the
+    HTTP path logs every request without copying its rows."""
+
+    def run(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        flat = np.asarray(rows).reshape(len(rows), -1)
+        summaries = summarize_rows(flat, feature_groups(flat.shape[1])) if len(flat) else None
+        outputs = forward(rows)
+        return (*outputs, summaries if summaries is not None else np.empty((0, 0)))
+
+    return run
 
 
 def prediction_logged(
@@ -116,6 +141,8 @@ class Answered(NamedTuple):
     role: Role | None = None
     champion_version: int | None = None
     champion_labels: np.ndarray | None = None
+    #: the rows' summaries, already computed (:func:`summarizing`); then ``rows`` is None
+    summary: np.ndarray | None = None
 
 
 class SerializedEvent(NamedTuple):
@@ -132,31 +159,43 @@ def batch_serialized(
     """The events of answered requests, serialized: one per model version and role (and,
     for shadow answers, champion version), split where an event would exceed
     :data:`MAX_EVENT_SUMMARY_ROWS` or :data:`MAX_EVENT_PREDICTIONS`, in the order the
-    requests came; the summaries of all rows of one width in one numpy call, and the
-    requests after each event's first as columns (``LoggedColumns``) written by orjson from
-    numpy arrays (no Python list, no pydantic model per request: the contract is held by
-    the tests, which decode these bytes with :class:`PredictionLogged`)."""
+    requests came. Per group, the summaries of all rows in one numpy call, and the requests
+    after each event's first as columns (``LoggedColumns``): slices of the group's arrays,
+    written by orjson from numpy (no Python list, no pydantic model per request: the
+    contract is held by the tests, which decode these bytes with :class:`PredictionLogged`)."""
     groups: dict[tuple[str, int, Role | None, int | None], list[Answered]] = {}
     for a in answered:
         groups.setdefault((a.model_name, a.version, a.role, a.champion_version), []).append(a)
     events: list[SerializedEvent] = []
     for (model_name, version, role, champion_version), members in groups.items():
-        summaries = _batch_summaries([_summarized_rows(a.rows) for a in members])
-        chunk: list[tuple[Answered, np.ndarray | None]] = []
-        summary_rows = predicted = 0
-        for a, summary in zip(members, summaries, strict=True):
-            n, s = len(a.labels), len(summary) if summary is not None else 0
-            if chunk and (
+        summaries, summary_counts = _group_summaries(members)
+        at = np.zeros(len(members) + 1, dtype=np.int64)
+        np.cumsum(summary_counts, out=at[1:])
+        first = summary_rows = predicted = 0
+        for i, a in enumerate(members):
+            n, s = len(a.labels), int(summary_counts[i])
+            if i > first and (
                 summary_rows + s > MAX_EVENT_SUMMARY_ROWS or predicted + n > MAX_EVENT_PREDICTIONS
             ):
                 events.append(
-                    _serialized(model_name, version, role, champion_version, source, chunk)
+                    _serialized(
+                        (model_name, version, role, champion_version, source),
+                        members[first:i],
+                        summaries[at[first] : at[i]] if summaries is not None else None,
+                        summary_counts[first:i],
+                    )
                 )
-                chunk, summary_rows, predicted = [], 0, 0
-            chunk.append((a, summary))
+                first, summary_rows, predicted = i, 0, 0
             summary_rows += s
             predicted += n
-        events.append(_serialized(model_name, version, role, champion_version, source, chunk))
+        events.append(
+            _serialized(
+                (model_name, version, role, champion_version, source),
+                members[first:],
+                summaries[at[first] :] if summaries is not None else None,
+                summary_counts[first:],
+            )
+        )
     return events
 
 
@@ -169,33 +208,55 @@ def batch_logged(
     ]
 
 
-def _batch_summaries(flats: list[np.ndarray | None]) -> list[np.ndarray | None]:
-    """Per request, its rounded summaries (None: no rows); requests whose rows have one
-    width are summarized together."""
-    out: list[np.ndarray | None] = [None] * len(flats)
-    by_width: dict[int, list[tuple[int, np.ndarray]]] = {}
-    for i, flat in enumerate(flats):
-        if flat is not None:
-            by_width.setdefault(flat.shape[1], []).append((i, flat))
-    for members in by_width.values():
-        parts = [flat for _, flat in members]
-        rows = _summaries(parts[0] if len(parts) == 1 else np.concatenate(parts))
+def _group_summaries(members: list[Answered]) -> tuple[np.ndarray | None, np.ndarray]:
+    """The rounded summaries of every member's rows, one request after another (None: no
+    member has any), and how many rows each member has there. Members that bring their
+    summaries (:func:`summarizing`) are taken as they are; rows are summarized in one call
+    per width. One array needs one width: a request whose summaries are of another width
+    than the group's first is logged without them (the monitor could not compare it with
+    the reference anyway)."""
+    summaries: list[np.ndarray | None] = [a.summary for a in members]
+    todo = [i for i, a in enumerate(members) if a.summary is None and a.rows is not None]
+    flats = [(i, f) for i in todo if (f := _summarized_rows(members[i].rows)) is not None]
+    widths: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for i, f in flats:
+        widths.setdefault(f.shape[1], []).append((i, f))
+    for same in widths.values():
+        rows = summarize_rows(
+            same[0][1] if len(same) == 1 else np.concatenate([f for _, f in same]),
+            feature_groups(same[0][1].shape[1]),
+        )
         start = 0
-        for i, flat in members:
-            out[i] = rows[start : start + len(flat)]
-            start += len(flat)
-    return out
+        for i, f in same:
+            summaries[i] = rows[start : start + len(f)]
+            start += len(f)
+    counts = np.zeros(len(members), dtype=np.int64)
+    parts: list[np.ndarray] = []
+    width: int | None = None
+    for i, found in enumerate(summaries):
+        if found is None or not len(found):
+            continue
+        width = found.shape[1] if width is None else width
+        if found.shape[1] == width:
+            found = _capped(found)
+            parts.append(found)
+            counts[i] = len(found)
+    if not parts:
+        return None, counts
+    return _rounded(parts[0] if len(parts) == 1 else np.concatenate(parts)), counts
 
 
 def _serialized(
-    model_name: str,
-    version: int,
-    role: Role | None,
-    champion_version: int | None,
-    source: Literal["http", "stream"],
-    chunk: list[tuple[Answered, np.ndarray | None]],
+    group: tuple[str, int, Role | None, int | None, Literal["http", "stream"]],
+    chunk: Sequence[Answered],
+    summaries: np.ndarray | None,
+    summary_counts: np.ndarray,
 ) -> SerializedEvent:
-    (first, summary), rest = chunk[0], chunk[1:]
+    """One event: the chunk's first request in the event's own fields, the others as
+    columns; ``summaries`` holds the chunk's summary rows (``summary_counts`` each)."""
+    model_name, version, role, champion_version, source = group
+    first, rest = chunk[0], chunk[1:]
+    own = int(summary_counts[0])
     event_id = uuid.uuid4()
     doc = {
         "event_id": event_id,
@@ -206,7 +267,7 @@ def _serialized(
         "predictions": np.ascontiguousarray(first.labels),
         "latency_ms": round(first.latency_ms, 3),
         "source": source,
-        "input_summary": summary,
+        "input_summary": summaries[:own] if summaries is not None and own else None,
         "error": None,
         "role": role,
         "champion_version": champion_version,
@@ -215,33 +276,33 @@ def _serialized(
             if first.champion_labels is not None
             else None
         ),
-        "columns": _columns(rest) if rest else None,
+        "columns": (
+            _columns(rest, summaries[own:] if summaries is not None else None, summary_counts[1:])
+            if rest
+            else None
+        ),
     }
     value = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     return SerializedEvent(model_name.encode(), str(event_id), value)
 
 
-def _columns(rest: list[tuple[Answered, np.ndarray | None]]) -> dict[str, object]:
+def _columns(
+    rest: Sequence[Answered], summaries: np.ndarray | None, summary_counts: np.ndarray
+) -> dict[str, object]:
     """``LoggedColumns`` of the requests after an event's first: a few arrays, whatever the
     number of requests."""
-    labels = [np.asarray(a.labels, dtype=np.int64).reshape(-1) for a, _ in rest]
-    summaries = [s for _, s in rest if s is not None]
-    champion = [a.champion_labels for a, _ in rest]
+    labels = [np.asarray(a.labels, dtype=np.int64).reshape(-1) for a in rest]
+    champion = [a.champion_labels for a in rest]
+    carried = summaries is not None and len(summaries) > 0
     return {
-        "request_ids": [a.request_id for a, _ in rest],
+        "request_ids": [a.request_id for a in rest],
         "rows": np.fromiter(map(len, labels), dtype=np.int64, count=len(rest)),
         "predictions": np.concatenate(labels),
         "latency_ms": np.fromiter(
-            (a.latency_ms for a, _ in rest), dtype=np.float64, count=len(rest)
+            (a.latency_ms for a in rest), dtype=np.float64, count=len(rest)
         ).round(3),
-        "summary_rows": (
-            np.fromiter(
-                (len(s) if s is not None else 0 for _, s in rest), dtype=np.int64, count=len(rest)
-            )
-            if summaries
-            else None
-        ),
-        "input_summary": np.concatenate(summaries) if summaries else None,
+        "summary_rows": summary_counts if carried else None,
+        "input_summary": summaries if carried else None,
         "champion_predictions": (
             np.concatenate([np.asarray(c, dtype=np.int64).reshape(-1) for c in champion])
             if all(c is not None for c in champion)
@@ -322,10 +383,17 @@ class PredictionLog:
         latency_ms: float,
         rows: np.ndarray | None,
         role: Role | None = None,
+        *,
+        summary: np.ndarray | None = None,
     ) -> None:
         """An answered HTTP request, to be logged: appended as is (``rows`` is not copied:
-        the caller hands it over and must not change it afterwards)."""
-        self._append(Answered(model_name, version, request_id, labels, latency_ms, rows, role))
+        the caller hands it over and must not change it afterwards). ``summary``: its
+        rows' summaries, already computed (then ``rows`` may be None)."""
+        self._append(
+            Answered(
+                model_name, version, request_id, labels, latency_ms, rows, role, summary=summary
+            )
+        )
 
     def _append(self, entry: PredictionLogged | Answered) -> None:
         if len(self._pending) >= self._max_pending:
@@ -350,8 +418,13 @@ class PredictionLog:
             if self._linger_s:
                 await asyncio.sleep(self._linger_s)
             self._wake.clear()
-            while self._pending:
-                n = min(len(self._pending), self._max_batch)
+            # what queued up while lingering, in batches of at most max_batch; what comes in
+            # while they are published waits for the next linger: publishing as soon as the
+            # broker acknowledged would, on a busy server, send ten times as many events
+            left = len(self._pending)
+            while left:
+                n = min(left, self._max_batch)
+                left -= n
                 batch = [self._pending.popleft() for _ in range(n)]
                 try:
                     await self._publish(batch)
@@ -360,6 +433,8 @@ class PredictionLog:
                 except Exception as exc:  # telemetry: counted and logged, never blocking serving
                     metrics.PREDICTIONS_LOG_DROPPED.labels("publish failed").inc(len(batch))
                     log.warning("dropped %d logged predictions: %r", len(batch), exc)
+            if self._pending:
+                self._wake.set()
 
     async def _publish(self, batch: list[PredictionLogged | Answered]) -> None:
         ready = [e for e in batch if isinstance(e, PredictionLogged)]

@@ -19,6 +19,7 @@ from services.predictor import metrics
 from services.predictor.batching import MicroBatcher
 from services.predictor.holder import ModelTable
 from services.predictor.model import LoadedModel, load_model, resolve_device
+from services.predictor.prediction_log import summarizing
 from services.predictor.routing import ActiveRollout
 from services.predictor.settings import PredictorSettings
 
@@ -68,8 +69,9 @@ class PredictorRuntime:
             device=str(self._device),
             noop=self.settings.noop_forward,
         )
+        # logging predictions: each batch also summarizes its raw rows for the monitor
         model.batcher = MicroBatcher(
-            model.forward,
+            summarizing(model.forward) if self.settings.log_sample_rate else model.forward,
             max_batch_size=self.settings.max_batch_size,
             max_wait_s=self.settings.max_wait_ms / 1000,
             mode=self._mode,
