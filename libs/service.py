@@ -8,6 +8,7 @@ with its lifespan hooks; its ``__main__.py`` calls :func:`serve`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -263,9 +264,21 @@ def serve(
         ),
     )
     server = _bounded_server(config)
+    freeze_startup_heap()
     server.run()
     if not server.started:
         raise SystemExit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run would
+
+
+def freeze_startup_heap() -> None:
+    """Move everything allocated so far (modules, the app) out of the garbage collector's
+    sight: it lives as long as the process. Without this every full collection, triggered
+    by objects that outlive a few young collections (events in flight, logged predictions
+    waiting for their batch), scans the whole import-time heap again: measured ~150 ms per
+    collection in the stream worker (~7 us per record), and ~20 us per request in an HTTP
+    predictor that logs every prediction."""
+    gc.collect()
+    gc.freeze()
 
 
 def _bounded_server(config: Any) -> Any:
