@@ -385,13 +385,25 @@ class PredictionLog:
         role: Role | None = None,
         *,
         summary: np.ndarray | None = None,
+        champion_version: int | None = None,
+        champion_labels: np.ndarray | None = None,
     ) -> None:
-        """An answered HTTP request, to be logged: appended as is (``rows`` is not copied:
-        the caller hands it over and must not change it afterwards). ``summary``: its
-        rows' summaries, already computed (then ``rows`` may be None)."""
+        """An answered request, to be logged: appended as is (``rows`` is not copied: the
+        caller hands it over and must not change it afterwards). ``summary``: its rows'
+        summaries, already computed (then ``rows`` may be None). A shadow answer (role
+        "shadow") brings the champion's version and classes for the agreement."""
         self._append(
             Answered(
-                model_name, version, request_id, labels, latency_ms, rows, role, summary=summary
+                model_name,
+                version,
+                request_id,
+                labels,
+                latency_ms,
+                rows,
+                role,
+                champion_version,
+                champion_labels,
+                summary,
             )
         )
 
