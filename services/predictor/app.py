@@ -160,13 +160,10 @@ def build_app(
     # one prediction.logged.v1 per model version and batch, serialized once from numpy
     prediction_log = PredictionLog(publish_logged, publish_serialized=kafka_publisher(broker))
 
-    async def log_shadow(event: Any) -> None:
-        await publish(broker, event)
-
-    # The candidate runs, and its answers leave, one at a time when no request is in flight;
-    # not through the prediction log, whose batches would send them in one burst.
+    # The candidate runs in slices when no request is in flight; its answers leave through
+    # the prediction log, batched as columns with the champion's (one message, not one each).
     in_flight = InFlight()
-    shadow = ShadowRunner(publish=log_shadow, in_flight=in_flight)
+    shadow = ShadowRunner(prediction_log, in_flight=in_flight)
 
     async def on_startup(app: FastAPI) -> None:
         torch.set_num_threads(settings.torch_threads)
@@ -182,8 +179,8 @@ def build_app(
         task.add_done_callback(background.discard)
 
     async def on_shutdown(app: FastAPI) -> None:
+        await shadow.stop()  # first: it hands answers to the log
         await prediction_log.stop()
-        await shadow.stop()
         await runtime.stop()
         for task in list(background):
             task.cancel()

@@ -4,16 +4,25 @@ The champion has answered (its response is sent); the candidate's copy of the ro
 a bounded queue. The runner gathers copies for ``linger_s``, then runs them in slices of at
 most ``slice_rows`` rows - one candidate forward pass (~0.2 ms for an MLP 784-500-10 on one
 core) - each at a quiet moment (no champion request in flight, when the app counts them),
-and hands their prediction.logged.v1 events (``role="shadow"`` with the champion's
-predictions, for the monitor's agreement) to ``publish`` spread over the next ``linger_s``,
-so that no batch of shadow answers leaves in one burst. A champion request meets one slice
-or one event at most, never a whole batch.
+and hands each answer to the prediction log (``role="shadow"`` with the champion's version
+and predictions, for the monitor's agreement). A champion request meets one slice at most,
+never a whole batch.
+
+The log only appends an answer; its task, after its linger, serializes everything queued
+into one prediction.logged.v1 per model version, role and champion version, the requests as
+columns (``LoggedColumns``): the shadow answers of ~100 ms leave as one Kafka message
+beside the champion's, a few numpy arrays to write, instead of one message per answer
+(~300 us of the predictor's CPU each in FastStream and aiokafka, and as much again in the
+broker and the monitor). Shadow answers carry no input summaries: the champion's logged
+answers to the same requests carry them. Two kinds leave as events of their own, built
+here: a failed candidate's answer (``error``; the columns have no error field), and every
+answer of the stream worker (``source="stream"``: the log serializes the answers it batches
+as ``source="http"``; the stream worker logs its champion's answers as built events too).
 
 Why not a worker thread: on a CPU the champion's forward pass runs on the event loop, and a
-second Python thread building events and driving torch takes the GIL from it (the loop then
-waits for the thread's next release; longer when the OS preempts the holder on a loaded
-machine). A candidate on a GPU still runs its forward pass in a thread (the device wait holds
-no GIL).
+second Python thread driving torch takes the GIL from it (the loop then waits for the
+thread's next release; longer when the OS preempts the holder on a loaded machine). A
+candidate on a GPU still runs its forward pass in a thread (the device wait holds no GIL).
 
 A full queue drops the shadow copy (counted) rather than slowing the champion down.
 """
@@ -24,15 +33,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, Literal
+from collections.abc import Iterator
+from typing import Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel
 
+from contracts.events import PredictionLogged
 from services.predictor import metrics
 from services.predictor.model import LoadedModel
-from services.predictor.prediction_log import prediction_logged
+from services.predictor.prediction_log import Role, prediction_logged
 from services.predictor.routing import ActiveRollout
 
 log = logging.getLogger("lmesh.predictor")
@@ -43,12 +52,34 @@ SHADOW_QUEUE = 1024
 SHADOW_SLICE_ROWS = 8
 #: how long the runner gathers copies before running them (fuller slices, fewer passes)
 SHADOW_LINGER_S = 0.05
-#: shadow answers handed to ``publish`` and not finished yet, at most
-SHADOW_SENDING = 64
 
 _Item = tuple[ActiveRollout[LoadedModel], LoadedModel, str, np.ndarray, np.ndarray]
 #: a part of one item's rows: (the item, first row, end row)
 Segment = tuple[_Item, int, int]
+#: the candidate's answer to a part of an item's rows: (classes, ms, error)
+_Part = tuple[np.ndarray, float, str | None]
+
+
+class ShadowLog(Protocol):
+    """Where shadow answers go (:class:`~services.predictor.prediction_log.PredictionLog`):
+    both calls only append; the log's task builds and publishes the events later."""
+
+    def add(self, event: PredictionLogged) -> None: ...
+
+    def add_prediction(
+        self,
+        model_name: str,
+        version: int,
+        request_id: str,
+        labels: np.ndarray,
+        latency_ms: float,
+        rows: np.ndarray | None,
+        role: Role | None = None,
+        *,
+        summary: np.ndarray | None = None,
+        champion_version: int | None = None,
+        champion_labels: np.ndarray | None = None,
+    ) -> None: ...
 
 
 class InFlight:
@@ -107,25 +138,22 @@ def slices(items: list[_Item], max_rows: int) -> Iterator[list[Segment]]:
 class ShadowRunner:
     def __init__(
         self,
-        publish: Callable[[BaseModel], Awaitable[Any]],
+        log: ShadowLog,
         source: Literal["http", "stream"] = "http",
         *,
         slice_rows: int = SHADOW_SLICE_ROWS,
         linger_s: float = SHADOW_LINGER_S,
         max_queue: int = SHADOW_QUEUE,
         in_flight: InFlight | None = None,
-        max_sending: int = SHADOW_SENDING,
     ) -> None:
         if slice_rows < 1:
             raise ValueError("slice_rows must be >= 1")
-        self.publish = publish
+        self.log = log
         self.source = source
         self.slice_rows = slice_rows
         self.linger_s = linger_s
         self.max_queue = max_queue
         self.in_flight = in_flight
-        self.max_sending = max_sending
-        self._sending: set[asyncio.Future[Any]] = set()
         self.queue: asyncio.Queue[_Item] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -134,11 +162,10 @@ class ShadowRunner:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        """Stop running the candidate; answers handed to the log leave with the log."""
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        if self._sending:  # answers handed over already: let them finish, bounded
-            await asyncio.wait(self._sending, timeout=5.0)
 
     def submit(
         self,
@@ -169,27 +196,15 @@ class ShadowRunner:
             await self._run_items(items)
 
     async def _run_items(self, items: list[_Item]) -> None:
-        """Every slice of ``items``, each at a quiet moment, and their events spread over
-        ``linger_s`` (the next batch gathers meanwhile), each published at a quiet moment of
-        its own: the loop is never busy with the shadow for longer than one slice or one
-        event, and no batch of shadow answers leaves in one burst."""
-        loop = asyncio.get_running_loop()
-        start, step = loop.time(), self.linger_s / len(items)
-        sent = 0
-        done: dict[int, list[tuple[np.ndarray, float, str | None]]] = {}
+        """Every slice of ``items``, each at a quiet moment: the loop is never busy with the
+        shadow for longer than one slice (its answers are only appended to the log)."""
+        done: dict[int, list[_Part]] = {}
         for segments in slices(items, self.slice_rows):
             await self._quiet()
             try:
-                events = await self._run_slice(segments, done)
+                self._run_slice(segments, done, await self._forward(segments))
             except Exception:
                 log.exception("shadow inference failed; the champion's answers were not affected")
-                continue
-            for event in events:
-                # on schedule: wait for the event's turn; behind it (a slow publish): no wait
-                await asyncio.sleep(max(0.0, start + sent * step - loop.time()))
-                sent += 1
-                await self._quiet()
-                await self._send(event)
 
     async def _quiet(self) -> None:
         """The loop's turn first, and no champion request in flight (bounded wait)."""
@@ -197,41 +212,26 @@ class ShadowRunner:
             await self.in_flight.quiet(self.linger_s)
         await asyncio.sleep(0)
 
-    async def _send(self, event: BaseModel) -> None:
-        """Publish without waiting for the broker's acknowledgement (at most
-        ``max_sending`` outstanding): one event's work on the loop now, the round trip
-        overlapped with the next ones."""
-        while len(self._sending) >= self.max_sending:
-            await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
-        task: asyncio.Future[Any] = asyncio.ensure_future(self.publish(event))
-        self._sending.add(task)
-        task.add_done_callback(self._sent)
-
-    def _sent(self, task: asyncio.Future[Any]) -> None:
-        self._sending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            metrics.PREDICTIONS_LOG_DROPPED.labels("publish failed").inc()
-            log.warning("a shadow answer was not published: %r", task.exception())
-
-    async def _run_slice(
-        self,
-        segments: list[Segment],
-        done: dict[int, list[tuple[np.ndarray, float, str | None]]],
-    ) -> list[BaseModel]:
-        """One candidate forward pass over ``segments``; the events of the items it completes."""
+    async def _forward(self, segments: list[Segment]) -> _Part:
+        """One candidate forward pass over ``segments``: its classes, ms and error."""
         candidate = segments[0][0][0].candidate
         x = np.concatenate([item[3][start:stop] for item, start, stop in segments])
         started = time.perf_counter()
-        error = None
         try:
             if candidate.device.type == "cpu":
                 _, labels = candidate.forward(x)
             else:  # the device wait off the loop
                 _, labels = await asyncio.to_thread(candidate.forward, x)
         except Exception as exc:
-            labels, error = np.empty(0, dtype=np.int64), f"{type(exc).__name__}: {exc}"
-        ms = (time.perf_counter() - started) * 1000
-        events: list[BaseModel] = []
+            error = f"{type(exc).__name__}: {exc}"
+            return np.empty(0, dtype=np.int64), (time.perf_counter() - started) * 1000, error
+        return labels, (time.perf_counter() - started) * 1000, None
+
+    def _run_slice(
+        self, segments: list[Segment], done: dict[int, list[_Part]], answer: _Part
+    ) -> None:
+        """A slice's answer shared out to its items; the items it completes are logged."""
+        labels, ms, error = answer
         at = 0
         for item, start, stop in segments:
             n = stop - start
@@ -241,25 +241,42 @@ class ShadowRunner:
             if stop < len(item[3]):
                 continue  # the rest of its rows run in the next slice
             del done[id(item)]
-            events.append(self._event(item, parts))
-        return events
+            self._log(item, parts)
 
-    def _event(self, item: _Item, parts: list[tuple[np.ndarray, float, str | None]]) -> BaseModel:
+    def _log(self, item: _Item, parts: list[_Part]) -> None:
         rollout, champion, request_id, _, champion_labels = item
         error = next((e for _, _, e in parts if e is not None), None)
+        ms = sum(p[1] for p in parts)
         labels = (
-            np.concatenate([p[0] for p in parts]) if error is None else np.empty(0, dtype=np.int64)
+            (parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts]))
+            if error is None
+            else np.empty(0, dtype=np.int64)
         )
-        return prediction_logged(
-            rollout.candidate.name,
-            rollout.candidate_version,
-            request_id,
-            labels,
-            sum(p[1] for p in parts),
-            None,  # the champion's log carries the input summaries
-            self.source,
-            role="shadow",
-            champion_version=champion.version,
-            champion_predictions=champion_labels,
-            error=error,
+        if error is None and self.source == "http":  # batched by the log, as columns
+            self.log.add_prediction(
+                rollout.candidate.name,
+                rollout.candidate_version,
+                request_id,
+                labels,
+                ms,
+                None,  # the champion's logged answer carries the input summaries
+                "shadow",
+                champion_version=champion.version,
+                champion_labels=champion_labels,
+            )
+            return
+        self.log.add(
+            prediction_logged(
+                rollout.candidate.name,
+                rollout.candidate_version,
+                request_id,
+                labels,
+                ms,
+                None,
+                self.source,
+                role="shadow",
+                champion_version=champion.version,
+                champion_predictions=champion_labels,
+                error=error,
+            )
         )

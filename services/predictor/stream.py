@@ -40,7 +40,7 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
 from libs import telemetry
-from libs.messaging import create_broker, publish
+from libs.messaging import create_broker
 from libs.messaging.batch_consumer import (
     PollBatch,
     assigned_records,
@@ -132,7 +132,7 @@ class StreamWorker:
         self._labels = (SERVICE, self.topic)
         self._answer_partitions = 0  # of the answer topic, known at the first publish
         #: rollouts in shadow: candidates run off the answer path
-        self.shadow = ShadowRunner(lambda event: publish(broker, event), source="stream")
+        self.shadow = ShadowRunner(self.prediction_log, source="stream")
 
     @property
     def in_flight(self) -> int:
@@ -538,8 +538,8 @@ def build_stream_app(
     async def on_shutdown(app: FastAPI) -> None:
         for task in list(background):
             task.cancel()
+        await worker.shadow.stop()  # first: it hands answers to the worker's log
         await worker.stop()
-        await worker.shadow.stop()
         await runtime.stop()
 
     app = create_app(

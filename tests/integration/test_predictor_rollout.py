@@ -2,8 +2,9 @@
 (x-lmesh-routing-key) is answered by the candidate, within 3 points of the setting and
 sticky per key, and the answer names the version; in shadow, every client gets the
 champion's answer while the candidate's answers go to prediction.logged.v1 (role shadow, with
-the champion's predictions); a candidate that cannot be loaded is reported on
-model.health.v1 with its load error while the champion keeps serving."""
+the champion's predictions; over HTTP batched, several answers per event as columns); a
+candidate that cannot be loaded is reported on model.health.v1 with its load error while the
+champion keeps serving."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from contracts.events import ArtifactRef, ModelRollout
+from contracts.events import ArtifactRef, ModelRollout, PredictionLogged
 from libs.storage import open_store
 from services.predictor.routing import bucket
 from tests.support.kafka import TopicReader, produce
@@ -46,6 +47,22 @@ def step(
         .model_dump_json(by_alias=True)
         .encode()
     )
+
+
+def shadow_answers(messages: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[int]]]:
+    """The shadow answers prediction.logged.v1 messages carry, by request id (the event's
+    own and its columns'): the candidate's classes and the champion's."""
+    found: dict[str, tuple[list[int], list[int]]] = {}
+    for m in messages:
+        e = PredictionLogged.model_validate({k: v for k, v in m.items() if k[0] != "_"})
+        found[e.request_id] = (e.predictions, e.champion_predictions or [])
+        if e.columns is None:
+            continue
+        champion, at = e.columns.champion_predictions or [], 0
+        for rid, n in zip(e.columns.request_ids, e.columns.rows, strict=True):
+            found[rid] = (e.columns.predictions[at : at + n], champion[at : at + n])
+            at += n
+    return found
 
 
 async def test_canary_share_sticky_shadow_never_answers_and_a_bad_load_is_reported(
@@ -127,14 +144,25 @@ async def test_canary_share_sticky_shadow_never_answers_and_a_bad_load_is_report
             await eventually(shadowing, timeout=60, what="shadow step applied")
             answered = await versions([f"shadow-{i}" for i in range(200)])
             assert set(answered) == {"1"}
-            shadows = await logged.wait_for(
-                lambda m: m.get("role") == "shadow" and m["request_id"].startswith("req-shadow-"),
-                count=200,
-                timeout=60,
+
+            def shadowed() -> dict[str, tuple[list[int], list[int]]]:
+                events = logged.matching(
+                    lambda m: m.get("role") == "shadow" and m["model_name"] == name
+                )
+                found = shadow_answers(events)
+                return {k: v for k, v in found.items() if k.startswith("req-shadow-")}
+
+            await eventually(
+                lambda: len(shadowed()) == 200, timeout=60, what="200 shadow answers logged"
+            )
+            shadows = logged.matching(
+                lambda m: m.get("role") == "shadow" and m["model_name"] == name
             )
             assert all(m["version"] == 2 and m["champion_version"] == 1 for m in shadows)
-            assert all(
-                len(m["champion_predictions"]) == len(m["predictions"]) == 1 for m in shadows
+            assert all(len(c) == len(p) == 1 for p, c in shadowed().values())
+            # batched: the log's linger gathers many answers into one event, as columns
+            assert any((m.get("columns") or {}).get("champion_predictions") for m in shadows), (
+                "no shadow answers in columns"
             )
 
             # a candidate whose weights cannot be fetched: reported, the champion serves on

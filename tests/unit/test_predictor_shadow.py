@@ -1,6 +1,8 @@
-"""The shadow runner: the candidate's answers in slices on the event loop, one event per
-request with the champion's answers, a failing candidate logged as errors, the champion's
-requests in flight first, a full queue counted."""
+"""The shadow runner: the candidate's answers in slices on the event loop, handed to the
+prediction log with the champion's answers (batched there: several shadow answers in one
+prediction.logged.v1 as columns, which the monitor compares with the champion row by row),
+a failing candidate logged as errors, the stream worker's answers as events of their own,
+the champion's requests in flight first, a full queue counted."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import torch
 from contracts.events import ArtifactRef, PredictionLogged
 from libs.storage import open_store
 from libs.telemetry.metrics import REGISTRY
+from services.monitor.windows import Monitor, WindowConfig
 from services.predictor.model import LoadedModel, load_model
+from services.predictor.prediction_log import Answered, PredictionLog
 from services.predictor.routing import ActiveRollout
 from services.predictor.shadow import InFlight, ShadowRunner, slices
 from tests.support.polling import eventually
@@ -59,6 +63,23 @@ class _Failing:
         return np.zeros((len(rows), 10), np.float32), np.full(len(rows), 7, np.int64)
 
 
+class _Log:
+    """The prediction log's two doors, recorded: answers it would batch, events as built."""
+
+    def __init__(self) -> None:
+        self.answers: list[Answered] = []
+        self.events: list[PredictionLogged] = []
+
+    def add(self, event: PredictionLogged) -> None:
+        self.events.append(event)
+
+    def add_prediction(self, *args: Any, **kwargs: Any) -> None:
+        self.answers.append(Answered(*args, **kwargs))
+
+    def __len__(self) -> int:
+        return len(self.answers) + len(self.events)
+
+
 def _item(rollout: Any, n: int, rid: str) -> Any:
     return (rollout, None, rid, np.zeros((n, 4), np.float32), np.zeros(n, np.int64))
 
@@ -82,16 +103,10 @@ def test_slices_cut_requests_into_bounded_passes_of_one_candidate() -> None:
     }
 
 
-async def test_each_request_is_logged_with_the_candidates_and_the_champions_answers(
-    tmp_path: Path,
-) -> None:
+async def test_each_answer_goes_to_the_log_with_the_champions_answer(tmp_path: Path) -> None:
     champion, candidate = _model(tmp_path, 1), _model(tmp_path, 2)
-    logged: list[PredictionLogged] = []
-
-    async def publish(event: Any) -> None:
-        logged.append(event)
-
-    runner = ShadowRunner(publish, slice_rows=8, linger_s=0.0)
+    log = _Log()
+    runner = ShadowRunner(log, slice_rows=8, linger_s=0.0)
     runner.start()
     rng = np.random.default_rng(0)
     requests = {f"r{n}": rng.random((n, 784), dtype=np.float32) for n in (1, 20, 3)}
@@ -99,16 +114,18 @@ async def test_each_request_is_logged_with_the_candidates_and_the_champions_answ
         for rid, rows in requests.items():
             champion_labels = champion.forward(rows.copy())[1]
             runner.submit(_rollout(candidate), champion, rid, rows.copy(), champion_labels)
-        await eventually(lambda: len(logged) == 3, what="three shadow answers")
+        await eventually(lambda: len(log) == 3, what="three shadow answers")
     finally:
         await runner.stop()
-    by_id = {e.request_id: e for e in logged}
+    assert log.events == []  # all batched by the log
+    by_id = {a.request_id: a for a in log.answers}
     for rid, rows in requests.items():
-        e = by_id[rid]
-        assert e.predictions == candidate.forward(rows.copy())[1].tolist()
-        assert e.champion_predictions == champion.forward(rows.copy())[1].tolist()
-        assert (e.role, e.version, e.champion_version, e.source) == ("shadow", 2, 1, "http")
-        assert e.error is None and e.input_summary is None
+        a = by_id[rid]
+        assert a.labels.tolist() == candidate.forward(rows.copy())[1].tolist()
+        assert a.champion_labels.tolist() == champion.forward(rows.copy())[1].tolist()  # type: ignore[union-attr]
+        assert (a.model_name, a.role, a.version, a.champion_version) == ("shadowed", "shadow", 2, 1)
+        # the champion's logged answers carry the input summaries
+        assert a.rows is None and a.summary is None
 
 
 async def test_a_failing_candidate_is_logged_as_errors_and_the_runner_carries_on(
@@ -116,25 +133,46 @@ async def test_a_failing_candidate_is_logged_as_errors_and_the_runner_carries_on
 ) -> None:
     champion = _model(tmp_path, 1)
     candidate = _Failing()
-    logged: list[PredictionLogged] = []
-
-    async def publish(event: Any) -> None:
-        logged.append(event)
-
-    runner = ShadowRunner(publish, source="stream", linger_s=0.0)
+    log = _Log()
+    runner = ShadowRunner(log, linger_s=0.0)
     runner.start()
     rows = np.zeros((2, 784), np.float32)
     try:
         runner.submit(_rollout(candidate), champion, "broken", rows, np.zeros(2, np.int64))
-        await eventually(lambda: len(logged) == 1, what="the failed shadow answer")
+        await eventually(lambda: len(log) == 1, what="the failed shadow answer")
         candidate.fixed = True
         runner.submit(_rollout(candidate), champion, "fixed", rows, np.zeros(2, np.int64))
-        await eventually(lambda: len(logged) == 2, what="the next shadow answer")
+        await eventually(lambda: len(log) == 2, what="the next shadow answer")
     finally:
         await runner.stop()
-    failed, answered = logged
+    # an error rides in an event of its own (columns have no error field)
+    [failed] = log.events
+    assert failed.error == "RuntimeError: candidate broke" and failed.predictions == []
+    assert (failed.role, failed.version, failed.champion_version) == ("shadow", 2, 1)
+    [answered] = log.answers
+    assert answered.request_id == "fixed" and answered.labels.tolist() == [7, 7]
+
+
+async def test_the_stream_workers_answers_are_events_with_source_stream(tmp_path: Path) -> None:
+    champion = _model(tmp_path, 1)
+    candidate = _Failing()
+    log = _Log()
+    runner = ShadowRunner(log, source="stream", linger_s=0.0)
+    runner.start()
+    rows = np.zeros((2, 784), np.float32)
+    try:
+        runner.submit(_rollout(candidate), champion, "broken", rows, np.zeros(2, np.int64))
+        await eventually(lambda: len(log) == 1, what="the failed shadow answer")
+        candidate.fixed = True
+        runner.submit(_rollout(candidate), champion, "fixed", rows, np.zeros(2, np.int64))
+        await eventually(lambda: len(log) == 2, what="the next shadow answer")
+    finally:
+        await runner.stop()
+    assert log.answers == []  # the log batches answers as source http
+    failed, answered = log.events
     assert failed.error == "RuntimeError: candidate broke" and failed.predictions == []
     assert answered.error is None and answered.predictions == [7, 7]
+    assert answered.champion_predictions == [0, 0] and answered.champion_version == 1
     assert failed.source == answered.source == "stream"
 
 
@@ -150,20 +188,17 @@ async def test_the_candidate_waits_while_a_champion_request_is_in_flight(tmp_pat
         return forward(rows)
 
     candidate.forward = counting_forward  # type: ignore[method-assign]
-    logged: list[PredictionLogged] = []
-
-    async def publish(event: Any) -> None:
-        logged.append(event)
+    logged = _Log()
 
     # a long linger: the quiet wait is bounded by it, so only leave() can end it here
-    runner = ShadowRunner(publish, linger_s=60.0, in_flight=in_flight)
+    runner = ShadowRunner(logged, linger_s=60.0, in_flight=in_flight)
     runner.start()
     try:
         in_flight.enter()
         runner.submit(_rollout(candidate), champion, "r", np.zeros((1, 784), np.float32), None)  # type: ignore[arg-type]
         for _ in range(20):  # many turns of the loop: the runner is waiting, not running
             await asyncio.sleep(0)
-        assert seen_in_flight == [] and logged == []
+        assert seen_in_flight == [] and len(logged) == 0
         in_flight.leave()
         await eventually(lambda: len(logged) == 1, what="the shadow answer once quiet")
     finally:
@@ -180,10 +215,7 @@ async def test_a_full_queue_drops_the_copy_and_counts_it(tmp_path: Path) -> None
         )
         return value or 0.0
 
-    async def publish(event: Any) -> None:
-        pass
-
-    runner = ShadowRunner(publish, max_queue=2)
+    runner = ShadowRunner(_Log(), max_queue=2)
     runner.start()  # its task has not run yet: nothing leaves the queue before the asserts
     before = dropped()
     try:
@@ -194,32 +226,61 @@ async def test_a_full_queue_drops_the_copy_and_counts_it(tmp_path: Path) -> None
         await runner.stop()
 
 
-async def test_a_failed_publish_is_counted_and_the_next_answer_still_leaves(
+async def test_shadow_answers_leave_batched_and_the_monitor_compares_them_row_by_row(
     tmp_path: Path,
 ) -> None:
-    champion = _model(tmp_path, 1)
-    logged: list[PredictionLogged] = []
+    """Through a real prediction log: the shadow answers of one linger leave as one
+    prediction.logged.v1 (the first in the event's own fields, the others as columns with
+    the champion's classes), apart from the champion's own; the monitor's agreement over
+    that event is the row-by-row comparison of the two models' answers."""
+    champion, candidate = _model(tmp_path, 1), _model(tmp_path, 2)
+    published: list[PredictionLogged] = []
 
-    def failed() -> float:
-        value = REGISTRY.get_sample_value(
-            "lmesh_predictor_predictions_log_dropped_total", {"reason": "publish failed"}
-        )
-        return value or 0.0
+    async def publish_many(events: list[PredictionLogged]) -> None:
+        published.extend(events)
 
-    async def publish(event: Any) -> None:
-        if event.request_id == "lost":
-            raise ConnectionError("broker away")
-        logged.append(event)
+    log = PredictionLog(publish_many, linger_s=0.0)
+    handed: list[str] = []
+    add_prediction = log.add_prediction
 
-    before = failed()
-    runner = ShadowRunner(publish, linger_s=0.0)
+    def counted(*args: Any, **kwargs: Any) -> None:
+        handed.append(args[2])
+        add_prediction(*args, **kwargs)
+
+    log.add_prediction = counted  # type: ignore[method-assign]
+    runner = ShadowRunner(log, slice_rows=8, linger_s=0.0)
+    rng = np.random.default_rng(3)
+    requests = {f"r{n}": rng.random((n, 784), dtype=np.float32) for n in (1, 20, 3, 5)}
+    champion_labels = {rid: champion.forward(rows.copy())[1] for rid, rows in requests.items()}
     runner.start()
-    rows = np.zeros((1, 784), np.float32)
     try:
-        runner.submit(_rollout(_Failing(fixed=True)), champion, "lost", rows, np.zeros(1))
-        await eventually(lambda: failed() == before + 1, what="the failed publish counted")
-        runner.submit(_rollout(_Failing(fixed=True)), champion, "kept", rows, np.zeros(1))
-        await eventually(lambda: len(logged) == 1, what="the next shadow answer")
+        for rid, rows in requests.items():
+            runner.submit(_rollout(candidate), champion, rid, rows.copy(), champion_labels[rid])
+        log.add_prediction("shadowed", 1, "c1", np.array([1]), 0.5, None)  # the champion's
+        # the log starts once every answer is in: one batch, whatever the machine's pace
+        await eventually(lambda: len(handed) == 5, what="every answer handed to the log")
+        log.start()
+        await eventually(lambda: len(published) == 2, what="the batched events")
     finally:
         await runner.stop()
-    assert logged[0].request_id == "kept"
+        await log.stop()
+    [shadow] = [e for e in published if e.role == "shadow"]
+    [champion_event] = [e for e in published if e.role is None]
+    assert champion_event.request_id == "c1" and champion_event.columns is None
+    assert (shadow.version, shadow.champion_version) == (2, 1)
+    assert shadow.columns is not None and shadow.columns.champion_predictions is not None
+    ids = [shadow.request_id, *shadow.columns.request_ids]
+    assert sorted(ids) == sorted(requests)
+    mine = [candidate.forward(requests[rid].copy())[1] for rid in ids]
+    theirs = [champion_labels[rid] for rid in ids]
+    assert shadow.predictions + shadow.columns.predictions == np.concatenate(mine).tolist()
+    assert (
+        shadow.champion_predictions + shadow.columns.champion_predictions
+        == np.concatenate(theirs).tolist()
+    )
+    assert shadow.input_summary is None and shadow.columns.summary_rows is None
+
+    m = Monitor(WindowConfig(size=400, step=200, min_rows=1))
+    assert m.observe_logged(shadow, 1.0) == sum(len(r) for r in requests.values())
+    agreed = (np.concatenate(mine) == np.concatenate(theirs)).tolist()
+    assert list(m.windows[("shadowed", 2)].agreed) == agreed
