@@ -8,7 +8,11 @@ Rules (see shared/STYLE.md):
 
 from __future__ import annotations
 
+import array
+import base64
+import binascii
 import re
+import sys
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID, uuid4
@@ -382,12 +386,16 @@ class LoggedColumns(Contract):
     latency_ms: list[float] = Field(description="Per request")
     summary_rows: list[Annotated[int, Field(ge=0)]] | None = Field(
         default=None,
-        description="Per request: how many of input_summary's rows are its own (0: none; "
-        "at most its predicted rows, at least one where it has any)",
+        description="Per request: how many of the summary rows are its own (0: none; at most "
+        "its predicted rows, at least one where it has any)",
     )
-    input_summary: list[list[float]] | None = Field(
+    summary_width: int | None = Field(default=None, ge=1, description="Numbers per summary row")
+    input_summary_fp32: str | None = Field(
         default=None,
-        description="As PredictionLogged.input_summary, every request's rows in request order",
+        description="The input summaries (as PredictionLogged.input_summary) of every "
+        "request's rows in request order: float32, little-endian, row-major "
+        "[sum(summary_rows), summary_width], base64 - the Open Inference Protocol's binary "
+        "tensor idea: no number to format or parse",
     )
     champion_predictions: list[int] | None = Field(
         default=None, description="shadow: the champion's predicted class per row (agreement)"
@@ -404,21 +412,46 @@ class LoggedColumns(Contract):
             self.predictions
         ):
             raise ValueError("champion_predictions must have one class per predicted row")
-        if (self.summary_rows is None) != (self.input_summary is None):
-            raise ValueError("summary_rows and input_summary come together")
-        if self.summary_rows is not None and self.input_summary is not None:
+        parts = (self.summary_rows, self.summary_width, self.input_summary_fp32)
+        if any(p is None for p in parts) != all(p is None for p in parts):
+            raise ValueError("summary_rows, summary_width and input_summary_fp32 come together")
+        if self.summary_rows is not None and self.summary_width is not None:
             if len(self.summary_rows) != n:
                 raise ValueError("summary_rows must have one entry per request")
-            if sum(self.summary_rows) != len(self.input_summary):
-                raise ValueError("input_summary must hold sum(summary_rows) rows")
             if any(s > max(r, 1) for s, r in zip(self.summary_rows, self.rows, strict=True)):
                 raise ValueError("a request has more summary rows than predicted rows")
+            size = len(self.summary_bytes())
+            if size != 4 * self.summary_width * sum(self.summary_rows):
+                raise ValueError(
+                    f"input_summary_fp32 holds {size} bytes: sum(summary_rows) x summary_width "
+                    "float32 numbers expected"
+                )
         return self
+
+    def summary_bytes(self) -> bytes:
+        """input_summary_fp32 decoded (b"" without it); not base64: a ValueError."""
+        if self.input_summary_fp32 is None:
+            return b""
+        try:
+            return base64.b64decode(self.input_summary_fp32, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"input_summary_fp32 is not base64: {exc}") from exc
+
+    def summary_values(self) -> list[list[float]]:
+        """The summary rows as numbers (for readers without numpy)."""
+        if self.summary_width is None:
+            return []
+        values = array.array("f", self.summary_bytes())
+        if sys.byteorder == "big":
+            values.byteswap()
+        w = self.summary_width
+        return [values[i : i + w].tolist() for i in range(0, len(values), w)]
 
     def logged_requests(self) -> list[LoggedRequest]:
         """The same requests as objects (for readers that go request by request)."""
         out: list[LoggedRequest] = []
         row = summary = 0
+        summaries = self.summary_values()
         for i, request_id in enumerate(self.request_ids):
             n = self.rows[i]
             s = self.summary_rows[i] if self.summary_rows is not None else 0
@@ -427,11 +460,7 @@ class LoggedColumns(Contract):
                     request_id=request_id,
                     predictions=self.predictions[row : row + n],
                     latency_ms=self.latency_ms[i],
-                    input_summary=(
-                        self.input_summary[summary : summary + s]
-                        if self.input_summary is not None and s
-                        else None
-                    ),
+                    input_summary=summaries[summary : summary + s] if s else None,
                 )
             )
             row += n

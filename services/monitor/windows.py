@@ -382,7 +382,8 @@ def predicted_labels(event: InferenceCompleted) -> np.ndarray | None:
 class _Logged:
     """A prediction.logged.v1's requests (its own, ``more_requests``, ``columns``) as
     columns: per request its id, predicted rows, latency, error flag and summary rows; the
-    predicted classes (and a shadow's champion classes) and the summary rows of all."""
+    predicted classes (and a shadow's champion classes) of all; the summary rows of the
+    request objects (numbers) and of the columns (an array)."""
 
     request_ids: list[str]
     counts: np.ndarray
@@ -390,7 +391,9 @@ class _Logged:
     latency_ms: np.ndarray
     errors: np.ndarray
     summary_counts: np.ndarray
-    summaries: list[list[float]]
+    objects: int  # requests that came as objects (the event's own, more_requests): first
+    object_summaries: list[list[float]]
+    column_summaries: np.ndarray | None
     champion: np.ndarray | None
 
     @classmethod
@@ -399,19 +402,20 @@ class _Logged:
         c = event.columns
         ids = [r.request_id for r in objects]
         predictions = [r.predictions for r in objects]
-        summaries: list[list[float]] = [row for r in objects for row in r.input_summary or ()]
+        summaries = [row for r in objects for row in r.input_summary or ()]
         summary_counts = [len(r.input_summary or ()) for r in objects]
         latency = [r.latency_ms for r in objects]
         counts = [len(p) for p in predictions]
         champion: list[int] | None = event.champion_predictions
+        columns = None
         if c is not None:
             ids += c.request_ids
             predictions.append(c.predictions)
             counts += c.rows
             latency += c.latency_ms
-            if c.input_summary is not None and c.summary_rows is not None:
-                summaries += c.input_summary
+            if c.summary_rows is not None and c.summary_width is not None:
                 summary_counts += c.summary_rows
+                columns = np.frombuffer(c.summary_bytes(), dtype="<f4").reshape(-1, c.summary_width)
             else:
                 summary_counts += [0] * len(c.request_ids)
             champion = (
@@ -431,9 +435,19 @@ class _Logged:
             np.asarray(latency, dtype=np.float64),
             errors,
             np.asarray(summary_counts, dtype=np.int64),
+            len(objects),
             summaries,
+            columns,
             np.asarray(champion, dtype=np.int64) if champion is not None else None,
         )
+
+    def summary_rows(self, i: int, at: np.ndarray) -> list[list[float]] | np.ndarray:
+        """Request ``i``'s summary rows (``at``: where each request's rows start)."""
+        if i < self.objects:
+            return self.object_summaries[at[i] : at[i + 1]]
+        assert self.column_summaries is not None
+        base = at[self.objects]
+        return self.column_summaries[at[i] - base : at[i + 1] - base]
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
@@ -443,7 +457,9 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return out
 
 
-def _summaries(w: VersionWindow, rows: list[list[float]], predictions: int) -> np.ndarray | None:
+def _summaries(
+    w: VersionWindow, rows: list[list[float]] | np.ndarray, predictions: int
+) -> np.ndarray | None:
     """One request's input summaries as the window takes them; None when they do not fit."""
     try:
         summaries = np.asarray(rows, dtype=np.float32)
@@ -553,15 +569,24 @@ class Monitor:
         """The summary rows the window takes, per request (0: none, or malformed, counted),
         and all of them in one array: checked together; request by request if that fails."""
         counts = logged.summary_counts
-        if not logged.summaries:
+        if not counts.any():
             return counts, None
         try:
-            merged = np.asarray(logged.summaries, dtype=np.float32)
+            parts = [np.asarray(logged.object_summaries, dtype=np.float32)]
         except ValueError:  # ragged rows
-            merged = None
+            parts = []
+        if parts and logged.column_summaries is not None:
+            if parts[0].size == 0:
+                parts = [logged.column_summaries]
+            elif parts[0].ndim == 2 and parts[0].shape[1] == logged.column_summaries.shape[1]:
+                parts.append(logged.column_summaries)
+            else:
+                parts = []
+        merged = (parts[0] if len(parts) == 1 else np.concatenate(parts)) if parts else None
         if (
             merged is not None
             and merged.ndim == 2
+            and len(merged) == counts.sum()
             and bool((counts <= np.maximum(logged.counts, 1)).all())
             and w.fits(merged, len(merged))
         ):
@@ -570,7 +595,7 @@ class Monitor:
         kept: list[np.ndarray] = []
         accepted = counts.copy()
         for i in np.flatnonzero(counts):
-            one = _summaries(w, logged.summaries[at[i] : at[i + 1]], int(logged.counts[i]))
+            one = _summaries(w, logged.summary_rows(int(i), at), int(logged.counts[i]))
             if one is None:
                 self.count_ignored("malformed_input_summary")
                 accepted[i] = 0

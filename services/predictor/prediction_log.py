@@ -17,6 +17,7 @@ Two ways in:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import uuid
@@ -209,7 +210,7 @@ def batch_logged(
 
 
 def _group_summaries(members: list[Answered]) -> tuple[np.ndarray | None, np.ndarray]:
-    """The rounded summaries of every member's rows, one request after another (None: no
+    """The summaries (float32) of every member's rows, one request after another (None: no
     member has any), and how many rows each member has there. Members that bring their
     summaries (:func:`summarizing`) are taken as they are; rows are summarized in one call
     per width. One array needs one width: a request whose summaries are of another width
@@ -243,7 +244,7 @@ def _group_summaries(members: list[Answered]) -> tuple[np.ndarray | None, np.nda
             counts[i] = len(found)
     if not parts:
         return None, counts
-    return _rounded(parts[0] if len(parts) == 1 else np.concatenate(parts)), counts
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), counts
 
 
 def _serialized(
@@ -267,7 +268,7 @@ def _serialized(
         "predictions": np.ascontiguousarray(first.labels),
         "latency_ms": round(first.latency_ms, 3),
         "source": source,
-        "input_summary": summaries[:own] if summaries is not None and own else None,
+        "input_summary": _rounded(summaries[:own]) if summaries is not None and own else None,
         "error": None,
         "role": role,
         "champion_version": champion_version,
@@ -302,7 +303,12 @@ def _columns(
             (a.latency_ms for a in rest), dtype=np.float64, count=len(rest)
         ).round(3),
         "summary_rows": summary_counts if carried else None,
-        "input_summary": summaries if carried else None,
+        "summary_width": summaries.shape[1] if carried and summaries is not None else None,
+        "input_summary_fp32": (
+            base64.b64encode(summaries.astype("<f4", copy=False).tobytes()).decode()
+            if carried and summaries is not None
+            else None
+        ),
         "champion_predictions": (
             np.concatenate([np.asarray(c, dtype=np.int64).reshape(-1) for c in champion])
             if all(c is not None for c in champion)

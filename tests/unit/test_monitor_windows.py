@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import numpy as np
@@ -192,13 +193,17 @@ def batched(events: list[PredictionLogged]) -> PredictionLogged:
 def columned(events: list[PredictionLogged]) -> PredictionLogged:
     """The events as the HTTP predictor sends them now: the others as columns."""
     first, rest = events[0], events[1:]
+    width = len(first.input_summary[0]) if first.input_summary else 32
     columns = LoggedColumns(
         request_ids=[e.request_id for e in rest],
         rows=[len(e.predictions) for e in rest],
         predictions=[p for e in rest for p in e.predictions],
         latency_ms=[e.latency_ms for e in rest],
         summary_rows=[len(e.input_summary or ()) for e in rest],
-        input_summary=[row for e in rest for row in e.input_summary or ()],
+        summary_width=width,
+        input_summary_fp32=base64.b64encode(
+            np.asarray([row for e in rest for row in e.input_summary or ()], dtype="<f4").tobytes()
+        ).decode(),
     )
     return first.model_copy(update={"columns": columns})
 
@@ -238,7 +243,9 @@ def test_one_malformed_summary_in_a_batch_spoils_only_its_request(batch: Any) ->
     m = monitor()
     rows = fashion_like(40, seed=4)[0]
     good = [logged(rows[i : i + 10], f"g{i}") for i in range(0, 40, 10)]
-    bad = good[1].model_copy(update={"request_id": "bad", "input_summary": [[0.0] * 31]})
+    # one width for all summaries in columns (one array): there a row of NaN spoils it
+    spoilt = [[0.0] * 31] if batch is batched else [[float("nan")] * 32] * 10
+    bad = good[1].model_copy(update={"request_id": "bad", "input_summary": spoilt})
     m.observe_logged(batch([good[0], bad, *good[2:]]), 1.0)
     w = m.windows[("m", 1)]
     assert m.ignored == {"malformed_input_summary": 1}
@@ -295,6 +302,10 @@ def test_stream_answers_count_once_and_their_inputs_come_from_logged_events() ->
     assert predicted_labels(probs).tolist() == [1, 0]  # type: ignore[union-attr]
 
 
+def fp32(values: list[float]) -> str:
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
+
+
 def test_columns_that_do_not_line_up_are_refused() -> None:
     ok = {"request_ids": ["a", "b"], "rows": [1, 2], "predictions": [1, 2, 3], "latency_ms": [1, 2]}
     LoggedColumns(**ok)  # type: ignore[arg-type]
@@ -303,9 +314,12 @@ def test_columns_that_do_not_line_up_are_refused() -> None:
         {"predictions": [1, 2]},
         {"champion_predictions": [1]},
         {"summary_rows": [1, 1]},
-        {"summary_rows": [1, 1], "input_summary": [[0.0]]},
-        {"summary_rows": [2, 0], "input_summary": [[0.0], [0.0]]},
+        {"summary_rows": [1, 1], "summary_width": 1, "input_summary_fp32": fp32([0.0])},
+        {"summary_rows": [2, 0], "summary_width": 1, "input_summary_fp32": fp32([0.0, 0.0])},
+        {"summary_rows": [1, 1], "summary_width": 1, "input_summary_fp32": "not base64!"},
     ]
+    good = {"summary_rows": [1, 2], "summary_width": 2, "input_summary_fp32": fp32([0.5] * 6)}
+    assert LoggedColumns(**{**ok, **good}).summary_values() == [[0.5, 0.5]] * 3  # type: ignore[arg-type]
     for change in bad:
         with pytest.raises(ValueError):
             LoggedColumns(**{**ok, **change})  # type: ignore[arg-type]

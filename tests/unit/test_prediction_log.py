@@ -104,11 +104,10 @@ def test_answered_requests_become_one_event_per_version_and_role_as_if_logged_al
         for r in event.requests():
             a = answered[int(r.request_id[1:])]
             alone = prediction_logged("m", a.version, a.request_id, a.labels, a.latency_ms, a.rows)
-            assert (r.predictions, r.latency_ms, r.input_summary) == (
-                alone.predictions,
-                alone.latency_ms,
-                alone.input_summary,
-            )
+            assert (r.predictions, r.latency_ms) == (alone.predictions, alone.latency_ms)
+            # the event's own request: numbers rounded to 3 decimals; the columns: float32
+            assert r.input_summary is not None and alone.input_summary is not None
+            np.testing.assert_allclose(r.input_summary, alone.input_summary, atol=5.1e-4)
 
 
 def test_a_batch_too_large_for_one_event_is_split() -> None:
