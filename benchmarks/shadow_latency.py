@@ -9,7 +9,9 @@ then aborted, then shadow again... The champion's p50/p99 with and without a sha
 candidate are compared (median over rounds). Goal: p99 with shadow within 10 % of without.
 Both modes log the champion's answers alike (``--log-sample-rate``); each round records the
 machine's load average and the shadow copies dropped (counted by the predictor), since a
-loaded machine moves the tail more than the shadow does. Prints one JSON document.
+loaded machine moves the tail more than the shadow does, and the predictor's CPU time per
+request (its processes' user + system time over the round, /proc): what the shadow costs
+the server whatever the load. Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.monitor_overhead import _cpu_s, _pids
 from benchmarks.predictor_load import _client, _free_port, _request_body, _server
 
 MODEL = "bench-shadow"
@@ -141,7 +144,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         rollout_id += 1
                         asyncio.run(_set_shadow(broker.bootstrap, url, candidate, True, rollout_id))
                     load_before, counted = os.getloadavg()[0], _dropped(base)
+                    pids = _pids(f"PREDICTOR_HTTP_PORT={port}")  # the server's processes
+                    cpu_before = _cpu_s(pids)
                     result = _client(url, body_path, args.duration, args.connections, args.rate)
+                    cpu_s = _cpu_s(pids) - cpu_before
+                    result["predictor_cpu_us_per_request"] = (
+                        round(cpu_s / result["requests"] * 1e6, 1) if result["requests"] else None
+                    )
                     result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
                     now = _dropped(base)
                     result.update({k: now[k] - counted[k] for k in now})
@@ -155,6 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return round(float(np.median([r[key] for r in rounds[mode]])), 3)
 
     p99_without, p99_shadow = median("without", "p99_ms"), median("shadow", "p99_ms")
+    cpu = {m: median(m, "predictor_cpu_us_per_request") for m in rounds}
     ratio = round(p99_shadow / p99_without, 3) if p99_without else None
     return {
         "benchmark": "shadow_latency",
@@ -173,10 +183,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "shadow_sample_rate": args.shadow_sample_rate,
             "model": "MLP 784-500-10 champion, MLP 784-500-10 candidate in shadow",
         },
-        "without_shadow": {"p50_ms": median("without", "p50_ms"), "p99_ms": p99_without},
+        "without_shadow": {
+            "p50_ms": median("without", "p50_ms"),
+            "p99_ms": p99_without,
+            "predictor_cpu_us_per_request": cpu["without"],
+        },
         "with_shadow": {
             "p50_ms": median("shadow", "p50_ms"),
             "p99_ms": p99_shadow,
+            "predictor_cpu_us_per_request": cpu["shadow"],
+            # the shadow's own cost: the candidate's forward pass and its logged answer
+            "shadow_cpu_us_per_request": round(cpu["shadow"] - cpu["without"], 1),
             "shadow_dropped": sum(r["shadow_dropped"] for r in rounds["shadow"]),
         },
         "p99_ratio": ratio,
