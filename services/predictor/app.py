@@ -156,13 +156,16 @@ def build_app(
     async def publish_logged(events: list[Any]) -> None:
         await publish_many(broker, events)
 
-    # logged predictions leave in batches from one task: no task and no ack wait per request;
-    # one prediction.logged.v1 per model version and batch, serialized once from numpy
-    prediction_log = PredictionLog(publish_logged, publish_serialized=kafka_publisher(broker))
-
-    # The candidate runs in slices when no request is in flight; its answers leave through
-    # the prediction log, batched as columns with the champion's (one message, not one each).
+    # Logged predictions leave in batches from one task: no task and no ack wait per
+    # request; one prediction.logged.v1 per model version and batch, built from numpy at a
+    # quiet moment (no request in flight; 50 ms at most). The candidate runs in slices at
+    # quiet moments too; its answers leave through the same log, batched as columns.
     in_flight = InFlight()
+    prediction_log = PredictionLog(
+        publish_logged,
+        publish_serialized=kafka_publisher(broker),
+        quiet=lambda: in_flight.quiet(0.05),
+    )
     shadow = ShadowRunner(prediction_log, in_flight=in_flight)
 
     async def on_startup(app: FastAPI) -> None:

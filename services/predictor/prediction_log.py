@@ -367,9 +367,15 @@ class PredictionLog:
         max_pending: int = 20_000,
         max_batch: int = 2000,
         linger_s: float = 0.1,
+        source: Literal["http", "stream"] = "http",
+        quiet: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._publish_many = publish_many
         self._publish_serialized = publish_serialized
+        self._source: Literal["http", "stream"] = source
+        #: awaited after the linger, before the batch is built (e.g. the HTTP app's: until
+        #: no request is in flight, bounded): a request rarely waits behind a build
+        self._quiet = quiet
         self._pending: deque[PredictionLogged | Answered] = deque()
         self._max_pending = max_pending
         self._max_batch = max_batch
@@ -435,6 +441,8 @@ class PredictionLog:
             await self._wake.wait()
             if self._linger_s:
                 await asyncio.sleep(self._linger_s)
+            if self._quiet is not None:
+                await self._quiet()
             self._wake.clear()
             # what queued up while lingering, in batches of at most max_batch; what comes in
             # while they are published waits for the next linger: publishing as soon as the
@@ -457,7 +465,7 @@ class PredictionLog:
     async def _publish(self, batch: list[PredictionLogged | Answered]) -> None:
         ready = [e for e in batch if isinstance(e, PredictionLogged)]
         answered = [e for e in batch if isinstance(e, Answered)]
-        serialized = batch_serialized(answered) if answered else []
+        serialized = batch_serialized(answered, self._source) if answered else []
         if serialized and self._publish_serialized is None:
             ready += [PredictionLogged.model_validate_json(e.value) for e in serialized]
             serialized = []

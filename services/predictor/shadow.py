@@ -15,9 +15,8 @@ beside the champion's, a few numpy arrays to write, instead of one message per a
 (~300 us of the predictor's CPU each in FastStream and aiokafka, and as much again in the
 broker and the monitor). Shadow answers carry no input summaries: the champion's logged
 answers to the same requests carry them. Two kinds leave as events of their own, built
-here: a failed candidate's answer (``error``; the columns have no error field), and every
-answer of the stream worker (``source="stream"``: the log serializes the answers it batches
-as ``source="http"``; the stream worker logs its champion's answers as built events too).
+here: a failed candidate's answer (``error``; the columns have no error field). The log
+names the source of what it batches (the stream worker's log ``source="stream"``).
 
 Why not a worker thread: on a CPU the champion's forward pass runs on the event loop, and a
 second Python thread driving torch takes the GIL from it (the loop then waits for the
@@ -252,7 +251,7 @@ class ShadowRunner:
             if error is None
             else np.empty(0, dtype=np.int64)
         )
-        if error is None and self.source == "http":  # batched by the log, as columns
+        if error is None:  # batched by the log, as columns
             self.log.add_prediction(
                 rollout.candidate.name,
                 rollout.candidate_version,

@@ -127,7 +127,9 @@ class StreamWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         #: logged predictions leave in batches from one task, never one task per answer
-        self.prediction_log = PredictionLog(lambda events: publish_many(broker, events))
+        self.prediction_log = PredictionLog(
+            lambda events: publish_many(broker, events), source="stream"
+        )
         self._tracer = telemetry.tracer("lmesh.predictor")
         self._labels = (SERVICE, self.topic)
         self._answer_partitions = 0  # of the answer topic, known at the first publish

@@ -155,3 +155,27 @@ async def test_answered_requests_leave_batched_and_dropped_ones_are_counted_per_
         assert ids == ["r3", "r4", "r5", "r6"]
     finally:
         await log.stop()
+
+
+async def test_a_stream_log_names_its_source_and_builds_at_a_quiet_moment() -> None:
+    """The stream worker's log batches its answers as source "stream"; a log given a quiet
+    hook builds nothing until the hook returns (the HTTP app's: no request in flight)."""
+    published: list[PredictionLogged] = []
+    quiet = asyncio.Event()
+
+    async def publish(events: list[PredictionLogged]) -> None:
+        published.extend(events)
+
+    log = PredictionLog(publish, linger_s=0, source="stream", quiet=quiet.wait)
+    log.start()
+    try:
+        for i in range(3):
+            log.add_prediction("m", 1, f"s{i}", np.array([i]), 1.0, np.ones((1, 784)))
+        await asyncio.sleep(0.05)
+        assert published == []  # not quiet yet
+        quiet.set()
+        await eventually(lambda: len(published) == 1, timeout=5)
+    finally:
+        await log.stop()
+    [event] = published
+    assert event.source == "stream" and event.request_count() == 3

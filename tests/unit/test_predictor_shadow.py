@@ -1,7 +1,7 @@
 """The shadow runner: the candidate's answers in slices on the event loop, handed to the
 prediction log with the champion's answers (batched there: several shadow answers in one
 prediction.logged.v1 as columns, which the monitor compares with the champion row by row),
-a failing candidate logged as errors, the stream worker's answers as events of their own,
+a failing candidate logged as errors (events of their own),
 the champion's requests in flight first, a full queue counted."""
 
 from __future__ import annotations
@@ -153,7 +153,11 @@ async def test_a_failing_candidate_is_logged_as_errors_and_the_runner_carries_on
     assert answered.request_id == "fixed" and answered.labels.tolist() == [7, 7]
 
 
-async def test_the_stream_workers_answers_are_events_with_source_stream(tmp_path: Path) -> None:
+async def test_the_stream_workers_failed_answers_are_events_with_source_stream(
+    tmp_path: Path,
+) -> None:
+    """The stream worker's answers go to its log like the HTTP app's (its log batches them
+    as source "stream"); a failed one is an event of its own, named for the stream."""
     champion = _model(tmp_path, 1)
     candidate = _Failing()
     log = _Log()
@@ -168,12 +172,12 @@ async def test_the_stream_workers_answers_are_events_with_source_stream(tmp_path
         await eventually(lambda: len(log) == 2, what="the next shadow answer")
     finally:
         await runner.stop()
-    assert log.answers == []  # the log batches answers as source http
-    failed, answered = log.events
+    [failed] = log.events
     assert failed.error == "RuntimeError: candidate broke" and failed.predictions == []
-    assert answered.error is None and answered.predictions == [7, 7]
-    assert answered.champion_predictions == [0, 0] and answered.champion_version == 1
-    assert failed.source == answered.source == "stream"
+    assert failed.source == "stream"
+    [answered] = log.answers
+    assert answered.labels.tolist() == [7, 7] and answered.champion_labels.tolist() == [0, 0]
+    assert (answered.role, answered.champion_version) == ("shadow", 1)
 
 
 async def test_the_candidate_waits_while_a_champion_request_is_in_flight(tmp_path: Path) -> None:
