@@ -33,14 +33,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 
-from contracts.events import PredictionLogged
 from services.predictor import metrics
 from services.predictor.model import LoadedModel
-from services.predictor.prediction_log import Role, prediction_logged
+from services.predictor.prediction_log import PredictionLog, prediction_logged
 from services.predictor.routing import ActiveRollout
 
 log = logging.getLogger("lmesh.predictor")
@@ -57,28 +56,6 @@ _Item = tuple[ActiveRollout[LoadedModel], LoadedModel, str, np.ndarray, np.ndarr
 Segment = tuple[_Item, int, int]
 #: the candidate's answer to a part of an item's rows: (classes, ms, error)
 _Part = tuple[np.ndarray, float, str | None]
-
-
-class ShadowLog(Protocol):
-    """Where shadow answers go (:class:`~services.predictor.prediction_log.PredictionLog`):
-    both calls only append; the log's task builds and publishes the events later."""
-
-    def add(self, event: PredictionLogged) -> None: ...
-
-    def add_prediction(
-        self,
-        model_name: str,
-        version: int,
-        request_id: str,
-        labels: np.ndarray,
-        latency_ms: float,
-        rows: np.ndarray | None,
-        role: Role | None = None,
-        *,
-        summary: np.ndarray | None = None,
-        champion_version: int | None = None,
-        champion_labels: np.ndarray | None = None,
-    ) -> None: ...
 
 
 class InFlight:
@@ -137,7 +114,7 @@ def slices(items: list[_Item], max_rows: int) -> Iterator[list[Segment]]:
 class ShadowRunner:
     def __init__(
         self,
-        log: ShadowLog,
+        log: PredictionLog,
         source: Literal["http", "stream"] = "http",
         *,
         slice_rows: int = SHADOW_SLICE_ROWS,
