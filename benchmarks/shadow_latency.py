@@ -132,6 +132,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # as under lmesh up (the monitor needs them): the champion's answers are logged
             "PREDICTOR_LOG_SAMPLE_RATE": str(args.log_sample_rate),
             "PREDICTOR_SHADOW_SAMPLE_RATE": str(args.shadow_sample_rate),
+            "PREDICTOR_SHADOW_SLICE_ROWS": str(args.shadow_slice_rows),
+            "PREDICTOR_SHADOW_LINGER_MS": str(args.shadow_linger_ms),
         }
         cmd = [sys.executable, "-m", "services.predictor"]
         with _server(cmd, env, port, "/v2/health/ready", work / "predictor.log") as base:
@@ -181,6 +183,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "connections": args.connections,
             "log_sample_rate": args.log_sample_rate,
             "shadow_sample_rate": args.shadow_sample_rate,
+            "shadow_slice_rows": args.shadow_slice_rows,
+            "shadow_linger_ms": args.shadow_linger_ms,
             "model": "MLP 784-500-10 champion, MLP 784-500-10 candidate in shadow",
         },
         "without_shadow": {
@@ -212,6 +216,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-sample-rate", type=float, default=1.0, help="PREDICTOR_LOG_SAMPLE_RATE")
     p.add_argument(
         "--shadow-sample-rate", type=float, default=1.0, help="PREDICTOR_SHADOW_SAMPLE_RATE"
+    )
+    p.add_argument("--shadow-slice-rows", type=int, default=8, help="PREDICTOR_SHADOW_SLICE_ROWS")
+    p.add_argument(
+        "--shadow-linger-ms", type=float, default=50.0, help="PREDICTOR_SHADOW_LINGER_MS"
     )
     p.add_argument("--note", default="", help="free text about the machine, kept in the JSON")
     p.add_argument("--output", help="also write the JSON here")

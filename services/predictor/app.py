@@ -166,7 +166,12 @@ def build_app(
         publish_serialized=kafka_publisher(broker),
         quiet=lambda: in_flight.quiet(0.05),
     )
-    shadow = ShadowRunner(prediction_log, in_flight=in_flight)
+    shadow = ShadowRunner(
+        prediction_log,
+        in_flight=in_flight,
+        slice_rows=settings.shadow_slice_rows,
+        linger_s=settings.shadow_linger_ms / 1000,
+    )
 
     async def on_startup(app: FastAPI) -> None:
         torch.set_num_threads(settings.torch_threads)

@@ -44,6 +44,19 @@ class PredictorSettings(ServiceSettings):
         description="rollouts in shadow: share of requests whose copy the candidate also runs "
         "(lower it where the CPU has no room for a second model on all the traffic)",
     )
+    shadow_slice_rows: int = Field(
+        default=8,
+        ge=1,
+        le=4096,
+        description="rollouts in shadow: rows per candidate forward pass, run when no request "
+        "is in flight (a request that arrives during one waits for it)",
+    )
+    shadow_linger_ms: float = Field(
+        default=50.0,
+        ge=0.0,
+        le=5000.0,
+        description="rollouts in shadow: how long copies gather before they are run",
+    )
     trace_sample_ratio: float = Field(
         default=0.01,
         ge=0.0,

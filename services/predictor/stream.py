@@ -134,7 +134,12 @@ class StreamWorker:
         self._labels = (SERVICE, self.topic)
         self._answer_partitions = 0  # of the answer topic, known at the first publish
         #: rollouts in shadow: candidates run off the answer path
-        self.shadow = ShadowRunner(self.prediction_log, source="stream")
+        self.shadow = ShadowRunner(
+            self.prediction_log,
+            source="stream",
+            slice_rows=settings.shadow_slice_rows,
+            linger_s=settings.shadow_linger_ms / 1000,
+        )
 
     @property
     def in_flight(self) -> int:
