@@ -275,8 +275,7 @@ def freeze_startup_heap() -> None:
     sight: it lives as long as the process. Without this every full collection, triggered
     by objects that outlive a few young collections (events in flight, logged predictions
     waiting for their batch), scans the whole import-time heap again: measured ~150 ms per
-    collection in the stream worker (~7 us per record), and ~20 us per request in an HTTP
-    predictor that logs every prediction."""
+    collection in the stream worker (~7 us per record)."""
     gc.collect()
     gc.freeze()
 

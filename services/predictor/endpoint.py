@@ -36,7 +36,6 @@ from services.predictor.routing import ROUTING_HEADER, ActiveRollout, Role, choo
 
 log = logging.getLogger("lmesh.predictor")
 
-#: (model, request id, predicted labels, latency ms, the request's rows, rollout role)
 #: (the model, request id, its labels, latency in ms, its rows' input summaries (None when
 #: the batcher does not summarize), its rollout role)
 PredictionSink = Callable[
