@@ -161,17 +161,21 @@ async def test_a_stream_log_names_its_source_and_builds_at_a_quiet_moment() -> N
     """The stream worker's log batches its answers as source "stream"; a log given a quiet
     hook builds nothing until the hook returns (the HTTP app's: no request in flight)."""
     published: list[PredictionLogged] = []
-    quiet = asyncio.Event()
+    asked, quiet = asyncio.Event(), asyncio.Event()
 
     async def publish(events: list[PredictionLogged]) -> None:
         published.extend(events)
 
-    log = PredictionLog(publish, linger_s=0, source="stream", quiet=quiet.wait)
+    async def wait_quiet() -> None:
+        asked.set()
+        await quiet.wait()
+
+    log = PredictionLog(publish, linger_s=0, source="stream", quiet=wait_quiet)
     log.start()
     try:
         for i in range(3):
             log.add_prediction("m", 1, f"s{i}", np.array([i]), 1.0, np.ones((1, 784)))
-        await asyncio.sleep(0.05)
+        await eventually(asked.is_set, timeout=5, what="the log waiting for a quiet moment")
         assert published == []  # not quiet yet
         quiet.set()
         await eventually(lambda: len(published) == 1, timeout=5)
