@@ -29,6 +29,7 @@ from libs.messaging.settings import KafkaSettings
 from libs.service import create_app
 from libs.storage import StoreSettings
 from services.predictor import handlers
+from services.predictor.candidate_process import CandidateProcess
 from services.predictor.endpoint import (
     VERSION_PATTERN,
     InferenceEndpoint,
@@ -158,8 +159,8 @@ def build_app(
 
     # Logged predictions leave in batches from one task: no task and no ack wait per
     # request; one prediction.logged.v1 per model version and batch, built from numpy at a
-    # quiet moment (no request in flight; 50 ms at most). The candidate runs in slices at
-    # quiet moments too; its answers leave through the same log, batched as columns.
+    # quiet moment (no request in flight; 50 ms at most). A shadow candidate runs in a child
+    # process at idle priority; its answers leave through the same log, batched as columns.
     in_flight = InFlight()
     prediction_log = PredictionLog(
         publish_logged,
@@ -171,6 +172,7 @@ def build_app(
         in_flight=in_flight,
         slice_rows=settings.shadow_slice_rows,
         linger_s=settings.shadow_linger_ms / 1000,
+        process=CandidateProcess() if settings.shadow_process else None,
     )
 
     async def on_startup(app: FastAPI) -> None:

@@ -59,3 +59,9 @@ SHADOW_DROPPED = Counter(
     ["model"],
     registry=REGISTRY,
 )
+SHADOW_PROCESS_STARTS = Counter(
+    "lmesh_predictor_shadow_process_starts_total",
+    "Child processes started to run shadow candidates at idle priority (more than one: "
+    "a child died and was replaced)",
+    registry=REGISTRY,
+)

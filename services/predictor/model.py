@@ -58,6 +58,9 @@ class LoadedModel:
     batcher: MicroBatcher | None = None
     #: the span that loaded this version; each prediction's span links to it
     load_span: SpanContext | None = None
+    #: the safetensors weights, kept for a rollout's candidate (the shadow's child process
+    #: loads its own copy); None otherwise
+    weights: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.version_str = str(self.version)

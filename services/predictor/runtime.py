@@ -55,9 +55,15 @@ class PredictorRuntime:
         return not self.names or name in self.names
 
     def _build(
-        self, name: str, version: int, weights: ArtifactRef, card: ArtifactRef
+        self,
+        name: str,
+        version: int,
+        weights: ArtifactRef,
+        card: ArtifactRef,
+        keep_weights: bool = False,
     ) -> LoadedModel:
-        """Blocking: fetch (sha256-checked by the store) and rebuild; runs in a thread."""
+        """Blocking: fetch (sha256-checked by the store) and rebuild; runs in a thread.
+        ``keep_weights``: a rollout's candidate (a shadow child process loads them too)."""
         weights_bytes = self.store.get(weights, verify=True)
         card_bytes = self.store.get(card, verify=True)
         model = load_model(
@@ -69,6 +75,8 @@ class PredictorRuntime:
             device=str(self._device),
             noop=self.settings.noop_forward,
         )
+        if keep_weights:
+            model.weights = weights_bytes
         # logging predictions: each batch also summarizes its raw rows for the monitor
         model.batcher = MicroBatcher(
             summarizing(model.forward) if self.settings.log_sample_rate else model.forward,
@@ -124,7 +132,7 @@ class PredictorRuntime:
             candidate = active.candidate
         else:
             candidate = await asyncio.to_thread(
-                self._build, name, event.candidate_version, event.weights, event.card
+                self._build, name, event.candidate_version, event.weights, event.card, True
             )
         self.rollouts[name] = ActiveRollout(
             rollout_id=event.rollout_id,

@@ -44,12 +44,18 @@ class PredictorSettings(ServiceSettings):
         description="rollouts in shadow: share of requests whose copy the candidate also runs "
         "(lower it where the CPU has no room for a second model on all the traffic)",
     )
+    shadow_process: bool = Field(
+        default=True,
+        description="rollouts in shadow: run a CPU candidate in a child process at idle CPU "
+        "priority (SCHED_IDLE), so that its passes never hold the champion's event loop; "
+        "false: in slices on the event loop",
+    )
     shadow_slice_rows: int = Field(
         default=8,
         ge=1,
         le=4096,
-        description="rollouts in shadow: rows per candidate forward pass, run when no request "
-        "is in flight (a request that arrives during one waits for it)",
+        description="rollouts in shadow, on the event loop: rows per candidate forward pass, "
+        "run when no request is in flight (a request that arrives during one waits for it)",
     )
     shadow_linger_ms: float = Field(
         default=50.0,

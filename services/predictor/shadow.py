@@ -1,4 +1,11 @@
-"""Shadow inference off the request path, in small slices on the event loop.
+"""Shadow inference off the request path: in a child process at idle CPU priority
+(``candidate_process``, the default for CPU candidates), or in small slices on the event loop.
+
+In the child, the candidate's passes never hold the champion's event loop: the runner
+gathers copies for ``linger_s`` and hands them over in one frame per candidate (up to
+``PROCESS_BATCH_ROWS`` rows), then logs the answers as below. The rest of this text is the
+event-loop mode (``PREDICTOR_SHADOW_PROCESS=false``, GPU candidates, or a candidate whose
+weights were not kept).
 
 The champion has answered (its response is sent); the candidate's copy of the rows waits in
 a bounded queue. The runner gathers copies for ``linger_s``, then runs them in slices of at
@@ -38,6 +45,7 @@ from typing import Literal
 import numpy as np
 
 from services.predictor import metrics
+from services.predictor.candidate_process import CandidateProcess
 from services.predictor.model import LoadedModel
 from services.predictor.prediction_log import PredictionLog, prediction_logged
 from services.predictor.routing import ActiveRollout
@@ -50,6 +58,8 @@ SHADOW_QUEUE = 1024
 SHADOW_SLICE_ROWS = 8
 #: how long the runner gathers copies before running them (fuller slices, fewer passes)
 SHADOW_LINGER_S = 0.05
+#: rows in one frame to the candidate process at most
+PROCESS_BATCH_ROWS = 512
 
 _Item = tuple[ActiveRollout[LoadedModel], LoadedModel, str, np.ndarray, np.ndarray]
 #: a part of one item's rows: (the item, first row, end row)
@@ -121,6 +131,7 @@ class ShadowRunner:
         linger_s: float = SHADOW_LINGER_S,
         max_queue: int = SHADOW_QUEUE,
         in_flight: InFlight | None = None,
+        process: CandidateProcess | None = None,
     ) -> None:
         if slice_rows < 1:
             raise ValueError("slice_rows must be >= 1")
@@ -130,6 +141,8 @@ class ShadowRunner:
         self.linger_s = linger_s
         self.max_queue = max_queue
         self.in_flight = in_flight
+        #: where CPU candidates run (None: on the event loop, in slices)
+        self.process = process
         self.queue: asyncio.Queue[_Item] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -142,6 +155,8 @@ class ShadowRunner:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+        if self.process is not None:
+            await self.process.stop()
 
     def submit(
         self,
@@ -175,6 +190,13 @@ class ShadowRunner:
         """Every slice of ``items``, each at a quiet moment: the loop is never busy with the
         shadow for longer than one slice (its answers are only appended to the log)."""
         done: dict[int, list[_Part]] = {}
+        if self.process is not None:
+            supported = self.process.supports
+            for segments in slices(
+                [i for i in items if supported(i[0].candidate)], PROCESS_BATCH_ROWS
+            ):
+                self._run_slice(segments, done, await self._forward_in_process(segments))
+            items = [i for i in items if not supported(i[0].candidate)]
         for segments in slices(items, self.slice_rows):
             await self._quiet()
             try:
@@ -202,6 +224,18 @@ class ShadowRunner:
             error = f"{type(exc).__name__}: {exc}"
             return np.empty(0, dtype=np.int64), (time.perf_counter() - started) * 1000, error
         return labels, (time.perf_counter() - started) * 1000, None
+
+    async def _forward_in_process(self, segments: list[Segment]) -> _Part:
+        """The candidate's pass over ``segments`` in the child process (the loop only
+        writes the rows and reads the classes)."""
+        assert self.process is not None
+        candidate = segments[0][0][0].candidate
+        x = np.concatenate([item[3][start:stop] for item, start, stop in segments])
+        try:
+            labels, ms = await self.process.forward(candidate, x)
+        except Exception as exc:
+            return np.empty(0, dtype=np.int64), 0.0, f"{type(exc).__name__}: {exc}"
+        return labels, ms, None
 
     def _run_slice(
         self, segments: list[Segment], done: dict[int, list[_Part]], answer: _Part

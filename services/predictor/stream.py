@@ -58,6 +58,7 @@ from libs.storage import StoreSettings
 from libs.telemetry import metrics as mesh_metrics
 from services.predictor import metrics, streaming
 from services.predictor.app import follow_models, ready_when_positioned
+from services.predictor.candidate_process import CandidateProcess
 from services.predictor.prediction_log import PredictionLog, prediction_logged
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
@@ -139,6 +140,7 @@ class StreamWorker:
             source="stream",
             slice_rows=settings.shadow_slice_rows,
             linger_s=settings.shadow_linger_ms / 1000,
+            process=CandidateProcess() if settings.shadow_process else None,
         )
 
     @property

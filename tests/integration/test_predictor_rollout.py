@@ -164,6 +164,13 @@ async def test_canary_share_sticky_shadow_never_answers_and_a_bad_load_is_report
             assert any((m.get("columns") or {}).get("champion_predictions") for m in shadows), (
                 "no shadow answers in columns"
             )
+            # the candidate ran in the predictor's child process (idle priority), started once
+            starts = [
+                ln
+                for ln in (await client.get("/metrics")).text.splitlines()
+                if ln.startswith("lmesh_predictor_shadow_process_starts_total")
+            ]
+            assert starts and float(starts[0].split()[-1]) == 1.0, starts
 
             # a candidate whose weights cannot be fetched: reported, the champion serves on
             broken = dict(

@@ -1,0 +1,280 @@
+"""Shadow candidates in a child process at idle CPU priority.
+
+The champion answers on the predictor's event loop. A candidate run on that loop, even in
+small slices, makes a request that arrives during one of its forward passes wait for it;
+in a thread it takes the GIL. Here the candidate runs in a child process
+(``python -m services.predictor.candidate_process``) whose scheduling class is
+``SCHED_IDLE`` (``nice 19`` where that is not available): the kernel runs it on CPU time
+nobody else wants and preempts it the moment the champion's process wakes up. The event
+loop only writes the gathered rows to a pipe and reads the classes back.
+
+The pipe carries frames, never pickle: a 4-byte big-endian length, a JSON header naming the
+sizes of the binary parts, then the parts (safetensors weights, the card's JSON, raw rows,
+int64 classes). Requests (parent -> child):
+
+- ``load``: ``key``, ``name``, ``version``, ``variant``, ``noop``; parts: weights, card
+- ``drop``: ``key``
+- ``forward``: ``id``, ``key``, ``dtype``, ``shape``; part: the rows
+
+Answers (child -> parent), one per ``forward`` (``load`` answers only when it fails, in
+the next forward's error): ``id``, ``ms``, ``error`` or a part with the classes.
+
+If the child dies, the waiting forward fails (its answers are logged as shadow errors) and
+the next one starts a fresh child, which is sent the candidates again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+import sys
+import time
+from collections import OrderedDict
+from typing import Any, BinaryIO
+
+import numpy as np
+import orjson
+
+from services.predictor import metrics
+from services.predictor.model import LoadedModel
+
+log = logging.getLogger("lmesh.predictor")
+
+_LENGTH = struct.Struct(">I")
+#: candidates the child keeps loaded (a rollout has one; older ones are dropped)
+MAX_LOADED = 2
+#: how long the child gets to exit after its input is closed
+STOP_TIMEOUT_S = 5.0
+
+
+class CandidateProcessError(RuntimeError):
+    """The child could not answer (it died, or could not start)."""
+
+
+def frame(header: dict[str, Any], *parts: bytes | memoryview) -> bytes:
+    head = orjson.dumps({**header, "sizes": [len(p) for p in parts]})
+    return b"".join([_LENGTH.pack(len(head)), head, *parts])
+
+
+def model_key(model: LoadedModel) -> str:
+    return f"{model.name}/{model.version}/{model.variant}"
+
+
+class CandidateProcess:
+    """The parent's side: one child, its loaded candidates, one forward pass at a time."""
+
+    def __init__(self, *, torch_threads: int = 1) -> None:
+        self.torch_threads = torch_threads
+        self._proc: asyncio.subprocess.Process | None = None
+        self._loaded: OrderedDict[str, None] = OrderedDict()
+        self._lock = asyncio.Lock()
+        self._next_id = 0
+        #: children started (a restart after a death counts)
+        self.starts = 0
+
+    @staticmethod
+    def supports(model: LoadedModel) -> bool:
+        """A CPU candidate whose weights the runtime kept (GPU ones run in a thread)."""
+        return model.device.type == "cpu" and model.weights is not None
+
+    async def forward(self, model: LoadedModel, rows: np.ndarray) -> tuple[np.ndarray, float]:
+        """The candidate's classes for ``rows`` and the child's milliseconds; raises
+        ``CandidateProcessError`` (child gone) or ``RuntimeError`` (the candidate failed)."""
+        async with self._lock:
+            proc = await self._running()
+            assert proc.stdin is not None and proc.stdout is not None
+            key = model_key(model)
+            try:
+                if key not in self._loaded:
+                    self._send_load(proc, key, model)
+                self._next_id += 1
+                rows = np.ascontiguousarray(rows)
+                proc.stdin.write(
+                    frame(
+                        {
+                            "op": "forward",
+                            "id": self._next_id,
+                            "key": key,
+                            "dtype": rows.dtype.str,
+                            "shape": list(rows.shape),
+                        },
+                        memoryview(rows).cast("B"),
+                    )
+                )
+                await proc.stdin.drain()
+                header, parts = await _read_frame(proc.stdout)
+            except (ConnectionError, asyncio.IncompleteReadError, BrokenPipeError) as exc:
+                await self._lost(proc)
+                raise CandidateProcessError(f"the candidate process exited: {exc!r}") from exc
+            if header.get("id") != self._next_id:
+                await self._lost(proc)
+                raise CandidateProcessError(f"out-of-order answer {header.get('id')!r}")
+            if header.get("error"):
+                if header.get("unloaded"):  # a failed load is tried again with the next batch
+                    self._loaded.pop(key, None)
+                raise RuntimeError(header["error"])
+            return np.frombuffer(parts[0], dtype=np.int64), float(header["ms"])
+
+    def _send_load(self, proc: asyncio.subprocess.Process, key: str, model: LoadedModel) -> None:
+        assert proc.stdin is not None and model.weights is not None
+        while len(self._loaded) >= MAX_LOADED:
+            old, _ = self._loaded.popitem(last=False)
+            proc.stdin.write(frame({"op": "drop", "key": old}))
+        header = {
+            "op": "load",
+            "key": key,
+            "name": model.name,
+            "version": model.version,
+            "variant": model.variant,
+            "noop": model.network is None,
+        }
+        proc.stdin.write(frame(header, model.weights, model.card.model_dump_json().encode()))
+        self._loaded[key] = None
+
+    async def _running(self) -> asyncio.subprocess.Process:
+        if self._proc is not None and self._proc.returncode is None:
+            return self._proc
+        self._loaded.clear()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "services.predictor.candidate_process",
+                str(self.torch_threads),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=1 << 26,
+            )
+        except OSError as exc:
+            raise CandidateProcessError(f"the candidate process did not start: {exc}") from exc
+        self.starts += 1
+        metrics.SHADOW_PROCESS_STARTS.inc()
+        log.info("shadow candidates run in process %s at idle priority", self._proc.pid)
+        return self._proc
+
+    async def _lost(self, proc: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        rc = await proc.wait()
+        log.warning("the shadow candidate process exited (%s); a new one starts next", rc)
+        self._proc = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+async def _read_frame(stream: asyncio.StreamReader) -> tuple[dict[str, Any], list[bytes]]:
+    (n,) = _LENGTH.unpack(await stream.readexactly(_LENGTH.size))
+    header = orjson.loads(await stream.readexactly(n))
+    return header, [await stream.readexactly(size) for size in header.get("sizes", [])]
+
+
+# --------------------------------------------------------------------------- the child
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise EOFError
+    return data
+
+
+def _read(stream: BinaryIO) -> tuple[dict[str, Any], list[bytes]]:
+    (n,) = _LENGTH.unpack(_read_exactly(stream, _LENGTH.size))
+    header = orjson.loads(_read_exactly(stream, n))
+    return header, [_read_exactly(stream, size) for size in header.get("sizes", [])]
+
+
+def lower_priority() -> str:
+    """The idle scheduling class where the OS has it, else the lowest nice value."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+        except OSError:
+            pass
+    with contextlib.suppress(OSError):
+        os.nice(19)
+    return "nice 19"
+
+
+def serve(inp: BinaryIO, out: BinaryIO) -> None:
+    """The child's loop: requests from ``inp`` until it closes, answers to ``out``."""
+    from services.predictor.model import load_model
+
+    models: dict[str, LoadedModel] = {}
+    failed: dict[str, str] = {}
+    while True:
+        try:
+            header, parts = _read(inp)
+        except EOFError:
+            return
+        op, key = header.get("op"), header.get("key", "")
+        if op == "load":
+            failed.pop(key, None)
+            try:
+                models[key] = load_model(
+                    header["name"],
+                    int(header["version"]),
+                    parts[0],
+                    parts[1],
+                    variant=header["variant"],
+                    noop=bool(header["noop"]),
+                )
+            except Exception as exc:
+                failed[key] = f"the candidate did not load: {type(exc).__name__}: {exc}"
+        elif op == "drop":
+            models.pop(key, None)
+            failed.pop(key, None)
+        elif op == "forward":
+            started = time.perf_counter()
+            answer: dict[str, Any] = {"id": header["id"]}
+            labels = b""
+            try:
+                model = models.get(key)
+                if model is None:
+                    answer["unloaded"] = True  # the parent sends it again
+                    raise RuntimeError(failed.get(key, f"candidate {key} is not loaded"))
+                rows = np.frombuffer(parts[0], dtype=np.dtype(header["dtype"]))
+                _, classes = model.forward(rows.reshape(header["shape"]))
+                labels = np.ascontiguousarray(classes, dtype=np.int64).tobytes()
+            except Exception as exc:
+                answer["error"] = f"{type(exc).__name__}: {exc}"
+            answer["ms"] = (time.perf_counter() - started) * 1000
+            out.write(frame(answer, labels) if labels else frame(answer))
+            out.flush()
+
+
+def main(argv: list[str]) -> None:
+    # the frames own the real stdout: anything printed by a library goes to stderr
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    priority = lower_priority()
+    import torch
+
+    torch.set_num_threads(int(argv[0]) if argv else 1)
+    log.debug("candidate process %s at %s", os.getpid(), priority)
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+        serve(sys.stdin.buffer, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
