@@ -139,6 +139,8 @@ async def open_loop(
         "errors": errors,
         "p50_ms": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
+        # every latency (us resolution): a caller pools rounds for a steadier tail
+        "latencies_ms": np.round(lat, 3).tolist(),
     }
 
 
@@ -450,6 +452,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     res[key]["at_60pct"] = _client(
                         urls[key], body_path, args.duration, args.connections, rate
                     )
+                    del res[key]["at_60pct"]["latencies_ms"]
             if args.compare_batching:
                 res["batching_gain"] = round(
                     res["a_predictor"]["rps"] / res["a_predictor_no_batching"]["rps"], 2
