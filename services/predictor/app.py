@@ -172,7 +172,11 @@ def build_app(
         in_flight=in_flight,
         slice_rows=settings.shadow_slice_rows,
         linger_s=settings.shadow_linger_ms / 1000,
-        process=CandidateProcess() if settings.shadow_process else None,
+        process=(
+            CandidateProcess(slice_rows=settings.shadow_slice_rows)
+            if settings.shadow_process
+            else None
+        ),
     )
 
     async def on_startup(app: FastAPI) -> None:

@@ -8,16 +8,21 @@ in a thread it takes the GIL. Here the candidate runs in a child process
 nobody else wants and preempts it the moment the champion's process wakes up. The event
 loop only writes the gathered rows to a pipe and reads the classes back.
 
+The child runs a frame's rows in slices of ``slice_rows`` and reports the candidate's
+time per slice as each answer's latency (as the event-loop mode does, so that the rollout
+policy compares a candidate's pass with the champion's and not with a whole frame's).
+
 The pipe carries frames, never pickle: a 4-byte big-endian length, a JSON header naming the
 sizes of the binary parts, then the parts (safetensors weights, the card's JSON, raw rows,
 int64 classes). Requests (parent -> child):
 
 - ``load``: ``key``, ``name``, ``version``, ``variant``, ``noop``; parts: weights, card
 - ``drop``: ``key``
-- ``forward``: ``id``, ``key``, ``dtype``, ``shape``; part: the rows
+- ``forward``: ``id``, ``key``, ``dtype``, ``shape``, ``slice_rows``; part: the rows
 
 Answers (child -> parent), one per ``forward`` (``load`` answers only when it fails, in
-the next forward's error): ``id``, ``ms``, ``error`` or a part with the classes.
+the next forward's error): ``id``, ``ms`` (the candidate's time per slice, as an answer's
+latency in the event-loop mode), ``error`` or a part with the classes.
 
 If the child dies, the waiting forward fails (its answers are logged as shadow errors) and
 the next one starts a fresh child, which is sent the candidates again.
@@ -48,6 +53,8 @@ _LENGTH = struct.Struct(">I")
 MAX_LOADED = 2
 #: how long the child gets to exit after its input is closed
 STOP_TIMEOUT_S = 5.0
+#: rows per candidate pass in the child
+SLICE_ROWS = 8
 
 
 class CandidateProcessError(RuntimeError):
@@ -66,8 +73,9 @@ def model_key(model: LoadedModel) -> str:
 class CandidateProcess:
     """The parent's side: one child, its loaded candidates, one forward pass at a time."""
 
-    def __init__(self, *, torch_threads: int = 1) -> None:
+    def __init__(self, *, torch_threads: int = 1, slice_rows: int = SLICE_ROWS) -> None:
         self.torch_threads = torch_threads
+        self.slice_rows = slice_rows
         self._proc: asyncio.subprocess.Process | None = None
         self._loaded: OrderedDict[str, None] = OrderedDict()
         self._lock = asyncio.Lock()
@@ -100,6 +108,7 @@ class CandidateProcess:
                             "key": key,
                             "dtype": rows.dtype.str,
                             "shape": list(rows.shape),
+                            "slice_rows": self.slice_rows,
                         },
                         memoryview(rows).cast("B"),
                     )
@@ -167,6 +176,7 @@ class CandidateProcess:
         return self._proc.pid if self._proc is not None else None
 
     async def stop(self) -> None:
+        """Stop the child (a later pass would start a new one)."""
         proc, self._proc = self._proc, None
         if proc is None or proc.returncode is not None:
             return
@@ -215,6 +225,18 @@ def lower_priority() -> str:
     return "nice 19"
 
 
+def _sliced(model: LoadedModel, rows: np.ndarray, slice_rows: int) -> tuple[np.ndarray, float]:
+    """The classes of ``rows``, a slice at a time; the ms per slice."""
+    classes, spent = [], 0.0
+    for start in range(0, len(rows), slice_rows):
+        started = time.perf_counter()
+        classes.append(model.forward(rows[start : start + slice_rows])[1])
+        spent += time.perf_counter() - started
+    n = len(classes)
+    labels = classes[0] if n == 1 else np.concatenate(classes)
+    return np.ascontiguousarray(labels, dtype=np.int64), spent * 1000 / max(n, 1)
+
+
 def serve(inp: BinaryIO, out: BinaryIO) -> None:
     """The child's loop: requests from ``inp`` until it closes, answers to ``out``."""
     from services.predictor.model import load_model
@@ -244,8 +266,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             models.pop(key, None)
             failed.pop(key, None)
         elif op == "forward":
-            started = time.perf_counter()
-            answer: dict[str, Any] = {"id": header["id"]}
+            answer: dict[str, Any] = {"id": header["id"], "ms": 0.0}
             labels = b""
             try:
                 model = models.get(key)
@@ -253,11 +274,14 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
                     answer["unloaded"] = True  # the parent sends it again
                     raise RuntimeError(failed.get(key, f"candidate {key} is not loaded"))
                 rows = np.frombuffer(parts[0], dtype=np.dtype(header["dtype"]))
-                _, classes = model.forward(rows.reshape(header["shape"]))
-                labels = np.ascontiguousarray(classes, dtype=np.int64).tobytes()
+                classes, answer["ms"] = _sliced(
+                    model,
+                    rows.reshape(header["shape"]),
+                    max(1, int(header.get("slice_rows", SLICE_ROWS))),
+                )
+                labels = classes.tobytes()
             except Exception as exc:
                 answer["error"] = f"{type(exc).__name__}: {exc}"
-            answer["ms"] = (time.perf_counter() - started) * 1000
             out.write(frame(answer, labels) if labels else frame(answer))
             out.flush()
 

@@ -54,8 +54,8 @@ class PredictorSettings(ServiceSettings):
         default=8,
         ge=1,
         le=4096,
-        description="rollouts in shadow, on the event loop: rows per candidate forward pass, "
-        "run when no request is in flight (a request that arrives during one waits for it)",
+        description="rollouts in shadow: rows per candidate forward pass (on the event loop a "
+        "slice runs when no request is in flight; a request that arrives during one waits)",
     )
     shadow_linger_ms: float = Field(
         default=50.0,

@@ -140,7 +140,11 @@ class StreamWorker:
             source="stream",
             slice_rows=settings.shadow_slice_rows,
             linger_s=settings.shadow_linger_ms / 1000,
-            process=CandidateProcess() if settings.shadow_process else None,
+            process=(
+                CandidateProcess(slice_rows=settings.shadow_slice_rows)
+                if settings.shadow_process
+                else None
+            ),
         )
 
     @property

@@ -96,6 +96,18 @@ async def test_a_candidate_that_does_not_load_is_an_error_and_others_still_answe
         await process.stop()
 
 
+async def test_a_frame_runs_in_slices_and_reports_the_time_of_one(tmp_path: Path) -> None:
+    candidate = _candidate(tmp_path, 2)
+    rows = np.random.default_rng(3).random((20, 784), dtype=np.float32)
+    process = CandidateProcess(slice_rows=8)
+    try:
+        labels, ms = await process.forward(candidate, rows)  # slices of 8, 8 and 4 rows
+        assert labels.tolist() == candidate.forward(rows.copy())[1].tolist()
+        assert ms > 0
+    finally:
+        await process.stop()
+
+
 def test_only_cpu_candidates_with_their_weights_go_to_the_child(tmp_path: Path) -> None:
     candidate = _candidate(tmp_path, 2)
     assert CandidateProcess.supports(candidate)
