@@ -188,14 +188,23 @@ class ShadowRunner:
 
     async def _run_items(self, items: list[_Item]) -> None:
         """Every slice of ``items``, each at a quiet moment: the loop is never busy with the
-        shadow for longer than one slice (its answers are only appended to the log)."""
+        shadow for longer than one slice (its answers are only appended to the log); with
+        a candidate process, one frame per candidate, sent and logged at quiet moments."""
         done: dict[int, list[_Part]] = {}
         if self.process is not None:
             supported = self.process.supports
             for segments in slices(
                 [i for i in items if supported(i[0].candidate)], PROCESS_BATCH_ROWS
             ):
-                self._run_slice(segments, done, await self._forward_in_process(segments))
+                # the loop's share (building the frame, logging the answers) at quiet
+                # moments too: a request never waits behind it
+                await self._quiet()
+                answer = await self._forward_in_process(segments)
+                await self._quiet()
+                try:
+                    self._run_slice(segments, done, answer)
+                except Exception:
+                    log.exception("shadow answers not logged; the champion was not affected")
             items = [i for i in items if not supported(i[0].candidate)]
         for segments in slices(items, self.slice_rows):
             await self._quiet()
