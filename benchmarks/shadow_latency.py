@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stub = RegistryStub()
     common = {"input_datatype": "FP32", "scale": 1.0, "mean": 0.1307, "std": 0.3081}
     stub.add(write_model_version(store, MODEL, 1, seed=0, **common))
-    candidate = write_model_version(store, MODEL, 2, seed=1, **common)
+    candidate = write_model_version(store, MODEL, 2, seed=1, arch=args.candidate_arch, **common)
     body_path = work / "body.json"
     body_path.write_bytes(_request_body((28, 28)))
     rounds: dict[str, list[dict[str, Any]]] = {"without": [], "shadow": []}
@@ -211,7 +211,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "shadow_slice_rows": args.shadow_slice_rows,
             "shadow_linger_ms": args.shadow_linger_ms,
             "shadow_process": not args.shadow_on_loop,
-            "model": "MLP 784-500-10 champion, MLP 784-500-10 candidate in shadow",
+            "model": "MLP 784-500-10 champion, "
+            + ("MLP 784-500-10" if args.candidate_arch == "mlp" else "CNN 32-64 channels")
+            + " candidate in shadow",
         },
         "without_shadow": {
             "requests": len(pooled["without"]),
@@ -258,6 +260,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shadow-slice-rows", type=int, default=8, help="PREDICTOR_SHADOW_SLICE_ROWS")
     p.add_argument(
         "--shadow-linger-ms", type=float, default=50.0, help="PREDICTOR_SHADOW_LINGER_MS"
+    )
+    p.add_argument(
+        "--candidate-arch",
+        choices=["mlp", "cnn"],
+        default="mlp",
+        help="the candidate's network (the seed's CNN: ~5 ms per 8-row pass on one core here)",
     )
     p.add_argument(
         "--shadow-on-loop",
