@@ -29,7 +29,6 @@ from libs.messaging.settings import KafkaSettings
 from libs.service import create_app
 from libs.storage import StoreSettings
 from services.predictor import handlers
-from services.predictor.candidate_process import CandidateProcess
 from services.predictor.endpoint import (
     VERSION_PATTERN,
     InferenceEndpoint,
@@ -167,17 +166,7 @@ def build_app(
         publish_serialized=kafka_publisher(broker),
         quiet=lambda: in_flight.quiet(0.05),
     )
-    shadow = ShadowRunner(
-        prediction_log,
-        in_flight=in_flight,
-        slice_rows=settings.shadow_slice_rows,
-        linger_s=settings.shadow_linger_ms / 1000,
-        process=(
-            CandidateProcess(slice_rows=settings.shadow_slice_rows)
-            if settings.shadow_process
-            else None
-        ),
-    )
+    shadow = ShadowRunner.from_settings(prediction_log, settings, in_flight=in_flight)
 
     async def on_startup(app: FastAPI) -> None:
         torch.set_num_threads(settings.torch_threads)

@@ -49,6 +49,7 @@ from services.predictor.candidate_process import CandidateProcess
 from services.predictor.model import LoadedModel
 from services.predictor.prediction_log import PredictionLog, prediction_logged
 from services.predictor.routing import ActiveRollout
+from services.predictor.settings import PredictorSettings
 
 log = logging.getLogger("lmesh.predictor")
 
@@ -121,6 +122,12 @@ def slices(items: list[_Item], max_rows: int) -> Iterator[list[Segment]]:
             yield current
 
 
+def _candidate_rows(segments: list[Segment]) -> tuple[LoadedModel, np.ndarray]:
+    """A slice's candidate and its rows, one array."""
+    x = np.concatenate([item[3][start:stop] for item, start, stop in segments])
+    return segments[0][0][0].candidate, x
+
+
 class ShadowRunner:
     def __init__(
         self,
@@ -145,6 +152,29 @@ class ShadowRunner:
         self.process = process
         self.queue: asyncio.Queue[_Item] | None = None
         self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        log: PredictionLog,
+        settings: PredictorSettings,
+        source: Literal["http", "stream"] = "http",
+        in_flight: InFlight | None = None,
+    ) -> ShadowRunner:
+        """The runner as ``PREDICTOR_SHADOW_*`` configure it (the candidate's child process
+        unless ``shadow_process`` is off)."""
+        return cls(
+            log,
+            source,
+            slice_rows=settings.shadow_slice_rows,
+            linger_s=settings.shadow_linger_ms / 1000,
+            in_flight=in_flight,
+            process=(
+                CandidateProcess(slice_rows=settings.shadow_slice_rows)
+                if settings.shadow_process
+                else None
+            ),
+        )
 
     def start(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.max_queue)
@@ -221,8 +251,7 @@ class ShadowRunner:
 
     async def _forward(self, segments: list[Segment]) -> _Part:
         """One candidate forward pass over ``segments``: its classes, ms and error."""
-        candidate = segments[0][0][0].candidate
-        x = np.concatenate([item[3][start:stop] for item, start, stop in segments])
+        candidate, x = _candidate_rows(segments)
         started = time.perf_counter()
         try:
             if candidate.device.type == "cpu":
@@ -238,8 +267,7 @@ class ShadowRunner:
         """The candidate's pass over ``segments`` in the child process (the loop only
         writes the rows and reads the classes)."""
         assert self.process is not None
-        candidate = segments[0][0][0].candidate
-        x = np.concatenate([item[3][start:stop] for item, start, stop in segments])
+        candidate, x = _candidate_rows(segments)
         try:
             labels, ms = await self.process.forward(candidate, x)
         except Exception as exc:

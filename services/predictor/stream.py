@@ -58,7 +58,6 @@ from libs.storage import StoreSettings
 from libs.telemetry import metrics as mesh_metrics
 from services.predictor import metrics, streaming
 from services.predictor.app import follow_models, ready_when_positioned
-from services.predictor.candidate_process import CandidateProcess
 from services.predictor.prediction_log import PredictionLog, prediction_logged
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
@@ -135,17 +134,7 @@ class StreamWorker:
         self._labels = (SERVICE, self.topic)
         self._answer_partitions = 0  # of the answer topic, known at the first publish
         #: rollouts in shadow: candidates run off the answer path
-        self.shadow = ShadowRunner(
-            self.prediction_log,
-            source="stream",
-            slice_rows=settings.shadow_slice_rows,
-            linger_s=settings.shadow_linger_ms / 1000,
-            process=(
-                CandidateProcess(slice_rows=settings.shadow_slice_rows)
-                if settings.shadow_process
-                else None
-            ),
-        )
+        self.shadow = ShadowRunner.from_settings(self.prediction_log, settings, "stream")
 
     @property
     def in_flight(self) -> int:
