@@ -126,11 +126,22 @@ class Reference:
         return summary_names(len(self.groups))
 
     def bin_counts(self, summaries: np.ndarray) -> np.ndarray:
-        """``[C, BINS]`` counts of ``summaries`` (``[N, C]``) in the reference's bins."""
-        out = np.zeros((len(self.edges), BINS), dtype=np.int64)
-        for c, edges in enumerate(self.edges):
-            idx = np.searchsorted(np.asarray(edges), summaries[:, c], side="left")
-            out[c, : len(edges) + 1] = np.bincount(idx, minlength=len(edges) + 1)
+        """``[C, BINS]`` counts of ``summaries`` (``[N, C]``) in the reference's bins: a
+        value's bin is how many of its column's edges lie below it (``searchsorted``'s left
+        side), all columns compared at once against the edges padded with +inf."""
+        edges = self._padded_edges
+        rows = np.asarray(summaries, dtype=np.float64)
+        idx = (edges[None, :, :] < rows[:, :, None]).sum(axis=2)
+        idx += np.arange(len(edges)) * BINS
+        counts = np.bincount(idx.ravel(), minlength=len(edges) * BINS)
+        return counts.reshape(len(edges), BINS).astype(np.int64, copy=False)
+
+    @functools.cached_property
+    def _padded_edges(self) -> np.ndarray:
+        """``[C, BINS - 1]``: each column's inner edges, +inf where it has fewer."""
+        out = np.full((len(self.edges), BINS - 1), np.inf)
+        for c, e in enumerate(self.edges):
+            out[c, : len(e)] = e
         return out
 
     def psi(self, counts: np.ndarray) -> np.ndarray:

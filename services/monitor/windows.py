@@ -545,8 +545,7 @@ class Monitor:
                     logged.latency_ms[start:end],
                     logged.errors[start:end],
                 )
-                for i in range(start, end):
-                    self._remember(logged.request_ids[i], w, logged.labels[rows[i] : rows[i + 1]])
+                self._remember_many(logged.request_ids[start:end], w, labels, rows[start : end + 1])
             if summaries is not None and at_summary[end] > at_summary[start]:
                 w.add_inputs(
                     now,
@@ -614,6 +613,31 @@ class Monitor:
         self._remember(event.request_id, w, labels)
         return len(labels)
 
+    def _remember_many(
+        self, request_ids: list[str], w: VersionWindow, labels: np.ndarray, at: np.ndarray
+    ) -> None:
+        """:meth:`_remember` for consecutive requests (``labels`` all their rows, request
+        ``i``'s from ``at[i] - at[0]`` to ``at[i + 1] - at[0]``). The usual case - new
+        request ids, each once, and no feedback waiting - in one dict update."""
+        bounds = (at - at[0]).tolist()
+        if (
+            self._pending
+            or len(set(request_ids)) != len(request_ids)
+            or not self._requests.keys().isdisjoint(request_ids)
+        ):
+            for i, request_id in enumerate(request_ids):
+                self._remember(request_id, w, labels[bounds[i] : bounds[i + 1]])
+            return
+        key = w.key
+        fresh = {
+            request_id: {key: labels[bounds[i] : bounds[i + 1]]}
+            for i, request_id in enumerate(request_ids)
+            if request_id
+        }
+        self._requests.update(fresh)
+        self._answers += len(fresh)
+        self._forget_oldest()
+
     def _remember(self, request_id: str, w: VersionWindow, labels: np.ndarray) -> None:
         """Remember a version's answer to a request id; feedback that came before it (for
         another version's answer, or waiting for any) credits it now."""
@@ -635,6 +659,10 @@ class Monitor:
             for row in range(len(labels)):
                 if (waiting := self._pending.pop((request_id, row), None)) is not None:
                     self._join(request_id, answers, row, waiting[1])
+        self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """The oldest request ids, past ``remembered_requests`` answers."""
         while self._answers > self.config.remembered_requests and len(self._requests) > 1:
             forgotten, old = self._requests.popitem(last=False)
             self._answers -= len(old)

@@ -238,6 +238,33 @@ def test_a_batched_event_counts_as_its_requests_each_logged_alone(batch: Any) ->
     assert list(t.labelled) == [True]
 
 
+def test_a_batched_event_remembers_its_requests_as_one_event_each_would() -> None:
+    """Request ids of a batched event are remembered at once where none is known yet and no
+    feedback waits; a redelivered event, an id twice in one event or waiting feedback take
+    the request-by-request path: the same joins either way."""
+    rows = fashion_like(8, seed=5)[0]
+    events = [logged(rows[i : i + 1], f"k{i}") for i in range(8)]
+    twice = [*events[:4], events[2], *events[4:]]  # k2 twice in one event
+    for variant in ("fresh", "redelivered", "duplicate_id", "feedback_first"):
+        m = monitor()
+        if variant == "feedback_first":
+            assert m.observe_feedback(PredictionFeedback(request_id="k3", label=0), 1.0) == (
+                "pending"
+            )
+        m.observe_logged(columned(twice if variant == "duplicate_id" else events), 1.0)
+        if variant == "redelivered":
+            m.observe_logged(columned(events), 1.0)
+        assert m._answers == 8, variant  # one answer per request id and version
+        w = m.windows[("m", 1)]
+        if variant == "feedback_first":
+            assert list(w.labelled) == [True]  # every one-row event here predicts class 0
+        assert m.observe_feedback(PredictionFeedback(request_id="k5", label=1), 2.0) == "joined"
+        assert list(w.labelled)[-1] is False, variant
+        assert m.observe_feedback(PredictionFeedback(request_id="k5", label=1), 2.0) == (
+            "duplicate"
+        )
+
+
 @pytest.mark.parametrize("batch", [batched, columned], ids=["more_requests", "columns"])
 def test_one_malformed_summary_in_a_batch_spoils_only_its_request(batch: Any) -> None:
     m = monitor()
