@@ -38,13 +38,15 @@ import struct
 import sys
 import time
 from collections import OrderedDict
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import orjson
 
 from services.predictor import metrics
-from services.predictor.model import LoadedModel
+
+if TYPE_CHECKING:  # the child imports torch only once it runs at idle priority
+    from services.predictor.model import LoadedModel
 
 log = logging.getLogger("lmesh.predictor")
 
@@ -212,16 +214,28 @@ def _read(stream: BinaryIO) -> tuple[dict[str, Any], list[bytes]]:
     return header, [_read_exactly(stream, size) for size in header.get("sizes", [])]
 
 
+def _threads() -> list[int]:
+    """This process's thread ids (numpy's BLAS pool, started at import, is among them): a
+    scheduling class or an affinity set with 0 applies to the calling thread only."""
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
 def lower_priority() -> str:
-    """The idle scheduling class where the OS has it, else the lowest nice value."""
+    """The idle scheduling class where the OS has it, else the lowest nice value; for every
+    thread (those started later inherit it)."""
     if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
         try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            for tid in _threads():
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
             return "SCHED_IDLE"
         except OSError:
             pass
     with contextlib.suppress(OSError):
-        os.nice(19)
+        for tid in _threads():
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
     return "nice 19"
 
 
