@@ -61,7 +61,7 @@ from services.predictor.app import follow_models, ready_when_positioned
 from services.predictor.prediction_log import PredictionLog, prediction_logged
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
-from services.predictor.shadow import ShadowRunner
+from services.predictor.shadow import InFlight, ShadowRunner
 
 log = logging.getLogger("lmesh.predictor.stream")
 
@@ -133,8 +133,13 @@ class StreamWorker:
         self._tracer = telemetry.tracer("lmesh.predictor")
         self._labels = (SERVICE, self.topic)
         self._answer_partitions = 0  # of the answer topic, known at the first publish
+        #: poll batches being answered: the shadow runner sends its frames, and logs their
+        #: answers, when none is (50 ms at most), as the HTTP app's requests in flight
+        self.answering = InFlight()
         #: rollouts in shadow: candidates run off the answer path
-        self.shadow = ShadowRunner.from_settings(self.prediction_log, settings, "stream")
+        self.shadow = ShadowRunner.from_settings(
+            self.prediction_log, settings, "stream", in_flight=self.answering
+        )
 
     @property
     def in_flight(self) -> int:
@@ -233,9 +238,13 @@ class StreamWorker:
     async def handle(self, records: list[ConsumerRecord[Any, Any]], fetched: float) -> None:
         """One poll batch: answer or dead-letter every record, hand the answers to the
         producer in record order, queue the batch's offsets for commit after delivery."""
-        with batch_span(self._tracer, self.topic, self.settings.stream_group, len(records)):
-            plan, answers = await self._answer(records)
-            pending = await self._publish(records, plan, answers, fetched)
+        self.answering.enter()
+        try:
+            with batch_span(self._tracer, self.topic, self.settings.stream_group, len(records)):
+                plan, answers = await self._answer(records)
+                pending = await self._publish(records, plan, answers, fetched)
+        finally:
+            self.answering.leave()
         self._pending.append(pending)
         async with self._settled:
             self._settled.notify_all()

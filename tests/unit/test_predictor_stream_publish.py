@@ -99,3 +99,46 @@ async def test_answers_carry_their_own_trace_headers_and_offsets_follow_the_batc
     assert pending.records == 5
     # the shared header list was not touched by the answers that carry trace headers
     assert base == stream._ANSWER_HEADERS
+
+
+async def test_the_shadow_waits_while_the_worker_answers_a_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stream worker counts the poll batch it answers as in flight, the count the
+    shadow runner waits on before it sends a frame to the candidate or logs its answers."""
+    from libs.messaging.settings import KafkaSettings
+    from services.predictor.settings import PredictorSettings
+
+    worker = stream.StreamWorker(
+        SimpleNamespace(),
+        None,
+        PredictorSettings(),
+        KafkaSettings(),  # type: ignore[arg-type]
+    )
+    assert worker.shadow.in_flight is worker.answering
+    seen: list[int] = []
+
+    async def answer(records: list[Any]) -> tuple[Any, dict[int, Any]]:
+        seen.append(worker.answering.count)
+        return None, {}
+
+    async def publish(*args: Any) -> Any:
+        seen.append(worker.answering.count)
+        return SimpleNamespace(records=len(args[0]))
+
+    async def nothing() -> None:
+        return None
+
+    monkeypatch.setattr(worker, "_answer", answer)
+    monkeypatch.setattr(worker, "_publish", publish)
+    monkeypatch.setattr(worker, "_backpressure", nothing)
+    await worker.handle([FakeRecord(0, 1)], time.perf_counter())  # type: ignore[list-item]
+    assert seen == [1, 1] and worker.answering.count == 0
+
+    async def failing(records: list[Any]) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(worker, "_answer", failing)
+    with pytest.raises(RuntimeError):
+        await worker.handle([FakeRecord(0, 2)], time.perf_counter())  # type: ignore[list-item]
+    assert worker.answering.count == 0  # a failed batch leaves the shadow free to run
