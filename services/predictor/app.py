@@ -146,12 +146,10 @@ def build_app(
         request_id: str,
         labels: np.ndarray,
         ms: float,
-        summary: np.ndarray | None,
+        rows: np.ndarray | None,
         role: Role | None = None,
     ) -> None:
-        prediction_log.add_prediction(
-            model.name, model.version, request_id, labels, ms, None, role, summary=summary
-        )
+        prediction_log.add_prediction(model.name, model.version, request_id, labels, ms, rows, role)
 
     async def publish_logged(events: list[Any]) -> None:
         await publish_many(broker, events)

@@ -36,8 +36,8 @@ from services.predictor.routing import ROUTING_HEADER, ActiveRollout, Role, choo
 
 log = logging.getLogger("lmesh.predictor")
 
-#: (the model, request id, its labels, latency in ms, its rows' input summaries (None when
-#: the batcher does not summarize), its rollout role)
+#: (the model, request id, its labels, latency in ms, its raw rows (handed over: never
+#: written afterwards), its rollout role)
 PredictionSink = Callable[
     [LoadedModel, str, np.ndarray, float, np.ndarray | None, Role | None], None
 ]
@@ -222,13 +222,16 @@ class InferenceEndpoint:
                     self.shadow_sample_rate >= 1.0 or random.random() < self.shadow_sample_rate
                 ):
                     shadow_rows = rows.copy()  # the forward pass may normalize rows in place
-            # a request to be logged: its batch summarizes the raw rows for the monitor
-            # (runtime: summarizing), before the forward pass may normalize them in place
+            # a request to be logged hands its raw rows to the log, which summarizes them
+            # for the monitor off the request path: read-only, the forward pass normalizes
+            # a copy of them rather than the rows themselves
             logged = bool(
                 self.sample_rate
                 and self.on_prediction is not None
                 and (self.sample_rate >= 1.0 or random.random() < self.sample_rate)
             )
+            if logged:
+                rows.flags.writeable = False
         except OIPError as exc:
             await self._error(send, exc.status, exc.message)
             return
@@ -273,8 +276,7 @@ class InferenceEndpoint:
             hist = self._latency[model.name] = metrics.REQUEST_LATENCY.labels(model.name)
         hist.observe(elapsed)
         if logged and self.on_prediction is not None:
-            summary = outputs[2] if len(outputs) > 2 else None
-            self.on_prediction(model, request.id or "", labels, elapsed * 1000, summary, role)
+            self.on_prediction(model, request.id or "", labels, elapsed * 1000, rows, role)
         if shadow_rows is not None and rollout is not None and self.on_shadow is not None:
             self.on_shadow(rollout, model, request.id or "", shadow_rows, labels)
 

@@ -71,31 +71,6 @@ def _rounded(summaries: np.ndarray) -> np.ndarray:
     return out
 
 
-def _capped(summaries: np.ndarray) -> np.ndarray:
-    """At most :data:`MAX_SUMMARY_ROWS` rows of a request's summaries, evenly spaced (the
-    rows :func:`_summarized_rows` would have summarized)."""
-    if len(summaries) <= MAX_SUMMARY_ROWS:
-        return summaries
-    return summaries[np.linspace(0, len(summaries) - 1, MAX_SUMMARY_ROWS).astype(np.int64)]
-
-
-def summarizing(
-    forward: Callable[[np.ndarray], tuple[np.ndarray, ...]],
-) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
-    """``forward`` that also returns, as its last output, the per-row summaries of the raw
-    rows it was given (computed before it runs: it may normalize the rows in place). For a
-    micro-batcher: one numpy call per batch, and each request gets its rows' slice, so the
-    HTTP path logs every request without copying its rows."""
-
-    def run(rows: np.ndarray) -> tuple[np.ndarray, ...]:
-        flat = np.asarray(rows).reshape(len(rows), -1)
-        summaries = summarize_rows(flat, feature_groups(flat.shape[1])) if len(flat) else None
-        outputs = forward(rows)
-        return (*outputs, summaries if summaries is not None else np.empty((0, 0)))
-
-    return run
-
-
 def prediction_logged(
     model_name: str,
     version: int,
@@ -142,8 +117,6 @@ class Answered(NamedTuple):
     role: Role | None = None
     champion_version: int | None = None
     champion_labels: np.ndarray | None = None
-    #: the rows' summaries, already computed (:func:`summarizing`); then ``rows`` is None
-    summary: np.ndarray | None = None
 
 
 class SerializedEvent(NamedTuple):
@@ -211,40 +184,34 @@ def batch_logged(
 
 def _group_summaries(members: list[Answered]) -> tuple[np.ndarray | None, np.ndarray]:
     """The summaries (float32) of every member's rows, one request after another (None: no
-    member has any), and how many rows each member has there. Members that bring their
-    summaries (:func:`summarizing`) are taken as they are; rows are summarized in one call
-    per width. One array needs one width: a request whose summaries are of another width
-    than the group's first is logged without them (the monitor could not compare it with
-    the reference anyway)."""
-    summaries: list[np.ndarray | None] = [a.summary for a in members]
-    todo = [i for i, a in enumerate(members) if a.summary is None and a.rows is not None]
-    flats = [(i, f) for i in todo if (f := _summarized_rows(members[i].rows)) is not None]
-    widths: dict[int, list[tuple[int, np.ndarray]]] = {}
-    for i, f in flats:
-        widths.setdefault(f.shape[1], []).append((i, f))
-    for same in widths.values():
-        rows = summarize_rows(
-            same[0][1] if len(same) == 1 else np.concatenate([f for _, f in same]),
-            feature_groups(same[0][1].shape[1]),
-        )
-        start = 0
-        for i, f in same:
-            summaries[i] = rows[start : start + len(f)]
-            start += len(f)
+    member has any), and how many rows each member has there: all rows of one width
+    summarized in one numpy call (a call costs ~20 us here whatever its rows: per request,
+    as the micro-batches came, most of the cost would be calls). One array needs one width:
+    a request whose rows are of another width than the group's first is logged without
+    summaries (the monitor could not compare it with the reference anyway)."""
     counts = np.zeros(len(members), dtype=np.int64)
-    parts: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
     width: int | None = None
-    for i, found in enumerate(summaries):
-        if found is None or not len(found):
+    for i, a in enumerate(members):
+        rows = a.rows
+        if rows is None or not len(rows):
             continue
-        width = found.shape[1] if width is None else width
-        if found.shape[1] == width:
-            found = _capped(found)
-            parts.append(found)
-            counts[i] = len(found)
-    if not parts:
+        n = len(rows)
+        w = rows.size // n
+        width = w if width is None else width
+        if w != width:
+            continue
+        if n > MAX_SUMMARY_ROWS:
+            rows = _summarized_rows(rows)
+            assert rows is not None
+            n = len(rows)
+        kept.append(rows.reshape(n, w))
+        counts[i] = n
+    if not kept:
         return None, counts
-    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), counts
+    flat = kept[0] if len(kept) == 1 else np.concatenate(kept)
+    assert width is not None
+    return summarize_rows(flat, feature_groups(width)), counts
 
 
 def _serialized(
@@ -396,13 +363,12 @@ class PredictionLog:
         rows: np.ndarray | None,
         role: Role | None = None,
         *,
-        summary: np.ndarray | None = None,
         champion_version: int | None = None,
         champion_labels: np.ndarray | None = None,
     ) -> None:
-        """An answered request, to be logged: appended as is (``rows`` is not copied: the
-        caller hands it over and must not change it afterwards). ``summary``: its rows'
-        summaries, already computed (then ``rows`` may be None). A shadow answer (role
+        """An answered request, to be logged: appended as is (``rows``, its raw rows, is not
+        copied: the caller hands it over and must not change it afterwards; the log's task
+        summarizes the rows of everything queued in one call). A shadow answer (role
         "shadow") brings the champion's version and classes for the agreement."""
         self._append(
             Answered(
@@ -415,7 +381,6 @@ class PredictionLog:
                 role,
                 champion_version,
                 champion_labels,
-                summary,
             )
         )
 

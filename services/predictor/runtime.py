@@ -19,7 +19,6 @@ from services.predictor import metrics
 from services.predictor.batching import MicroBatcher
 from services.predictor.holder import ModelTable
 from services.predictor.model import LoadedModel, load_model, resolve_device
-from services.predictor.prediction_log import summarizing
 from services.predictor.routing import ActiveRollout
 from services.predictor.settings import PredictorSettings
 
@@ -77,9 +76,8 @@ class PredictorRuntime:
         )
         if keep_weights:
             model.weights = weights_bytes
-        # logging predictions: each batch also summarizes its raw rows for the monitor
         model.batcher = MicroBatcher(
-            summarizing(model.forward) if self.settings.log_sample_rate else model.forward,
+            model.forward,
             max_batch_size=self.settings.max_batch_size,
             max_wait_s=self.settings.max_wait_ms / 1000,
             mode=self._mode,
