@@ -102,6 +102,17 @@ class OutputTensor:
     array: np.ndarray  # numeric; for BYTES, an object array of bytes
 
 
+def byte_count(value: Any, where: str) -> int:
+    """A ``binary_data_size``: a non-negative integer. JSON Schema's ``integer`` (the
+    request schemas the mesh publishes) admits ``784.0`` too, so a float with no fraction
+    counts as its integer; ``true``, ``"784"`` and ``784.5`` do not."""
+    if type(value) is float and value.is_integer() and value >= 0:
+        return int(value)
+    if type(value) is not int or value < 0:
+        raise OIPError(f"{where}: must be a non-negative integer, got {value!r}")
+    return value
+
+
 def _shape(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not value:
         raise OIPError(f"{where}: 'shape' must be a non-empty list of non-negative integers")
@@ -198,8 +209,7 @@ def decode_request(body: bytes, json_length: int | None = None) -> InferenceRequ
             raise OIPError(f"{where}: 'parameters' must be an object")
         size = in_params.get("binary_data_size")
         if size is not None:
-            if type(size) is not int or size < 0:
-                raise OIPError(f"{where}: binary_data_size must be a non-negative integer")
+            size = byte_count(size, f"{where}: binary_data_size")
             if json_length is None:
                 raise OIPError(
                     f"{where}: binary_data_size needs the Inference-Header-Content-Length header"

@@ -43,7 +43,13 @@ from pydantic import TypeAdapter, ValidationError
 from contracts.events import InferenceRequested
 from services.predictor.holder import ModelTable
 from services.predictor.model import LoadedModel
-from services.predictor.oip import DATATYPES, InferenceRequest, OIPError, json_array
+from services.predictor.oip import (
+    DATATYPES,
+    InferenceRequest,
+    OIPError,
+    byte_count,
+    json_array,
+)
 from services.predictor.routing import ActiveRollout, choose
 
 __all__ = [
@@ -330,8 +336,7 @@ def _binary(data: Any, dtype: np.dtype[Any], datatype: str, count: int, size: An
     """The binary tensor form: ``data`` is one base64 string of ``size`` raw little-endian
     bytes, ``size`` being what the shape and datatype need (no number is parsed)."""
     where = "inputs.0.parameters.binary_data_size"
-    if type(size) is not int or size < 0:
-        raise OIPError(f"{where}: must be a non-negative integer, got {size!r}")
+    size = byte_count(size, where)
     if size != count * dtype.itemsize:
         raise OIPError(
             f"{where}: {size} bytes, but the shape's {count} {datatype} values "

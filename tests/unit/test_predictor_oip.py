@@ -92,6 +92,34 @@ def test_binary_inputs_follow_the_json_header_in_order() -> None:
 
 
 @pytest.mark.parametrize(
+    ("size", "ok"), [(24.0, True), (24.5, False), (True, False), ("24", False)]
+)
+def test_binary_data_size_is_a_whole_number(size: object, ok: bool) -> None:
+    """As JSON Schema's integer: 24.0 counts as 24; a fraction, a boolean or a string is a
+    400."""
+    a = np.arange(6, dtype="<f4").reshape(2, 3)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "a",
+                    "shape": [2, 3],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    )
+    if ok:
+        np.testing.assert_array_equal(
+            decode_request(header + a.tobytes(), len(header)).inputs[0].array, a
+        )
+    else:
+        with pytest.raises(OIPError, match="binary_data_size: must be a non-negative integer"):
+            decode_request(header + a.tobytes(), len(header))
+
+
+@pytest.mark.parametrize(
     ("size", "extra", "length_delta", "message"),
     [
         (10, b"", 0, "needs 16"),  # size does not fit shape x datatype

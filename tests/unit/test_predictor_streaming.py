@@ -528,6 +528,14 @@ def test_the_binary_form_decodes_to_the_same_array_as_the_json_one(
 _IMAGE = np.arange(784, dtype=np.uint8).reshape(1, 28, 28)
 
 
+def test_a_binary_size_written_as_a_whole_float_is_the_integer_the_schema_allows() -> None:
+    """The published request schema's ``"type": "integer"`` (JSON Schema) admits 784.0:
+    the worker takes it as 784 (784.5 and true stay refused, below)."""
+    whole = binary_tensor(_IMAGE, "UINT8", parameters={"binary_data_size": 784.0})
+    decoded = streaming.decode(encode(request("f", inputs=[whole])), max_bytes=LIMIT)
+    assert np.array_equal(decoded.array, _IMAGE)
+
+
 @pytest.mark.parametrize(
     ("tensor", "reason"),
     [
@@ -538,6 +546,14 @@ _IMAGE = np.arange(784, dtype=np.uint8).reshape(1, 28, 28)
         ),
         (
             binary_tensor(_IMAGE, "UINT8", parameters={"binary_data_size": "784"}),
+            "inputs.0.parameters.binary_data_size: must be a non-negative integer",
+        ),
+        (
+            binary_tensor(_IMAGE, "UINT8", parameters={"binary_data_size": 784.5}),
+            "inputs.0.parameters.binary_data_size: must be a non-negative integer",
+        ),
+        (
+            binary_tensor(_IMAGE, "UINT8", parameters={"binary_data_size": True}),
             "inputs.0.parameters.binary_data_size: must be a non-negative integer",
         ),
         (

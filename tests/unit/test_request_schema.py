@@ -72,6 +72,15 @@ def test_a_binary_request_the_stream_worker_reads_is_valid(
     assert np.array_equal(worker_reads(payload), x)
 
 
+def test_a_size_written_as_a_whole_float_is_valid_and_read() -> None:
+    """JSON Schema's integer admits 784.0: so does the worker (it was refused there)."""
+    payload = request(
+        binary_tensor("input", "UINT8", _PIXELS, parameters={"binary_data_size": 784.0})
+    )
+    assert not list(validator(IMAGE).iter_errors(payload))
+    assert np.array_equal(worker_reads(payload), _PIXELS)
+
+
 _B64 = base64.b64encode(_PIXELS.tobytes()).decode()
 _SIZE = ("parameters", "binary_data_size")
 
