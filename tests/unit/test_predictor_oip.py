@@ -98,18 +98,7 @@ def test_binary_data_size_is_a_whole_number(size: object, ok: bool) -> None:
     """As JSON Schema's integer: 24.0 counts as 24; a fraction, a boolean or a string is a
     400."""
     a = np.arange(6, dtype="<f4").reshape(2, 3)
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "a",
-                    "shape": [2, 3],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": size},
-                }
-            ]
-        }
-    )
+    header = _binary_header([2, 3], size)
     if ok:
         np.testing.assert_array_equal(
             decode_request(header + a.tobytes(), len(header)).inputs[0].array, a
@@ -117,6 +106,22 @@ def test_binary_data_size_is_a_whole_number(size: object, ok: bool) -> None:
     else:
         with pytest.raises(OIPError, match="binary_data_size: must be a non-negative integer"):
             decode_request(header + a.tobytes(), len(header))
+
+
+def _binary_header(shape: list[int], size: object) -> bytes:
+    """The JSON header of one FP32 input "a" sent in binary, ``size`` bytes declared."""
+    return orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "a",
+                    "shape": shape,
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -131,18 +136,7 @@ def test_binary_data_size_is_a_whole_number(size: object, ok: bool) -> None:
 def test_binary_size_mismatches_raise_400(
     size: int, extra: bytes, length_delta: int, message: str
 ) -> None:
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "a",
-                    "shape": [2, 2],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": size},
-                }
-            ]
-        }
-    )
+    header = _binary_header([2, 2], size)
     body = header + extra
     with pytest.raises(OIPError) as err:
         decode_request(body, len(header) + length_delta)
