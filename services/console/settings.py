@@ -22,6 +22,10 @@ DEFAULT_SERVICES = {
 }
 
 
+#: A session key shorter than this is refused outside dev mode (the default has 43).
+MIN_SECRET_KEY_CHARS = 16
+
+
 class ConsoleSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CONSOLE_", extra="ignore")
 
@@ -81,13 +85,25 @@ class ConsoleSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholder_token(self) -> ConsoleSettings:
-        """A placeholder token is refused unless ``CONSOLE_DEV_MODE=true``."""
+        """A placeholder token, or a placeholder or short session key (anyone who knows it
+        can sign a session cookie), is refused unless ``CONSOLE_DEV_MODE=true``."""
         if not self.dev_mode:
             refuse_placeholder(
                 self.token.get_secret_value(),
                 setting="CONSOLE_TOKEN",
                 dev_mode_setting="CONSOLE_DEV_MODE",
             )
+            key = self.secret_key.get_secret_value()
+            refuse_placeholder(
+                key, setting="CONSOLE_SECRET_KEY", dev_mode_setting="CONSOLE_DEV_MODE"
+            )
+            if len(key) < MIN_SECRET_KEY_CHARS:
+                raise ValueError(
+                    f"CONSOLE_SECRET_KEY has {len(key)} characters: use at least "
+                    f"{MIN_SECRET_KEY_CHARS} (e.g. `python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))'`), or unset it for a random key per "
+                    "process"
+                )
         return self
 
     def reading_is_public(self) -> bool:

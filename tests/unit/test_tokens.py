@@ -81,3 +81,41 @@ def test_from_the_environment_too(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_ingest_without_a_token_starts_with_uploads_disabled() -> None:
     assert IngestSettings().token is None
     assert IngestSettings(token="kR4v0-Q7mP2xLw9Zs8Tn").token is not None
+
+
+def console_key_placeholders() -> list[str]:
+    """The console session keys the repository's templates ship with."""
+    env = (ROOT / "compose" / ".env.example").read_text()
+    secret = (ROOT / "deploy" / "k8s" / "base" / "secret.yaml").read_text()
+    found = re.findall(r"^CONSOLE_SECRET_KEY=(\S+)", env, re.M)
+    found += re.findall(r"^\s*console-secret-key:\s*(\S+)", secret, re.M)
+    assert len(found) == 2, found
+    return found
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        *((k, "CONSOLE_SECRET_KEY is empty or a placeholder") for k in console_key_placeholders()),
+        ("", "CONSOLE_SECRET_KEY is empty or a placeholder"),
+        ("s3cr3t-but-short", None),  # 16 characters: long enough
+        ("Zq8-short-key", "CONSOLE_SECRET_KEY has 13 characters: use at least 16"),
+    ],
+)
+def test_the_console_refuses_a_placeholder_or_short_session_key(
+    key: str, reason: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever knows the key signs session cookies: a template's value or a short one is
+    refused outside dev mode; unset, each process draws a random one."""
+    from services.console.settings import ConsoleSettings
+
+    for name in ("CONSOLE_TOKEN", "CONSOLE_DEV_MODE", "CONSOLE_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    token = "kR4v0-Q7mP2xLw9Zs8Tn"
+    if reason is None:
+        assert ConsoleSettings(token=token, secret_key=key).secret_key.get_secret_value() == key
+    else:
+        with pytest.raises(ValidationError, match=reason):
+            ConsoleSettings(token=token, secret_key=key)
+    assert ConsoleSettings(token=token, secret_key=key, dev_mode=True).dev_mode
+    assert len(ConsoleSettings(token=token).secret_key.get_secret_value()) >= 32
