@@ -126,15 +126,24 @@ class Reference:
         return summary_names(len(self.groups))
 
     def bin_counts(self, summaries: np.ndarray) -> np.ndarray:
-        """``[C, BINS]`` counts of ``summaries`` (``[N, C]``) in the reference's bins: a
-        value's bin is how many of its column's edges lie below it (``searchsorted``'s left
-        side), all columns compared at once against the edges padded with +inf."""
-        edges = self._padded_edges
+        """``[C, BINS]`` counts of ``summaries`` (``[N, C]``) in the reference's bins."""
+        return self.counts_of(self.bin_indices(summaries))
+
+    def bin_indices(self, summaries: np.ndarray) -> np.ndarray:
+        """``[N, C]`` uint8: each value's bin, how many of its column's edges lie below it
+        (``searchsorted``'s left side), all columns compared at once against the edges
+        padded with +inf."""
         rows = np.asarray(summaries, dtype=np.float64)
-        idx = (edges[None, :, :] < rows[:, :, None]).sum(axis=2)
-        idx += np.arange(len(edges)) * BINS
-        counts = np.bincount(idx.ravel(), minlength=len(edges) * BINS)
-        return counts.reshape(len(edges), BINS).astype(np.int64, copy=False)
+        below = self._padded_edges[None, :, :] < rows[:, :, None]
+        out: np.ndarray = below.sum(axis=2, dtype=np.uint8)
+        return out
+
+    def counts_of(self, indices: np.ndarray) -> np.ndarray:
+        """``[C, BINS]`` counts of bin indices (:meth:`bin_indices`, rows concatenated)."""
+        c = len(self.edges)
+        flat = indices.astype(np.int64) + np.arange(c) * BINS
+        counts = np.bincount(flat.ravel(), minlength=c * BINS)
+        return counts.reshape(c, BINS)
 
     @functools.cached_property
     def _padded_edges(self) -> np.ndarray:

@@ -112,14 +112,30 @@ class _Answers:
 
 @dataclass
 class _Inputs:
-    """Consecutive requests' input summaries (``counts`` rows each, all their rows)."""
+    """Consecutive requests' input summaries (``counts`` rows each, all their rows), and
+    their bins in the reference they were binned against (once: a row stays in the window
+    for several evaluations)."""
 
     at: float
     counts: np.ndarray
     summaries: np.ndarray
+    bins: np.ndarray | None = None
+    binned_with: Reference | None = None
 
     def without_first(self, k: int, rows: int) -> _Inputs:
-        return _Inputs(self.at, self.counts[k:], self.summaries[rows:])
+        return _Inputs(
+            self.at,
+            self.counts[k:],
+            self.summaries[rows:],
+            self.bins[rows:] if self.bins is not None else None,
+            self.binned_with,
+        )
+
+    def bins_in(self, ref: Reference) -> np.ndarray:
+        """The rows' bins in ``ref`` (computed now if they were binned in another one)."""
+        if self.bins is None or self.binned_with is not ref:
+            self.bins, self.binned_with = ref.bin_indices(self.summaries), ref
+        return self.bins
 
 
 C = TypeVar("C", _Answers, _Inputs)
@@ -221,7 +237,11 @@ class VersionWindow:
         each)."""
         if counts is None:
             counts = np.array([len(summaries)], dtype=np.int64)
-        self.inputs.add(_Inputs(at, counts, summaries), len(summaries), self.config.size)
+        chunk = _Inputs(at, counts, summaries)
+        ref = self.info.reference
+        if ref is not None and summaries.shape[1] == len(ref.edges):
+            chunk.bins_in(ref)
+        self.inputs.add(chunk, len(summaries), self.config.size)
 
     def fits(self, summaries: np.ndarray, predictions: int) -> bool:
         """At most one summary per predicted row, as many columns as the reference (or as
@@ -264,11 +284,10 @@ class VersionWindow:
         if self.input_rows < self.config.min_rows:
             return None, {}, f"{self.input_rows} rows with inputs (< {self.config.min_rows})"
         width = len(ref.edges)
-        parts = [c.summaries for c in self.inputs.chunks if c.summaries.shape[1] == width]
+        parts = [c.bins_in(ref) for c in self.inputs.chunks if c.summaries.shape[1] == width]
         if sum(len(s) for s in parts) < self.config.min_rows:  # logged before the reference
             return None, {}, "too few rows with inputs of the reference's width"
-        summaries = np.concatenate(parts)
-        per_column = ref.psi(ref.bin_counts(summaries))
+        per_column = ref.psi(ref.counts_of(np.concatenate(parts)))
         order = np.argsort(per_column)[::-1][:TOP_GROUPS]
         names = ref.names
         top = {names[i]: round(float(per_column[i]), 4) for i in order}

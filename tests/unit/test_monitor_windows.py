@@ -238,6 +238,23 @@ def test_a_batched_event_counts_as_its_requests_each_logged_alone(batch: Any) ->
     assert list(t.labelled) == [True]
 
 
+def test_rows_binned_against_one_reference_are_binned_again_against_a_new_one() -> None:
+    """A window bins its rows once, when they come; a reference that changes later (the
+    card's reference reloaded) bins them again: the same score as a window that had the
+    new reference from the start."""
+    rows = fashion_like(400, seed=6)[0]
+    other = build_reference(255 - X_REF, Y_REF, 10)  # inverted: another reference entirely
+    first, fresh = monitor(), monitor()
+    fresh.set_info("m", 1, VersionInfo(reference=other, expected_predictions=[1] * 10))
+    feed(first, rows, 0, 1.0)
+    feed(fresh, rows, 0, 1.0)
+    before = first.windows[("m", 1)].input_drift()[0]
+    first.set_info("m", 1, VersionInfo(reference=other, expected_predictions=[1] * 10))
+    after = first.windows[("m", 1)].input_drift()[0]
+    assert before is not None and after is not None and after > 10 * before
+    assert after == fresh.windows[("m", 1)].input_drift()[0]
+
+
 def test_a_batched_event_remembers_its_requests_as_one_event_each_would() -> None:
     """Request ids of a batched event are remembered at once where none is known yet and no
     feedback waits; a redelivered event, an id twice in one event or waiting feedback take
