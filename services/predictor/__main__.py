@@ -12,9 +12,10 @@ from libs.service import (
     HTTP_KEEP_ALIVE_S,
     check_broker,
     enable_exit_deadline,
+    freeze_startup_heap,
     serve,
 )
-from services.predictor.app import build_app
+from services.predictor.app import PredictorApp, build_app
 from services.predictor.settings import PredictorSettings
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     # Each worker builds its own app from the environment (factory), loads the models and
     # subscribes to model.promoted.v1 as a broadcast consumer of its own.
     uvicorn.run(
-        "services.predictor.app:build_app",
+        "services.predictor.__main__:worker_app",
         factory=True,
         workers=settings.workers,
         host=settings.http_host,
@@ -50,6 +51,14 @@ def main() -> None:
         timeout_keep_alive=HTTP_KEEP_ALIVE_S,
         timeout_graceful_shutdown=HTTP_GRACEFUL_S,
     )
+
+
+def worker_app() -> PredictorApp:
+    """A uvicorn worker's app (PREDICTOR_WORKERS > 1), built from the environment, its
+    startup heap frozen as a single process's is (libs.service.serve)."""
+    app = build_app()
+    freeze_startup_heap()
+    return app
 
 
 if __name__ == "__main__":
