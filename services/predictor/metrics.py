@@ -36,6 +36,12 @@ PREDICTIONS_LOG_DROPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+PREDICTIONS_LOG_INPUTS_SKIPPED = Counter(
+    "lmesh_predictor_predictions_log_inputs_skipped_total",
+    "Logged requests sent without input summaries: the raw rows waiting for the log's task "
+    "had reached their bound (a slow or absent broker with large requests in flight)",
+    registry=REGISTRY,
+)
 REQUESTS = Counter(
     "lmesh_predictor_requests_total",
     "Inference requests by HTTP status",

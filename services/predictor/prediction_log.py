@@ -46,6 +46,9 @@ MAX_SUMMARY_ROWS = 512
 #: Summary rows, and predicted rows, one batched event carries at most (~260 KB of JSON).
 MAX_EVENT_SUMMARY_ROWS = 2 * MAX_SUMMARY_ROWS
 MAX_EVENT_PREDICTIONS = 8192
+#: Raw rows the log holds for the summaries at most (64 MiB; ~21,000 784-pixel FP32 rows,
+#: more than a 20,000-request buffer of single-row requests)
+MAX_PENDING_ROW_BYTES = 64 << 20
 
 Role = Literal["champion", "shadow", "canary"]
 
@@ -336,6 +339,7 @@ class PredictionLog:
         linger_s: float = 0.1,
         source: Literal["http", "stream"] = "http",
         quiet: Callable[[], Awaitable[None]] | None = None,
+        max_pending_row_bytes: int = MAX_PENDING_ROW_BYTES,
     ) -> None:
         self._publish_many = publish_many
         self._publish_serialized = publish_serialized
@@ -345,6 +349,11 @@ class PredictionLog:
         self._quiet = quiet
         self._pending: deque[PredictionLogged | Answered] = deque()
         self._max_pending = max_pending
+        #: raw rows held for the summaries, in bytes, and at most (past it a request is
+        #: logged without its summaries, counted: a broker outage with large requests in
+        #: flight must not grow the predictor by max_pending requests' rows)
+        self._row_bytes = 0
+        self._max_row_bytes = max_pending_row_bytes
         self._max_batch = max_batch
         self._linger_s = linger_s
         self._wake = asyncio.Event()
@@ -366,31 +375,46 @@ class PredictionLog:
         champion_version: int | None = None,
         champion_labels: np.ndarray | None = None,
     ) -> None:
-        """An answered request, to be logged: appended as is (``rows``, its raw rows, is not
-        copied: the caller hands it over and must not change it afterwards; the log's task
-        summarizes the rows of everything queued in one call). A shadow answer (role
-        "shadow") brings the champion's version and classes for the agreement."""
-        self._append(
-            Answered(
-                model_name,
-                version,
-                request_id,
-                labels,
-                latency_ms,
-                rows,
-                role,
-                champion_version,
-                champion_labels,
-            )
+        """An answered request, to be logged. ``rows``, its raw rows, is not copied (at
+        most :data:`MAX_SUMMARY_ROWS` of them are kept, evenly spaced): the caller hands it
+        over and must not change it afterwards; the log's task summarizes the rows of
+        everything queued in one call. A shadow answer (role "shadow") brings the
+        champion's version and classes for the agreement."""
+        held = _summarized_rows(rows)
+        nbytes = held.nbytes if held is not None else 0
+        if nbytes and self._row_bytes + nbytes > self._max_row_bytes:
+            metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc()
+            held, nbytes = None, 0
+        entry = Answered(
+            model_name,
+            version,
+            request_id,
+            labels,
+            latency_ms,
+            held,
+            role,
+            champion_version,
+            champion_labels,
         )
+        if self._append(entry):
+            self._row_bytes += nbytes
 
-    def _append(self, entry: PredictionLogged | Answered) -> None:
+    def _append(self, entry: PredictionLogged | Answered) -> bool:
         if len(self._pending) >= self._max_pending:
             metrics.PREDICTIONS_LOG_DROPPED.labels("buffer full").inc()
-            return
+            return False
         self._pending.append(entry)
         if not self._wake.is_set():
             self._wake.set()
+        return True
+
+    def _taken(self, n: int) -> list[PredictionLogged | Answered]:
+        """The ``n`` oldest entries, off the buffer (their rows no longer held by it)."""
+        batch = [self._pending.popleft() for _ in range(n)]
+        self._row_bytes -= sum(
+            e.rows.nbytes for e in batch if isinstance(e, Answered) and e.rows is not None
+        )
+        return batch
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -416,7 +440,7 @@ class PredictionLog:
             while left:
                 n = min(left, self._max_batch)
                 left -= n
-                batch = [self._pending.popleft() for _ in range(n)]
+                batch = self._taken(n)
                 try:
                     await self._publish(batch)
                 except asyncio.CancelledError:

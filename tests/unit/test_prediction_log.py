@@ -183,3 +183,43 @@ async def test_a_stream_log_names_its_source_and_builds_at_a_quiet_moment() -> N
         await log.stop()
     [event] = published
     assert event.source == "stream" and event.request_count() == 3
+
+
+async def test_the_raw_rows_held_for_summaries_are_bounded_in_bytes() -> None:
+    """The log keeps a request's raw rows until its task summarizes them: at most 512 rows
+    a request, and at most ``max_pending_row_bytes`` in all. Past the bound (a broker that
+    does not take the events, large requests) a request is logged without its summaries,
+    counted, and the bound frees once the held rows have left."""
+    gate = asyncio.Event()
+    published: list[PredictionLogged] = []
+
+    async def publish(events: list[PredictionLogged]) -> None:
+        await gate.wait()
+        published.extend(events)
+
+    row = 784 * 4  # one FP32 image
+    log = PredictionLog(publish, linger_s=0, max_pending_row_bytes=600 * row)
+    skipped = metrics.PREDICTIONS_LOG_INPUTS_SKIPPED
+    before = skipped._value.get()
+    rng = np.random.default_rng(3)
+
+    def add(request_id: str, n: int) -> None:
+        rows = rng.random((n, 28, 28), dtype=np.float32)
+        log.add_prediction("m", 1, request_id, np.zeros(n, np.int64), 1.0, rows)
+
+    log.start()
+    try:
+        add("big", 1000)  # 512 of its rows held: 512 images' bytes
+        add("fits", 88)  # 600 in all: the bound
+        add("over", 1)  # logged without summaries
+        assert skipped._value.get() - before == 1
+        gate.set()
+        await eventually(lambda: sum(len(e.requests()) for e in published) == 3, timeout=5)
+        add("after", 1)  # the held rows have left: room again
+        await eventually(lambda: sum(len(e.requests()) for e in published) == 4, timeout=5)
+    finally:
+        await log.stop()
+    summaries = {r.request_id: r.input_summary for e in published for r in e.requests()}
+    assert len(summaries["big"] or ()) == 512 and len(summaries["fits"] or ()) == 88
+    assert summaries["over"] is None and len(summaries["after"] or ()) == 1
+    assert skipped._value.get() - before == 1

@@ -16,14 +16,20 @@ from services.registry.settings import RegistrySettings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def repository_placeholders() -> list[str]:
-    """The API token values the repository's templates ship with."""
+def template_values(env_name: str, secret_key: str) -> list[str]:
+    """A secret's value in the repository's templates: compose's .env.example and the
+    Kubernetes Secret."""
     env = (ROOT / "compose" / ".env.example").read_text()
     secret = (ROOT / "deploy" / "k8s" / "base" / "secret.yaml").read_text()
-    found = re.findall(r"^LMESH_TOKEN=(\S+)", env, re.M)
-    found += re.findall(r"^\s*api-token:\s*(\S+)", secret, re.M)
+    found = re.findall(rf"^{env_name}=(\S+)", env, re.M)
+    found += re.findall(rf"^\s*{secret_key}:\s*(\S+)", secret, re.M)
     assert len(found) == 2, found
     return found
+
+
+def repository_placeholders() -> list[str]:
+    """The API token values the repository's templates ship with."""
+    return template_values("LMESH_TOKEN", "api-token")
 
 
 PLACEHOLDERS = [
@@ -85,12 +91,7 @@ def test_ingest_without_a_token_starts_with_uploads_disabled() -> None:
 
 def console_key_placeholders() -> list[str]:
     """The console session keys the repository's templates ship with."""
-    env = (ROOT / "compose" / ".env.example").read_text()
-    secret = (ROOT / "deploy" / "k8s" / "base" / "secret.yaml").read_text()
-    found = re.findall(r"^CONSOLE_SECRET_KEY=(\S+)", env, re.M)
-    found += re.findall(r"^\s*console-secret-key:\s*(\S+)", secret, re.M)
-    assert len(found) == 2, found
-    return found
+    return template_values("CONSOLE_SECRET_KEY", "console-secret-key")
 
 
 @pytest.mark.parametrize(
