@@ -113,8 +113,8 @@ class _Answers:
 @dataclass
 class _Inputs:
     """Consecutive requests' input summaries (``counts`` rows each, all their rows), and
-    their bins in the reference they were binned against (once: a row stays in the window
-    for several evaluations)."""
+    their bins in the reference they were binned against, kept from the first evaluation
+    that needs them (a row stays in the window for several)."""
 
     at: float
     counts: np.ndarray
@@ -237,11 +237,7 @@ class VersionWindow:
         each)."""
         if counts is None:
             counts = np.array([len(summaries)], dtype=np.int64)
-        chunk = _Inputs(at, counts, summaries)
-        ref = self.info.reference
-        if ref is not None and summaries.shape[1] == len(ref.edges):
-            chunk.bins_in(ref)
-        self.inputs.add(chunk, len(summaries), self.config.size)
+        self.inputs.add(_Inputs(at, counts, summaries), len(summaries), self.config.size)
 
     def fits(self, summaries: np.ndarray, predictions: int) -> bool:
         """At most one summary per predicted row, as many columns as the reference (or as
