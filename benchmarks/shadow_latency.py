@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--shadow-slice-rows", type=int, default=8, help="PREDICTOR_SHADOW_SLICE_ROWS")
     p.add_argument(
-        "--shadow-linger-ms", type=float, default=50.0, help="PREDICTOR_SHADOW_LINGER_MS"
+        "--shadow-linger-ms", type=float, default=250.0, help="PREDICTOR_SHADOW_LINGER_MS"
     )
     p.add_argument(
         "--candidate-arch",

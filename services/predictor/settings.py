@@ -58,7 +58,7 @@ class PredictorSettings(ServiceSettings):
         "slice runs when no request is in flight; a request that arrives during one waits)",
     )
     shadow_linger_ms: float = Field(
-        default=50.0,
+        default=250.0,
         ge=0.0,
         le=5000.0,
         description="rollouts in shadow: how long copies gather before they are run",

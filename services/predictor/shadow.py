@@ -57,8 +57,12 @@ log = logging.getLogger("lmesh.predictor")
 SHADOW_QUEUE = 1024
 #: rows in one slice at most: one forward pass between two turns of the event loop
 SHADOW_SLICE_ROWS = 8
-#: how long the runner gathers copies before running them (fuller slices, fewer passes)
-SHADOW_LINGER_S = 0.05
+#: how long the runner gathers copies before running them (fuller slices and frames, fewer
+#: passes: the candidate's CPU per request falls with the rows per pass)
+SHADOW_LINGER_S = 0.25
+#: how long the runner waits for a quiet moment at most (under a load with none, the
+#: shadow still advances)
+QUIET_AT_MOST_S = 0.05
 #: rows in one frame to the candidate process at most
 PROCESS_BATCH_ROWS = 512
 
@@ -246,7 +250,7 @@ class ShadowRunner:
     async def _quiet(self) -> None:
         """The loop's turn first, and no champion request in flight (bounded wait)."""
         if self.in_flight is not None:
-            await self.in_flight.quiet(self.linger_s)
+            await self.in_flight.quiet(min(self.linger_s, QUIET_AT_MOST_S))
         await asyncio.sleep(0)
 
     async def _forward(self, segments: list[Segment]) -> _Part:

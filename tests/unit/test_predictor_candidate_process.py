@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,12 @@ import pytest
 
 from contracts.events import ArtifactRef
 from libs.storage import open_store
-from services.predictor.candidate_process import CandidateProcess, CandidateProcessError
+from services.predictor.candidate_process import (
+    PASS_ROWS,
+    CandidateProcess,
+    CandidateProcessError,
+    run_frame,
+)
 from services.predictor.model import LoadedModel, load_model
 from services.predictor.routing import ActiveRollout
 from services.predictor.shadow import ShadowRunner
@@ -98,16 +104,37 @@ async def test_a_candidate_that_does_not_load_is_an_error_and_others_still_answe
         await process.stop()
 
 
-async def test_a_frame_runs_in_slices_and_reports_the_time_of_one(tmp_path: Path) -> None:
+async def test_a_frame_runs_a_timed_slice_then_full_passes(tmp_path: Path) -> None:
     candidate = _candidate(tmp_path, 2)
-    rows = np.random.default_rng(3).random((20, 784), dtype=np.float32)
+    rows = np.random.default_rng(3).random((8 + PASS_ROWS + 20, 784), dtype=np.float32)
     process = CandidateProcess(slice_rows=8)
     try:
-        labels, ms = await process.forward(candidate, rows)  # slices of 8, 8 and 4 rows
+        labels, ms = await process.forward(candidate, rows)
         assert labels.tolist() == candidate.forward(rows.copy())[1].tolist()
         assert ms > 0
     finally:
         await process.stop()
+
+
+def test_the_passes_of_a_frame_and_the_time_reported_is_the_first_slices() -> None:
+    class Timed:
+        def __init__(self) -> None:
+            self.passes: list[int] = []
+
+        def forward(self, rows: np.ndarray) -> tuple[None, np.ndarray]:
+            self.passes.append(len(rows))
+            time.sleep(0.02 if len(self.passes) == 1 else 0.0)
+            return None, rows[:, 0].astype(np.int64)
+
+    model = Timed()
+    rows = np.arange(300, dtype=np.float32).reshape(300, 1)
+    labels, ms = run_frame(model, rows, 8)  # type: ignore[arg-type]
+    assert model.passes == [8, PASS_ROWS, PASS_ROWS, 300 - 8 - 2 * PASS_ROWS]
+    assert labels.tolist() == list(range(300))
+    assert 20 <= ms < 200  # the first slice's pass, not the frame's
+    model.passes.clear()
+    assert run_frame(model, rows[:3], 8)[0].tolist() == [0, 1, 2]  # type: ignore[arg-type]
+    assert model.passes == [3]
 
 
 def test_only_cpu_candidates_with_their_weights_go_to_the_child(tmp_path: Path) -> None:
