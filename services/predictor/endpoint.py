@@ -223,8 +223,8 @@ class InferenceEndpoint:
                 ):
                     shadow_rows = rows.copy()  # the forward pass may normalize rows in place
             # a request to be logged hands its raw rows to the log, which summarizes them
-            # for the monitor off the request path: read-only, the forward pass normalizes
-            # a copy of them rather than the rows themselves
+            # for the monitor (many requests' rows at once): read-only, the forward pass
+            # normalizes a copy of them rather than the rows themselves
             logged = bool(
                 self.sample_rate
                 and self.on_prediction is not None

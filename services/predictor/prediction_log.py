@@ -7,9 +7,9 @@ Two ways in:
 - :func:`prediction_logged` builds the event of one request (stream answers, shadow
   answers);
 - :meth:`PredictionLog.add_prediction` only appends the answered request to the buffer (the
-  HTTP hot path): the log's task later builds the events of everything that queued up at
-  once (:func:`batch_logged`): the summaries of all their rows in one numpy call, and one
-  event per model version and role carrying many requests as columns (``columns``: a few
+  HTTP hot path; the raw rows of a few hundred kilobytes of requests are summarized in one
+  numpy call and let go): the log's task later builds the events of everything that
+  queued up at once (:func:`batch_logged`): one event per model version and role carrying many requests as columns (``columns``: a few
   arrays per event, not an object per request), so that logging every prediction costs one
   Kafka message per batch rather than per request.
 """
@@ -46,9 +46,13 @@ MAX_SUMMARY_ROWS = 512
 #: Summary rows, and predicted rows, one batched event carries at most (~260 KB of JSON).
 MAX_EVENT_SUMMARY_ROWS = 2 * MAX_SUMMARY_ROWS
 MAX_EVENT_PREDICTIONS = 8192
-#: Raw rows the log holds for the summaries at most (64 MiB; ~21,000 784-pixel FP32 rows,
-#: more than a 20,000-request buffer of single-row requests)
-MAX_PENDING_ROW_BYTES = 64 << 20
+#: Summaries the log holds at most, in bytes (16 MiB: ~130,000 rows of 32 values, more
+#: than a 20,000-request buffer of single-row requests)
+MAX_PENDING_SUMMARY_BYTES = 16 << 20
+#: Raw rows are summarized as soon as this many bytes of them wait (256 KiB: ~80 FP32
+#: 784-pixel rows per numpy call, whose fixed cost is then shared; a few hundred
+#: kilobytes stay in the CPU's caches, where rows held for a whole linger would not)
+SUMMARIZE_AT_BYTES = 256 << 10
 
 Role = Literal["champion", "shadow", "canary"]
 
@@ -107,19 +111,48 @@ def prediction_logged(
     )
 
 
-class Answered(NamedTuple):
+class Answered:
     """A request answered and waiting in the log to be built into an event (shadow: the
-    candidate's answer, with the champion's classes for the monitor's agreement)."""
+    candidate's answer, with the champion's classes for the monitor's agreement). Its
+    inputs are its raw ``rows`` until they are summarized, then ``summaries`` (float32
+    ``[n, 2G]``; the log summarizes waiting rows a few hundred kilobytes at a time)."""
 
-    model_name: str
-    version: int
-    request_id: str
-    labels: np.ndarray
-    latency_ms: float
-    rows: np.ndarray | None
-    role: Role | None = None
-    champion_version: int | None = None
-    champion_labels: np.ndarray | None = None
+    __slots__ = (
+        "champion_labels",
+        "champion_version",
+        "labels",
+        "latency_ms",
+        "model_name",
+        "request_id",
+        "role",
+        "rows",
+        "summaries",
+        "version",
+    )
+
+    def __init__(
+        self,
+        model_name: str,
+        version: int,
+        request_id: str,
+        labels: np.ndarray,
+        latency_ms: float,
+        rows: np.ndarray | None,
+        role: Role | None = None,
+        champion_version: int | None = None,
+        champion_labels: np.ndarray | None = None,
+        summaries: np.ndarray | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.version = version
+        self.request_id = request_id
+        self.labels = labels
+        self.latency_ms = latency_ms
+        self.rows = rows
+        self.role = role
+        self.champion_version = champion_version
+        self.champion_labels = champion_labels
+        self.summaries = summaries
 
 
 class SerializedEvent(NamedTuple):
@@ -185,36 +218,48 @@ def batch_logged(
     ]
 
 
+def summaries_of(members: Sequence[Answered]) -> list[np.ndarray | None]:
+    """Each member's summaries (float32 ``[n, 2G]``; None: it has no inputs): those it
+    carries, and those of its raw rows, computed for all members' rows of one width in one
+    numpy call (a call costs ~20 us here whatever its rows: per request, most of the cost
+    would be calls). The members are not changed."""
+    out: list[np.ndarray | None] = [m.summaries for m in members]
+    by_width: dict[int, list[int]] = {}
+    for i, m in enumerate(members):
+        if m.summaries is None and m.rows is not None and len(m.rows):
+            by_width.setdefault(m.rows.size // len(m.rows), []).append(i)
+    for width, indices in by_width.items():
+        kept = [_summarized_rows(members[i].rows) for i in indices]
+        flat = np.concatenate(kept) if len(kept) > 1 else kept[0]
+        assert flat is not None
+        summaries = summarize_rows(flat, feature_groups(width))
+        at = 0
+        for i, rows in zip(indices, kept, strict=True):
+            assert rows is not None
+            out[i] = summaries[at : at + len(rows)]
+            at += len(rows)
+    return out
+
+
 def _group_summaries(members: list[Answered]) -> tuple[np.ndarray | None, np.ndarray]:
-    """The summaries (float32) of every member's rows, one request after another (None: no
-    member has any), and how many rows each member has there: all rows of one width
-    summarized in one numpy call (a call costs ~20 us here whatever its rows: per request,
-    as the micro-batches came, most of the cost would be calls). One array needs one width:
-    a request whose rows are of another width than the group's first is logged without
-    summaries (the monitor could not compare it with the reference anyway)."""
+    """The summaries (float32) of every member's inputs, one request after another (None:
+    no member has any), and how many rows each member has there. One array needs one
+    width: a request whose summaries are of another width than the group's first is
+    logged without them (the monitor could not compare it with the reference anyway)."""
     counts = np.zeros(len(members), dtype=np.int64)
     kept: list[np.ndarray] = []
     width: int | None = None
-    for i, a in enumerate(members):
-        rows = a.rows
-        if rows is None or not len(rows):
+    for i, summaries in enumerate(summaries_of(members)):
+        if summaries is None:
             continue
-        n = len(rows)
-        w = rows.size // n
-        width = w if width is None else width
-        if w != width:
+        width = summaries.shape[1] if width is None else width
+        if summaries.shape[1] != width:
             continue
-        if n > MAX_SUMMARY_ROWS:
-            rows = _summarized_rows(rows)
-            assert rows is not None
-            n = len(rows)
-        kept.append(rows.reshape(n, w))
-        counts[i] = n
+        kept.append(summaries)
+        counts[i] = len(summaries)
     if not kept:
         return None, counts
-    flat = kept[0] if len(kept) == 1 else np.concatenate(kept)
-    assert width is not None
-    return summarize_rows(flat, feature_groups(width)), counts
+    return (kept[0] if len(kept) == 1 else np.concatenate(kept)), counts
 
 
 def _serialized(
@@ -339,7 +384,8 @@ class PredictionLog:
         linger_s: float = 0.1,
         source: Literal["http", "stream"] = "http",
         quiet: Callable[[], Awaitable[None]] | None = None,
-        max_pending_row_bytes: int = MAX_PENDING_ROW_BYTES,
+        max_pending_summary_bytes: int = MAX_PENDING_SUMMARY_BYTES,
+        summarize_at_bytes: int = SUMMARIZE_AT_BYTES,
     ) -> None:
         self._publish_many = publish_many
         self._publish_serialized = publish_serialized
@@ -349,11 +395,16 @@ class PredictionLog:
         self._quiet = quiet
         self._pending: deque[PredictionLogged | Answered] = deque()
         self._max_pending = max_pending
-        #: raw rows held for the summaries, in bytes, and at most (past it a request is
-        #: logged without its summaries, counted: a broker outage with large requests in
-        #: flight must not grow the predictor by max_pending requests' rows)
-        self._row_bytes = 0
-        self._max_row_bytes = max_pending_row_bytes
+        #: summaries held, in bytes (of the rows waiting, those they will take), and at
+        #: most (past it a request is logged without its summaries, counted: a broker
+        #: outage with large requests in flight must not grow the predictor without bound)
+        self._summary_bytes = 0
+        self._max_summary_bytes = max_pending_summary_bytes
+        #: entries whose raw rows wait to be summarized, and those rows' bytes: summarized
+        #: together once they reach ``summarize_at_bytes`` (or when the task takes them)
+        self._unsummarized: list[Answered] = []
+        self._unsummarized_bytes = 0
+        self._summarize_at = summarize_at_bytes
         self._max_batch = max_batch
         self._linger_s = linger_s
         self._wake = asyncio.Event()
@@ -377,14 +428,16 @@ class PredictionLog:
     ) -> None:
         """An answered request, to be logged. ``rows``, its raw rows, is not copied (at
         most :data:`MAX_SUMMARY_ROWS` of them are kept, evenly spaced): the caller hands it
-        over and must not change it afterwards; the log's task summarizes the rows of
-        everything queued in one call. A shadow answer (role "shadow") brings the
-        champion's version and classes for the agreement."""
+        over and must not change it afterwards. The rows wait until a few hundred kilobytes
+        of them have, then all are summarized in one numpy call and let go. A shadow answer
+        (role "shadow") brings the champion's version and classes for the agreement."""
         held = _summarized_rows(rows)
-        nbytes = held.nbytes if held is not None else 0
-        if nbytes and self._row_bytes + nbytes > self._max_row_bytes:
-            metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc()
-            held, nbytes = None, 0
+        size = 0
+        if held is not None:
+            size = len(held) * 8 * len(feature_groups(held.shape[1]))  # float32 mean + std
+            if self._summary_bytes + size > self._max_summary_bytes:
+                metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc()
+                held, size = None, 0
         entry = Answered(
             model_name,
             version,
@@ -396,8 +449,19 @@ class PredictionLog:
             champion_version,
             champion_labels,
         )
-        if self._append(entry):
-            self._row_bytes += nbytes
+        if not self._append(entry) or held is None:
+            return
+        self._summary_bytes += size
+        self._unsummarized.append(entry)
+        self._unsummarized_bytes += held.nbytes
+        if self._unsummarized_bytes >= self._summarize_at:
+            self._summarize()
+
+    def _summarize(self) -> None:
+        """The waiting rows summarized (one numpy call per width) and let go."""
+        waiting, self._unsummarized, self._unsummarized_bytes = self._unsummarized, [], 0
+        for entry, summaries in zip(waiting, summaries_of(waiting), strict=True):
+            entry.summaries, entry.rows = summaries, None
 
     def _append(self, entry: PredictionLogged | Answered) -> bool:
         if len(self._pending) >= self._max_pending:
@@ -409,10 +473,13 @@ class PredictionLog:
         return True
 
     def _taken(self, n: int) -> list[PredictionLogged | Answered]:
-        """The ``n`` oldest entries, off the buffer (their rows no longer held by it)."""
+        """The ``n`` oldest entries, off the buffer (their summaries no longer held by it;
+        rows still waiting are summarized first)."""
+        if self._unsummarized:
+            self._summarize()
         batch = [self._pending.popleft() for _ in range(n)]
-        self._row_bytes -= sum(
-            e.rows.nbytes for e in batch if isinstance(e, Answered) and e.rows is not None
+        self._summary_bytes -= sum(
+            e.summaries.nbytes for e in batch if isinstance(e, Answered) and e.summaries is not None
         )
         return batch
 

@@ -185,11 +185,11 @@ async def test_a_stream_log_names_its_source_and_builds_at_a_quiet_moment() -> N
     assert event.source == "stream" and event.request_count() == 3
 
 
-async def test_the_raw_rows_held_for_summaries_are_bounded_in_bytes() -> None:
-    """The log keeps a request's raw rows until its task summarizes them: at most 512 rows
-    a request, and at most ``max_pending_row_bytes`` in all. Past the bound (a broker that
-    does not take the events, large requests) a request is logged without its summaries,
-    counted, and the bound frees once the held rows have left."""
+async def test_the_summaries_held_are_bounded_in_bytes() -> None:
+    """The log holds a request's summaries (at most 512 rows a request) until its task
+    publishes them, at most ``max_pending_summary_bytes`` in all. Past the bound (a broker
+    that does not take the events, large requests) a request is logged without its
+    summaries, counted, and the bound frees once the held ones have left."""
     gate = asyncio.Event()
     published: list[PredictionLogged] = []
 
@@ -197,8 +197,8 @@ async def test_the_raw_rows_held_for_summaries_are_bounded_in_bytes() -> None:
         await gate.wait()
         published.extend(events)
 
-    row = 784 * 4  # one FP32 image
-    log = PredictionLog(publish, linger_s=0, max_pending_row_bytes=600 * row)
+    summary_row = 2 * 16 * 4  # a 784-pixel row: the float32 mean and std of 16 groups
+    log = PredictionLog(publish, linger_s=0, max_pending_summary_bytes=600 * summary_row)
     skipped = metrics.PREDICTIONS_LOG_INPUTS_SKIPPED
     before = skipped._value.get()
     rng = np.random.default_rng(3)
@@ -209,13 +209,13 @@ async def test_the_raw_rows_held_for_summaries_are_bounded_in_bytes() -> None:
 
     log.start()
     try:
-        add("big", 1000)  # 512 of its rows held: 512 images' bytes
+        add("big", 1000)  # 512 of its rows summarized
         add("fits", 88)  # 600 in all: the bound
         add("over", 1)  # logged without summaries
         assert skipped._value.get() - before == 1
         gate.set()
         await eventually(lambda: sum(len(e.requests()) for e in published) == 3, timeout=5)
-        add("after", 1)  # the held rows have left: room again
+        add("after", 1)  # the held summaries have left: room again
         await eventually(lambda: sum(len(e.requests()) for e in published) == 4, timeout=5)
     finally:
         await log.stop()
@@ -223,3 +223,30 @@ async def test_the_raw_rows_held_for_summaries_are_bounded_in_bytes() -> None:
     assert len(summaries["big"] or ()) == 512 and len(summaries["fits"] or ()) == 88
     assert summaries["over"] is None and len(summaries["after"] or ()) == 1
     assert skipped._value.get() - before == 1
+
+
+async def test_waiting_rows_are_summarized_a_few_hundred_kilobytes_at_a_time() -> None:
+    """Raw rows wait until ``summarize_at_bytes`` of them have, then are summarized in one
+    call and let go (they do not stay for the whole linger); the event carries the same
+    summaries as a request logged alone, and so do rows the task takes before the bound."""
+    published: list[PredictionLogged] = []
+
+    async def publish(events: list[PredictionLogged]) -> None:
+        published.extend(events)
+
+    row = 784 * 4
+    log = PredictionLog(publish, linger_s=60, summarize_at_bytes=3 * row)
+    answered = [_answered(i) for i in range(5)]
+    for a in answered:
+        log.add_prediction(a.model_name, a.version, a.request_id, a.labels, a.latency_ms, a.rows)
+    held = [e for e in log._pending if isinstance(e, Answered)]
+    # the first three were summarized together when the third came; two rows still wait
+    assert [e.rows is None for e in held] == [True, True, True, False, False]
+    assert [e.summaries is not None for e in held] == [True, True, True, False, False]
+    await log._publish(log._taken(len(log._pending)))
+    assert [r.request_id for e in published for r in e.requests()] == [f"r{i}" for i in range(5)]
+    for r in (r for e in published for r in e.requests()):
+        a = answered[int(r.request_id[1:])]
+        alone = prediction_logged("m", 1, a.request_id, a.labels, a.latency_ms, a.rows)
+        assert r.input_summary is not None and alone.input_summary is not None
+        np.testing.assert_allclose(r.input_summary, alone.input_summary, atol=5.1e-4)
