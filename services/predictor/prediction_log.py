@@ -68,6 +68,21 @@ def _summarized_rows(rows: np.ndarray | None) -> np.ndarray | None:
     return flat
 
 
+def _held_rows(rows: np.ndarray) -> np.ndarray:
+    """``rows`` as :func:`_summarized_rows` gives them, without its work when they are
+    already ``[n, features]`` and few enough (a request's rows, nearly always)."""
+    if rows.ndim == 2 and len(rows) <= MAX_SUMMARY_ROWS:
+        return rows
+    held = _summarized_rows(rows)
+    assert held is not None
+    return held
+
+
+def _summary_row_bytes(width: int) -> int:
+    """Bytes of one row's summaries: the float32 mean and std of each feature group."""
+    return 8 * len(feature_groups(width))
+
+
 def _summaries(flat: np.ndarray) -> np.ndarray:
     """float64, rounded to :data:`SUMMARY_DECIMALS` (written as short decimals)."""
     return _rounded(summarize_rows(flat, feature_groups(flat.shape[1])))
@@ -229,13 +244,11 @@ def summaries_of(members: Sequence[Answered]) -> list[np.ndarray | None]:
         if m.summaries is None and m.rows is not None and len(m.rows):
             by_width.setdefault(m.rows.size // len(m.rows), []).append(i)
     for width, indices in by_width.items():
-        kept = [_summarized_rows(members[i].rows) for i in indices]
+        kept = [_held_rows(members[i].rows) for i in indices]  # type: ignore[arg-type]
         flat = np.concatenate(kept) if len(kept) > 1 else kept[0]
-        assert flat is not None
         summaries = summarize_rows(flat, feature_groups(width))
         at = 0
         for i, rows in zip(indices, kept, strict=True):
-            assert rows is not None
             out[i] = summaries[at : at + len(rows)]
             at += len(rows)
     return out
@@ -400,6 +413,7 @@ class PredictionLog:
         #: outage with large requests in flight must not grow the predictor without bound)
         self._summary_bytes = 0
         self._max_summary_bytes = max_pending_summary_bytes
+        self._row_bytes_by_width: dict[int, int] = {}
         #: entries whose raw rows wait to be summarized, and those rows' bytes: summarized
         #: together once they reach ``summarize_at_bytes`` (or when the task takes them)
         self._unsummarized: list[Answered] = []
@@ -431,10 +445,14 @@ class PredictionLog:
         over and must not change it afterwards. The rows wait until a few hundred kilobytes
         of them have, then all are summarized in one numpy call and let go. A shadow answer
         (role "shadow") brings the champion's version and classes for the agreement."""
-        held = _summarized_rows(rows)
+        held = _held_rows(rows) if rows is not None and len(rows) else None
         size = 0
         if held is not None:
-            size = len(held) * 8 * len(feature_groups(held.shape[1]))  # float32 mean + std
+            width = held.shape[1]
+            row_bytes = self._row_bytes_by_width.get(width)
+            if row_bytes is None:
+                row_bytes = self._row_bytes_by_width[width] = _summary_row_bytes(width)
+            size = len(held) * row_bytes
             if self._summary_bytes + size > self._max_summary_bytes:
                 metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc()
                 held, size = None, 0
