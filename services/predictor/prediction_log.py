@@ -23,6 +23,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, NamedTuple
 
@@ -126,48 +127,23 @@ def prediction_logged(
     )
 
 
+@dataclass(slots=True, eq=False)
 class Answered:
     """A request answered and waiting in the log to be built into an event (shadow: the
     candidate's answer, with the champion's classes for the monitor's agreement). Its
     inputs are its raw ``rows`` until they are summarized, then ``summaries`` (float32
     ``[n, 2G]``; the log summarizes waiting rows a few hundred kilobytes at a time)."""
 
-    __slots__ = (
-        "champion_labels",
-        "champion_version",
-        "labels",
-        "latency_ms",
-        "model_name",
-        "request_id",
-        "role",
-        "rows",
-        "summaries",
-        "version",
-    )
-
-    def __init__(
-        self,
-        model_name: str,
-        version: int,
-        request_id: str,
-        labels: np.ndarray,
-        latency_ms: float,
-        rows: np.ndarray | None,
-        role: Role | None = None,
-        champion_version: int | None = None,
-        champion_labels: np.ndarray | None = None,
-        summaries: np.ndarray | None = None,
-    ) -> None:
-        self.model_name = model_name
-        self.version = version
-        self.request_id = request_id
-        self.labels = labels
-        self.latency_ms = latency_ms
-        self.rows = rows
-        self.role = role
-        self.champion_version = champion_version
-        self.champion_labels = champion_labels
-        self.summaries = summaries
+    model_name: str
+    version: int
+    request_id: str
+    labels: np.ndarray
+    latency_ms: float
+    rows: np.ndarray | None
+    role: Role | None = None
+    champion_version: int | None = None
+    champion_labels: np.ndarray | None = None
+    summaries: np.ndarray | None = None
 
 
 class SerializedEvent(NamedTuple):
