@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from contracts.events import PredictionLogged
 from services.predictor import metrics
@@ -250,3 +251,31 @@ async def test_waiting_rows_are_summarized_a_few_hundred_kilobytes_at_a_time() -
         alone = prediction_logged("m", 1, a.request_id, a.labels, a.latency_ms, a.rows)
         assert r.input_summary is not None and alone.input_summary is not None
         np.testing.assert_allclose(r.input_summary, alone.input_summary, atol=5.1e-4)
+
+
+async def test_a_failed_summary_logs_the_requests_without_inputs_and_frees_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Summaries run on the request path (after the answer is sent): a failure there is
+    the log's, never the request's; those requests leave without summaries, counted."""
+    published: list[PredictionLogged] = []
+
+    async def publish(events: list[PredictionLogged]) -> None:
+        published.extend(events)
+
+    def broken(rows: np.ndarray, groups: list[tuple[int, int]]) -> np.ndarray:
+        raise FloatingPointError("boom")
+
+    skipped = metrics.PREDICTIONS_LOG_INPUTS_SKIPPED
+    before = skipped._value.get()
+    log = PredictionLog(publish, linger_s=60, summarize_at_bytes=2 * 784 * 4)
+    monkeypatch.setattr("services.predictor.prediction_log.summarize_rows", broken)
+    for a in (_answered(0), _answered(1)):  # the second triggers the summaries
+        log.add_prediction(a.model_name, a.version, a.request_id, a.labels, a.latency_ms, a.rows)
+    assert skipped._value.get() - before == 2
+    await log._publish(log._taken(len(log._pending)))
+    assert [(r.request_id, r.input_summary) for e in published for r in e.requests()] == [
+        ("r0", None),
+        ("r1", None),
+    ]
+    assert log._summary_bytes == 0
