@@ -156,6 +156,10 @@ class ShadowRunner:
         self.process = process
         self.queue: asyncio.Queue[_Item] | None = None
         self.task: asyncio.Task[None] | None = None
+        #: copies waiting that end the linger early (half the queue: at a high rate a
+        #: linger's copies would not fit in it)
+        self.drain_at = max(1, max_queue // 2)
+        self._half_full = asyncio.Event()
 
     @classmethod
     def from_settings(
@@ -206,6 +210,9 @@ class ShadowRunner:
             self.queue.put_nowait((rollout, champion, request_id, rows, labels))
         except asyncio.QueueFull:
             metrics.SHADOW_DROPPED.labels(champion.name).inc()
+            return
+        if self.queue.qsize() + 1 >= self.drain_at:  # + the one the lingering runner holds
+            self._half_full.set()
 
     async def _run(self) -> None:
         assert self.queue is not None
@@ -214,7 +221,12 @@ class ShadowRunner:
         while True:
             items = [await self.queue.get()]
             # gather: copies that came while the last batch ran, or for up to linger_s
-            await asyncio.sleep(max(0.0, drained + self.linger_s - loop.time()))
+            # (less once half the queue waits)
+            wait = drained + self.linger_s - loop.time()
+            if wait > 0 and self.queue.qsize() + 1 < self.drain_at:
+                self._half_full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._half_full.wait(), wait)
             while not self.queue.empty():
                 items.append(self.queue.get_nowait())
             drained = loop.time()

@@ -129,6 +129,28 @@ async def test_each_answer_goes_to_the_log_with_the_champions_answer(tmp_path: P
         assert a.rows is None
 
 
+async def test_half_a_queue_of_copies_ends_the_linger_early(tmp_path: Path) -> None:
+    """At a high rate a linger's copies would not fit in the queue: once half of it waits,
+    the runner takes them without waiting out its linger (nothing dropped)."""
+    champion, candidate = _model(tmp_path, 1), _model(tmp_path, 2)
+    log = _Log()
+    runner = ShadowRunner(log, slice_rows=8, linger_s=60.0, max_queue=8)
+    runner.start()
+    rows = np.random.default_rng(1).random((1, 784), dtype=np.float32)
+    labels = champion.forward(rows.copy())[1]
+    try:
+        runner.submit(_rollout(candidate), champion, "r0", rows.copy(), labels)
+        await eventually(lambda: len(log) == 1, timeout=10, what="the first, run at once")
+        for i in range(1, 4):  # under half of the queue: they wait for the linger
+            runner.submit(_rollout(candidate), champion, f"r{i}", rows.copy(), labels)
+        await asyncio.sleep(0.2)
+        assert len(log) == 1
+        runner.submit(_rollout(candidate), champion, "r4", rows.copy(), labels)  # half
+        await eventually(lambda: len(log) == 5, timeout=10, what="five shadow answers")
+    finally:
+        await runner.stop()
+
+
 @pytest.mark.parametrize("source", ["http", "stream"])
 async def test_a_failing_candidate_is_logged_as_errors_and_the_runner_carries_on(
     tmp_path: Path, source: Any
