@@ -39,7 +39,8 @@ PREDICTIONS_LOG_DROPPED = Counter(
 PREDICTIONS_LOG_INPUTS_SKIPPED = Counter(
     "lmesh_predictor_predictions_log_inputs_skipped_total",
     "Logged requests sent without input summaries: the summaries waiting for the log's task "
-    "had reached their bound (a slow or absent broker with large requests in flight)",
+    "had reached their bound (a slow or absent broker with large requests in flight), or "
+    "could not be computed",
     registry=REGISTRY,
 )
 REQUESTS = Counter(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import uuid
 from collections import deque
@@ -80,6 +81,7 @@ def _held_rows(rows: np.ndarray) -> np.ndarray:
     return held
 
 
+@functools.lru_cache(maxsize=64)
 def _summary_row_bytes(width: int) -> int:
     """Bytes of one row's summaries: the float32 mean and std of each feature group."""
     return 8 * len(feature_groups(width))
@@ -390,7 +392,6 @@ class PredictionLog:
         #: outage with large requests in flight must not grow the predictor without bound)
         self._summary_bytes = 0
         self._max_summary_bytes = max_pending_summary_bytes
-        self._row_bytes_by_width: dict[int, int] = {}
         #: entries whose raw rows wait to be summarized, and those rows' bytes: summarized
         #: together once they reach ``summarize_at_bytes`` (or when the task takes them)
         self._unsummarized: list[Answered] = []
@@ -425,11 +426,7 @@ class PredictionLog:
         held = _held_rows(rows) if rows is not None and len(rows) else None
         size = 0
         if held is not None:
-            width = held.shape[1]
-            row_bytes = self._row_bytes_by_width.get(width)
-            if row_bytes is None:
-                row_bytes = self._row_bytes_by_width[width] = _summary_row_bytes(width)
-            size = len(held) * row_bytes
+            size = len(held) * _summary_row_bytes(held.shape[1])
             if self._summary_bytes + size > self._max_summary_bytes:
                 metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc()
                 held, size = None, 0
@@ -461,7 +458,7 @@ class PredictionLog:
             log.exception("input summaries failed: %d requests logged without them", len(waiting))
             metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc(len(waiting))
             self._summary_bytes -= sum(
-                len(e.rows) * self._row_bytes_by_width[e.rows.shape[1]]
+                len(e.rows) * _summary_row_bytes(e.rows.shape[1])
                 for e in waiting
                 if e.rows is not None
             )

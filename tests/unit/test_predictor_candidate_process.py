@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 
 from contracts.events import ArtifactRef
 from libs.storage import open_store
+from services.predictor import candidate_process
 from services.predictor.candidate_process import (
     PASS_ROWS,
     CandidateProcess,
@@ -116,22 +116,27 @@ async def test_a_frame_runs_a_timed_slice_then_full_passes(tmp_path: Path) -> No
         await process.stop()
 
 
-def test_the_passes_of_a_frame_and_the_time_reported_is_the_first_slices() -> None:
+def test_the_passes_of_a_frame_and_the_time_reported_is_the_first_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [0.0]  # seconds; each pass takes 20 ms plus 1 ms per row
+
     class Timed:
         def __init__(self) -> None:
             self.passes: list[int] = []
 
         def forward(self, rows: np.ndarray) -> tuple[None, np.ndarray]:
             self.passes.append(len(rows))
-            time.sleep(0.02 if len(self.passes) == 1 else 0.0)
+            clock[0] += 0.020 + 0.001 * len(rows)
             return None, rows[:, 0].astype(np.int64)
 
+    monkeypatch.setattr(candidate_process.time, "perf_counter", lambda: clock[0])
     model = Timed()
     rows = np.arange(300, dtype=np.float32).reshape(300, 1)
     labels, ms = run_frame(model, rows, 8)  # type: ignore[arg-type]
     assert model.passes == [8, PASS_ROWS, PASS_ROWS, 300 - 8 - 2 * PASS_ROWS]
     assert labels.tolist() == list(range(300))
-    assert 20 <= ms < 200  # the first slice's pass, not the frame's
+    assert ms == pytest.approx(28.0)  # the first slice's pass (8 rows), not the frame's
     model.passes.clear()
     assert run_frame(model, rows[:3], 8)[0].tolist() == [0, 1, 2]  # type: ignore[arg-type]
     assert model.passes == [3]

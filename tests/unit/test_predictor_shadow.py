@@ -143,7 +143,8 @@ async def test_half_a_queue_of_copies_ends_the_linger_early(tmp_path: Path) -> N
         await eventually(lambda: len(log) == 1, timeout=10, what="the first, run at once")
         for i in range(1, 4):  # under half of the queue: they wait for the linger
             runner.submit(_rollout(candidate), champion, f"r{i}", rows.copy(), labels)
-        await asyncio.sleep(0.2)
+        # the runner holds r1 and lingers, r2 and r3 in the queue; nothing ran
+        await eventually(lambda: runner.queue is not None and runner.queue.qsize() == 2)
         assert len(log) == 1
         runner.submit(_rollout(candidate), champion, "r4", rows.copy(), labels)  # half
         await eventually(lambda: len(log) == 5, timeout=10, what="five shadow answers")
