@@ -36,40 +36,38 @@ import asyncio
 import contextlib
 import logging
 import os
-import struct
 import sys
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import orjson
 
 from services.predictor import metrics
+from services.predictor.child_process import (
+    ChildGone,
+    ChildProcess,
+    answers_to_stdout,
+    frame,
+    read_frame_sync,
+    thread_ids,
+)
 
 if TYPE_CHECKING:  # the child imports torch only once it runs at idle priority
     from services.predictor.model import LoadedModel
 
 log = logging.getLogger("lmesh.predictor")
 
-_LENGTH = struct.Struct(">I")
 #: candidates the child keeps loaded (a rollout has one; older ones are dropped)
 MAX_LOADED = 2
-#: how long the child gets to exit after its input is closed
-STOP_TIMEOUT_S = 5.0
 #: rows of the timed first pass of a frame (its time is the answers' latency)
 SLICE_ROWS = 8
 #: rows per candidate pass in the child after the first
 PASS_ROWS = 128
 
 
-class CandidateProcessError(RuntimeError):
+class CandidateProcessError(ChildGone):
     """The child could not answer (it died, or could not start)."""
-
-
-def frame(header: dict[str, Any], *parts: bytes | memoryview) -> bytes:
-    head = orjson.dumps({**header, "sizes": [len(p) for p in parts]})
-    return b"".join([_LENGTH.pack(len(head)), head, *parts])
 
 
 def model_key(model: LoadedModel) -> str:
@@ -82,12 +80,22 @@ class CandidateProcess:
     def __init__(self, *, torch_threads: int = 1, slice_rows: int = SLICE_ROWS) -> None:
         self.torch_threads = torch_threads
         self.slice_rows = slice_rows
-        self._proc: asyncio.subprocess.Process | None = None
         self._loaded: OrderedDict[str, None] = OrderedDict()
-        self._lock = asyncio.Lock()
-        self._next_id = 0
-        #: children started (a restart after a death counts)
-        self.starts = 0
+        self._child = ChildProcess(
+            "services.predictor.candidate_process",
+            str(torch_threads),
+            what="shadow candidate",
+            on_start=self._started,
+        )
+
+    def _started(self) -> None:
+        self._loaded.clear()  # a new child has none of them
+        metrics.SHADOW_PROCESS_STARTS.inc()
+
+    @property
+    def starts(self) -> int:
+        """Children started (a restart after a death counts)."""
+        return self._child.starts
 
     @staticmethod
     def supports(model: LoadedModel) -> bool:
@@ -97,20 +105,20 @@ class CandidateProcess:
     async def forward(self, model: LoadedModel, rows: np.ndarray) -> tuple[np.ndarray, float]:
         """The candidate's classes for ``rows`` and the child's milliseconds; raises
         ``CandidateProcessError`` (child gone) or ``RuntimeError`` (the candidate failed)."""
-        async with self._lock:
-            proc = await self._running()
-            assert proc.stdin is not None and proc.stdout is not None
-            key = model_key(model)
+        async with self._child.lock:
             try:
+                proc = await self._child.running()
+                assert proc.stdin is not None
+                key = model_key(model)
                 if key not in self._loaded:
                     self._send_load(proc, key, model)
-                self._next_id += 1
+                request_id = self._child.next_id()
                 rows = np.ascontiguousarray(rows)
                 proc.stdin.write(
                     frame(
                         {
                             "op": "forward",
-                            "id": self._next_id,
+                            "id": request_id,
                             "key": key,
                             "dtype": rows.dtype.str,
                             "shape": list(rows.shape),
@@ -119,14 +127,9 @@ class CandidateProcess:
                         memoryview(rows).cast("B"),
                     )
                 )
-                await proc.stdin.drain()
-                header, parts = await _read_frame(proc.stdout)
-            except (ConnectionError, asyncio.IncompleteReadError, BrokenPipeError) as exc:
-                await self._lost(proc)
-                raise CandidateProcessError(f"the candidate process exited: {exc!r}") from exc
-            if header.get("id") != self._next_id:
-                await self._lost(proc)
-                raise CandidateProcessError(f"out-of-order answer {header.get('id')!r}")
+                header, parts = await self._child.answer(proc, request_id)
+            except ChildGone as exc:
+                raise CandidateProcessError(str(exc)) from exc
             if header.get("error"):
                 if header.get("unloaded"):  # a failed load is tried again with the next batch
                     self._loaded.pop(key, None)
@@ -149,82 +152,16 @@ class CandidateProcess:
         proc.stdin.write(frame(header, model.weights, model.card.model_dump_json().encode()))
         self._loaded[key] = None
 
-    async def _running(self) -> asyncio.subprocess.Process:
-        if self._proc is not None and self._proc.returncode is None:
-            return self._proc
-        self._loaded.clear()
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "services.predictor.candidate_process",
-                str(self.torch_threads),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                limit=1 << 26,
-            )
-        except OSError as exc:
-            raise CandidateProcessError(f"the candidate process did not start: {exc}") from exc
-        self.starts += 1
-        metrics.SHADOW_PROCESS_STARTS.inc()
-        log.info("shadow candidates run in process %s at idle priority", self._proc.pid)
-        return self._proc
-
-    async def _lost(self, proc: asyncio.subprocess.Process) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        rc = await proc.wait()
-        log.warning("the shadow candidate process exited (%s); a new one starts next", rc)
-        self._proc = None
-
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid
 
     async def stop(self) -> None:
         """Stop the child (a later pass would start a new one)."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-
-
-async def _read_frame(stream: asyncio.StreamReader) -> tuple[dict[str, Any], list[bytes]]:
-    (n,) = _LENGTH.unpack(await stream.readexactly(_LENGTH.size))
-    header = orjson.loads(await stream.readexactly(n))
-    return header, [await stream.readexactly(size) for size in header.get("sizes", [])]
+        await self._child.stop()
 
 
 # --------------------------------------------------------------------------- the child
-
-
-def _read_exactly(stream: BinaryIO, n: int) -> bytes:
-    data = stream.read(n)
-    if len(data) != n:
-        raise EOFError
-    return data
-
-
-def _read(stream: BinaryIO) -> tuple[dict[str, Any], list[bytes]]:
-    (n,) = _LENGTH.unpack(_read_exactly(stream, _LENGTH.size))
-    header = orjson.loads(_read_exactly(stream, n))
-    return header, [_read_exactly(stream, size) for size in header.get("sizes", [])]
-
-
-def _threads() -> list[int]:
-    """This process's thread ids (numpy's BLAS pool, started at import, is among them): a
-    scheduling class or an affinity set with 0 applies to the calling thread only."""
-    try:
-        return [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        return [0]
 
 
 def lower_priority() -> str:
@@ -232,13 +169,13 @@ def lower_priority() -> str:
     thread (those started later inherit it)."""
     if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
         try:
-            for tid in _threads():
+            for tid in thread_ids():
                 os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
             return "SCHED_IDLE"
         except OSError:
             pass
     with contextlib.suppress(OSError):
-        for tid in _threads():
+        for tid in thread_ids():
             os.setpriority(os.PRIO_PROCESS, tid, 19)
     return "nice 19"
 
@@ -270,7 +207,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
     failed: dict[str, str] = {}
     while True:
         try:
-            header, parts = _read(inp)
+            header, parts = read_frame_sync(inp)
         except EOFError:
             return
         op, key = header.get("op"), header.get("key", "")
@@ -313,8 +250,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
 
 def main(argv: list[str]) -> None:
     # the frames own the real stdout: anything printed by a library goes to stderr
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
+    out = answers_to_stdout()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     priority = lower_priority()
     import torch
