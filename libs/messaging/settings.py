@@ -102,6 +102,16 @@ class KafkaSettings(BaseSettings):
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
         }
 
+    def environment(self) -> dict[str, str]:
+        """These settings as the environment from which a child process's
+        ``KafkaSettings()`` reads the same (secrets included: an environment, never argv)."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+                env[f"KAFKA_{name.upper()}"] = str(plain)
+        return env
+
     def retry_poll_interval_ms(self) -> int:
         """``max_poll_interval_ms`` for a group consumer: a handler that retries a transient
         failure does not poll, and aiokafka leaves the group after that long without a poll

@@ -35,6 +35,7 @@ from services.predictor.endpoint import (
     is_infer_path,
     openapi_paths,
 )
+from services.predictor.log_writer import LogWriter
 from services.predictor.model import LoadedModel
 from services.predictor.prediction_log import PredictionLog, kafka_publisher
 from services.predictor.responses import Liveness, ModelMetadata, Readiness, ServerMetadata
@@ -146,10 +147,12 @@ def build_app(
         request_id: str,
         labels: np.ndarray,
         ms: float,
-        rows: np.ndarray | None,
+        summaries: np.ndarray | None,
         role: Role | None = None,
     ) -> None:
-        prediction_log.add_prediction(model.name, model.version, request_id, labels, ms, rows, role)
+        prediction_log.add_summarized(
+            model.name, model.version, request_id, labels, ms, summaries, role
+        )
 
     async def publish_logged(events: list[Any]) -> None:
         await publish_many(broker, events)
@@ -159,10 +162,14 @@ def build_app(
     # quiet moment (no request in flight; 50 ms at most). A shadow candidate runs in a child
     # process at idle priority; its answers leave through the same log, batched as columns.
     in_flight = InFlight()
+    # the summaries, the events and the Kafka client in a child process (another core):
+    # the serving loop only gathers the answered requests and hands them over
+    writer = LogWriter(SERVICE, kafka) if settings.log_writer == "process" else None
     prediction_log = PredictionLog(
         publish_logged,
         publish_serialized=kafka_publisher(broker),
         quiet=lambda: in_flight.quiet(0.05),
+        writer=writer,
     )
     shadow = ShadowRunner.from_settings(prediction_log, settings, in_flight=in_flight)
 
@@ -182,6 +189,8 @@ def build_app(
     async def on_shutdown(app: FastAPI) -> None:
         await shadow.stop()  # first: it hands answers to the log
         await prediction_log.stop()
+        if writer is not None:
+            await writer.stop()
         await runtime.stop()
         for task in list(background):
             task.cancel()

@@ -22,6 +22,7 @@ Two ways to run the batch:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -32,18 +33,23 @@ import numpy as np
 
 __all__ = ["BatchFn", "MicroBatcher"]
 
+log = logging.getLogger("lmesh.predictor")
+
 #: rows [n, ...] -> arrays whose first dimension is n
 BatchFn = Callable[[np.ndarray], Sequence[np.ndarray]]
 
 
 class _Item:
-    __slots__ = ("future", "rows", "submitted", "x")
+    __slots__ = ("future", "rows", "submitted", "summarize", "x")
 
-    def __init__(self, x: np.ndarray, future: asyncio.Future[tuple[np.ndarray, ...]]) -> None:
+    def __init__(
+        self, x: np.ndarray, future: asyncio.Future[tuple[np.ndarray, ...]], summarize: bool
+    ) -> None:
         self.x = x
         self.rows = x.shape[0]
         self.future = future
         self.submitted = time.perf_counter()
+        self.summarize = summarize
 
 
 class MicroBatcher:
@@ -55,6 +61,7 @@ class MicroBatcher:
         max_wait_s: float = 0.001,
         mode: Literal["inline", "thread"] = "inline",
         on_batch: Callable[[int], None] | None = None,
+        summarize: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -65,6 +72,10 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self.mode = mode
         self.on_batch = on_batch
+        #: raw rows -> one array of per-row summaries, run on a batch's raw rows before its
+        #: forward pass (which may normalize them in place) when one of its requests asks
+        #: (``submit(x, summarize=True)``): appended to the outputs it gets back
+        self.summarize = summarize
         #: requests admitted by the server whose rows are not submitted yet (a hint)
         self.arriving = 0
         self.batches = 0
@@ -76,11 +87,13 @@ class MicroBatcher:
             ThreadPoolExecutor(1, thread_name_prefix="forward") if mode == "thread" else None
         )
 
-    async def submit(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Run ``x`` (rows ``[n, ...]``) in the next batch; its slice of each output."""
+    async def submit(self, x: np.ndarray, *, summarize: bool = False) -> tuple[np.ndarray, ...]:
+        """Run ``x`` (rows ``[n, ...]``) in the next batch; its slice of each output, then,
+        with ``summarize`` (and a ``summarize`` function), of the batch's summaries (none
+        when they failed: the answer never does for them)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[np.ndarray, ...]] = loop.create_future()
-        self._queue.append(_Item(x, future))
+        self._queue.append(_Item(x, future, summarize))
         self._queued_rows += x.shape[0]
         if not self._scheduled:
             self._scheduled = True
@@ -118,6 +131,17 @@ class MicroBatcher:
             return items[0].x
         return np.concatenate([i.x for i in items], axis=0)
 
+    def _summaries(self, items: list[_Item], batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``(summaries,)`` of the batch's raw rows when one of its requests asked, else
+        ``()``; a failure is logged and leaves them out."""
+        if self.summarize is None or not any(i.summarize for i in items):
+            return ()
+        try:
+            return (self.summarize(batch),)
+        except Exception:  # telemetry: never the answers' failure
+            log.exception("input summaries of a batch of %d rows failed", len(batch))
+            return ()
+
     def _deliver(self, items: list[_Item], outputs: Sequence[np.ndarray]) -> None:
         self.batches += 1
         if self.on_batch is not None:
@@ -147,12 +171,14 @@ class MicroBatcher:
             loop.call_soon(self._flush_inline, loop)
             return
         items = self._take()
+        batch = self._stack(items)
+        summaries = self._summaries(items, batch)
         try:
-            outputs = self.run_batch(self._stack(items))
+            outputs = self.run_batch(batch)
         except Exception as exc:
             self._fail(items, exc)
         else:
-            self._deliver(items, outputs)
+            self._deliver(items, (*outputs, *summaries))
         if self._queue:
             loop.call_soon(self._flush_inline, loop)
         else:
@@ -165,13 +191,13 @@ class MicroBatcher:
                 while self._should_wait():  # noqa: ASYNC110 - yield so arriving requests submit
                     await asyncio.sleep(0)
                 items = self._take()
+                batch = self._stack(items)
+                summaries = self._summaries(items, batch)
                 try:
-                    outputs = await loop.run_in_executor(
-                        self._executor, self.run_batch, self._stack(items)
-                    )
+                    outputs = await loop.run_in_executor(self._executor, self.run_batch, batch)
                 except Exception as exc:
                     self._fail(items, exc)
                 else:
-                    self._deliver(items, outputs)
+                    self._deliver(items, (*outputs, *summaries))
         finally:
             self._scheduled = False

@@ -36,8 +36,8 @@ from services.predictor.routing import ROUTING_HEADER, ActiveRollout, Role, choo
 
 log = logging.getLogger("lmesh.predictor")
 
-#: (the model, request id, its labels, latency in ms, its raw rows (handed over: never
-#: written afterwards), its rollout role)
+#: (the model, request id, its labels, latency in ms, the input summaries of its rows
+#: (prediction_log.input_summaries; None when they failed), its rollout role)
 PredictionSink = Callable[
     [LoadedModel, str, np.ndarray, float, np.ndarray | None, Role | None], None
 ]
@@ -222,16 +222,14 @@ class InferenceEndpoint:
                     self.shadow_sample_rate >= 1.0 or random.random() < self.shadow_sample_rate
                 ):
                     shadow_rows = rows.copy()  # the forward pass may normalize rows in place
-            # a request to be logged hands its raw rows to the log, which summarizes them
-            # for the monitor (many requests' rows at once): read-only, the forward pass
-            # normalizes a copy of them rather than the rows themselves
+            # a request to be logged has its micro-batch summarize its raw rows for the
+            # monitor (the whole batch's in one call, before the forward pass normalizes
+            # them): the log keeps 128 bytes per image, never the image
             logged = bool(
                 self.sample_rate
                 and self.on_prediction is not None
                 and (self.sample_rate >= 1.0 or random.random() < self.sample_rate)
             )
-            if logged:
-                rows.flags.writeable = False
         except OIPError as exc:
             await self._error(send, exc.status, exc.message)
             return
@@ -244,7 +242,7 @@ class InferenceEndpoint:
 
         try:
             assert model.batcher is not None
-            outputs = await model.batcher.submit(rows)
+            outputs = await model.batcher.submit(rows, summarize=logged)
             probabilities, labels = outputs[0], outputs[1]
             payload, json_length = encode_response(
                 model.name,
@@ -276,7 +274,8 @@ class InferenceEndpoint:
             hist = self._latency[model.name] = metrics.REQUEST_LATENCY.labels(model.name)
         hist.observe(elapsed)
         if logged and self.on_prediction is not None:
-            self.on_prediction(model, request.id or "", labels, elapsed * 1000, rows, role)
+            summaries = outputs[2] if len(outputs) > 2 else None  # none: they failed
+            self.on_prediction(model, request.id or "", labels, elapsed * 1000, summaries, role)
         if shadow_rows is not None and rollout is not None and self.on_shadow is not None:
             self.on_shadow(rollout, model, request.id or "", shadow_rows, labels)
 

@@ -66,6 +66,12 @@ SHADOW_DROPPED = Counter(
     ["model"],
     registry=REGISTRY,
 )
+LOG_WRITER_STARTS = Counter(
+    "lmesh_predictor_log_writer_starts_total",
+    "Child processes started to summarize, build and publish the logged predictions (more "
+    "than one: a child died and was replaced)",
+    registry=REGISTRY,
+)
 SHADOW_PROCESS_STARTS = Counter(
     "lmesh_predictor_shadow_process_starts_total",
     "Child processes started to run shadow candidates at idle priority (more than one: "

@@ -25,7 +25,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, NamedTuple
 
@@ -40,6 +40,7 @@ from libs.telemetry.metrics import EVENTS_PUBLISHED
 from services.predictor import metrics
 
 log = logging.getLogger("lmesh.predictor")
+
 
 #: Decimals kept of each summary (the monitor bins them; more only costs bytes on Kafka).
 SUMMARY_DECIMALS = 3
@@ -56,6 +57,9 @@ MAX_PENDING_SUMMARY_BYTES = 16 << 20
 #: 784-pixel rows per numpy call, whose fixed cost is then shared), then let go: the log
 #: holds 128 bytes per image for its linger (or a broker outage), not 3 KB
 SUMMARIZE_AT_BYTES = 256 << 10
+#: ... and with a writer that takes raw rows (they are summarized there, off the serving
+#: loop): only when this many wait, i.e. when the writer falls behind (8 MiB: ~2,700 rows)
+WRITER_SUMMARIZE_AT_BYTES = 8 << 20
 
 Role = Literal["champion", "shadow", "canary"]
 
@@ -85,6 +89,19 @@ def _held_rows(rows: np.ndarray) -> np.ndarray:
 def _summary_row_bytes(width: int) -> int:
     """Bytes of one row's summaries: the float32 mean and std of each feature group."""
     return 8 * len(feature_groups(width))
+
+
+def input_summaries(rows: np.ndarray) -> np.ndarray:
+    """float32 ``[n, 2G]``: the summaries of raw rows ``[n, ...]`` the monitor compares
+    with the reference (the HTTP path's: of a micro-batch's rows, before its forward pass,
+    in one numpy call)."""
+    flat = rows.reshape(len(rows), -1)
+    return summarize_rows(flat, feature_groups(flat.shape[1]))
+
+
+def _reserved(rows: np.ndarray | None) -> int:
+    """Bytes the summaries of held ``rows`` (``[n, features]``) will take."""
+    return 0 if rows is None else len(rows) * _summary_row_bytes(rows.shape[1])
 
 
 def _summaries(flat: np.ndarray) -> np.ndarray:
@@ -147,6 +164,50 @@ class Answered:
     champion_version: int | None = None
     champion_labels: np.ndarray | None = None
     summaries: np.ndarray | None = None
+
+
+#: requests one Columns entry of the log holds at most
+COLUMN_REQUESTS = 1024
+
+
+@dataclass(slots=True, eq=False)
+class Columns:
+    """Answered requests of one model version and role, each with its input summaries
+    (or none), as columns: the HTTP path's, for which the log keeps a few list entries per
+    request rather than an object (:meth:`PredictionLog.add_summarized`)."""
+
+    model_name: str
+    version: int
+    role: Role | None
+    request_ids: list[str] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    summaries: list[np.ndarray | None] = field(default_factory=list)
+    #: the summaries' bytes (the log's bound counts them)
+    summary_bytes: int = 0
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def answered(self) -> list[Answered]:
+        """The same requests, one object each."""
+        return [
+            Answered(self.model_name, self.version, rid, labels, ms, None, self.role, summaries=s)
+            for rid, labels, ms, s in zip(
+                self.request_ids, self.labels, self.latency_ms, self.summaries, strict=True
+            )
+        ]
+
+
+def each_answered(entries: Sequence[Answered | Columns]) -> list[Answered]:
+    """Answered requests, columns taken apart."""
+    out: list[Answered] = []
+    for e in entries:
+        if isinstance(e, Columns):
+            out.extend(e.answered())
+        else:
+            out.append(e)
+    return out
 
 
 class SerializedEvent(NamedTuple):
@@ -377,16 +438,25 @@ class PredictionLog:
         source: Literal["http", "stream"] = "http",
         quiet: Callable[[], Awaitable[None]] | None = None,
         max_pending_summary_bytes: int = MAX_PENDING_SUMMARY_BYTES,
-        summarize_at_bytes: int = SUMMARIZE_AT_BYTES,
+        summarize_at_bytes: int | None = None,
+        writer: Callable[[Sequence[Answered | Columns], Literal["http", "stream"]], Awaitable[None]]
+        | None = None,
     ) -> None:
         self._publish_many = publish_many
         self._publish_serialized = publish_serialized
+        #: publishes answered requests as they are (e.g. services.predictor.log_writer's
+        #: child process: the summaries and the events are built there, off this loop)
+        self._writer = writer
         self._source: Literal["http", "stream"] = source
         #: awaited after the linger, before the batch is built (e.g. the HTTP app's: until
         #: no request is in flight, bounded): a request rarely waits behind a build
         self._quiet = quiet
-        self._pending: deque[PredictionLogged | Answered] = deque()
+        self._pending: deque[PredictionLogged | Answered | Columns] = deque()
+        #: requests pending (a Columns entry holds many), and at most
+        self._requests = 0
         self._max_pending = max_pending
+        #: the newest Columns entry, which the next request of its version and role joins
+        self._open: Columns | None = None
         #: summaries held, in bytes (of the rows waiting, those they will take), and at
         #: most (past it a request is logged without its summaries, counted: a broker
         #: outage with large requests in flight must not grow the predictor without bound)
@@ -396,6 +466,8 @@ class PredictionLog:
         #: together once they reach ``summarize_at_bytes`` (or when the task takes them)
         self._unsummarized: list[Answered] = []
         self._unsummarized_bytes = 0
+        if summarize_at_bytes is None:
+            summarize_at_bytes = WRITER_SUMMARIZE_AT_BYTES if writer else SUMMARIZE_AT_BYTES
         self._summarize_at = summarize_at_bytes
         self._max_batch = max_batch
         self._linger_s = linger_s
@@ -417,19 +489,24 @@ class PredictionLog:
         *,
         champion_version: int | None = None,
         champion_labels: np.ndarray | None = None,
+        summaries: np.ndarray | None = None,
     ) -> None:
-        """An answered request, to be logged. ``rows``, its raw rows, is not copied (at
-        most :data:`MAX_SUMMARY_ROWS` of them are kept, evenly spaced): the caller hands it
-        over and must not change it afterwards. The rows wait until a few hundred kilobytes
-        of them have, then all are summarized in one numpy call and let go. A shadow answer
-        (role "shadow") brings the champion's version and classes for the agreement."""
-        held = _held_rows(rows) if rows is not None and len(rows) else None
-        size = 0
-        if held is not None:
-            size = len(held) * _summary_row_bytes(held.shape[1])
-            if self._summary_bytes + size > self._max_summary_bytes:
-                metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc()
-                held, size = None, 0
+        """An answered request, to be logged, with its inputs as raw ``rows`` or as their
+        ``summaries`` (:func:`input_summaries`, computed by the caller: the HTTP path's
+        micro-batches), or neither. At most :data:`MAX_SUMMARY_ROWS` of them are kept,
+        evenly spaced. Raw rows are not copied: the caller hands them over and must not
+        change them afterwards; they wait until a few hundred kilobytes of them have, then
+        all are summarized in one numpy call and let go. A shadow answer (role "shadow")
+        brings the champion's version and classes for the agreement."""
+        held, ready = None, None
+        if summaries is not None and len(summaries):
+            ready = _held_rows(summaries)
+        elif rows is not None and len(rows):
+            held = _held_rows(rows)
+        size = ready.nbytes if ready is not None else _reserved(held)
+        if size and self._summary_bytes + size > self._max_summary_bytes:
+            metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc()
+            held, ready, size = None, None, 0
         entry = Answered(
             model_name,
             version,
@@ -440,14 +517,64 @@ class PredictionLog:
             role,
             champion_version,
             champion_labels,
+            ready,
         )
-        if not self._append(entry) or held is None:
+        if not self._append(entry):
             return
         self._summary_bytes += size
+        if held is None:
+            return
         self._unsummarized.append(entry)
         self._unsummarized_bytes += held.nbytes
         if self._unsummarized_bytes >= self._summarize_at:
             self._summarize()
+
+    def add_summarized(
+        self,
+        model_name: str,
+        version: int,
+        request_id: str,
+        labels: np.ndarray,
+        latency_ms: float,
+        summaries: np.ndarray | None,
+        role: Role | None = None,
+    ) -> None:
+        """An answered request with its input ``summaries`` (:func:`input_summaries`,
+        computed by its micro-batch; None: it has none): :meth:`add_prediction`'s HTTP
+        fast path, a few list appends (the request joins the newest entry's columns when
+        that is of its version and role)."""
+        if self._requests >= self._max_pending:
+            metrics.PREDICTIONS_LOG_DROPPED.labels("buffer full").inc()
+            return
+        size = 0
+        if summaries is not None:
+            if len(summaries) > MAX_SUMMARY_ROWS:
+                summaries = _held_rows(summaries)
+            size = summaries.nbytes
+            if self._summary_bytes + size > self._max_summary_bytes:
+                metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc()
+                summaries, size = None, 0
+        columns = self._open
+        if (
+            columns is None
+            or columns.version != version
+            or columns.role != role
+            or columns.model_name != model_name
+            or len(columns.request_ids) >= COLUMN_REQUESTS
+            or not self._pending
+            or self._pending[-1] is not columns
+        ):
+            columns = self._open = Columns(model_name, version, role)
+            self._pending.append(columns)
+        columns.request_ids.append(request_id)
+        columns.labels.append(labels)
+        columns.latency_ms.append(latency_ms)
+        columns.summaries.append(summaries)
+        columns.summary_bytes += size
+        self._summary_bytes += size
+        self._requests += 1
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _summarize(self) -> None:
         """The waiting rows summarized (one numpy call per width) and let go."""
@@ -457,33 +584,39 @@ class PredictionLog:
         except Exception:  # telemetry: never the request's failure
             log.exception("input summaries failed: %d requests logged without them", len(waiting))
             metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc(len(waiting))
-            self._summary_bytes -= sum(
-                len(e.rows) * _summary_row_bytes(e.rows.shape[1])
-                for e in waiting
-                if e.rows is not None
-            )
+            self._summary_bytes -= sum(_reserved(e.rows) for e in waiting)
             done = [None] * len(waiting)
         for entry, summaries in zip(waiting, done, strict=True):
             entry.summaries, entry.rows = summaries, None
 
     def _append(self, entry: PredictionLogged | Answered) -> bool:
-        if len(self._pending) >= self._max_pending:
+        if self._requests >= self._max_pending:
             metrics.PREDICTIONS_LOG_DROPPED.labels("buffer full").inc()
             return False
         self._pending.append(entry)
+        self._requests += 1
         if not self._wake.is_set():
             self._wake.set()
         return True
 
-    def _taken(self, n: int) -> list[PredictionLogged | Answered]:
-        """The ``n`` oldest entries, off the buffer (their summaries no longer held by it;
-        rows still waiting are summarized first)."""
-        if self._unsummarized:
+    def _taken(self, n: int) -> list[PredictionLogged | Answered | Columns]:
+        """The ``n`` oldest entries, off the buffer (their summaries no longer held by it).
+        Rows still waiting are summarized first, unless a writer takes them as they are."""
+        if self._unsummarized and self._writer is None:
             self._summarize()
         batch = [self._pending.popleft() for _ in range(n)]
+        raw = [e for e in batch if isinstance(e, Answered) and e.rows is not None]
+        if raw:  # the oldest rows waiting (a writer's): no longer the log's to summarize
+            del self._unsummarized[: len(raw)]
+            self._unsummarized_bytes -= sum(e.rows.nbytes for e in raw)  # type: ignore[union-attr]
         self._summary_bytes -= sum(
-            e.summaries.nbytes for e in batch if isinstance(e, Answered) and e.summaries is not None
+            e.summaries.nbytes if e.summaries is not None else _reserved(e.rows)
+            for e in batch
+            if isinstance(e, Answered) and (e.summaries is not None or e.rows is not None)
         )
+        columns = [e for e in batch if isinstance(e, Columns)]
+        self._summary_bytes -= sum(c.summary_bytes for c in columns)
+        self._requests -= len(batch) - len(columns) + sum(map(len, columns))
         return batch
 
     def start(self) -> None:
@@ -521,9 +654,15 @@ class PredictionLog:
             if self._pending:
                 self._wake.set()
 
-    async def _publish(self, batch: list[PredictionLogged | Answered]) -> None:
+    async def _publish(self, batch: list[PredictionLogged | Answered | Columns]) -> None:
         ready = [e for e in batch if isinstance(e, PredictionLogged)]
-        answered = [e for e in batch if isinstance(e, Answered)]
+        entries = [e for e in batch if not isinstance(e, PredictionLogged)]
+        if entries and self._writer is not None:
+            if ready:
+                await self._publish_many(ready)
+            await self._writer(entries, self._source)
+            return
+        answered = each_answered(entries)
         serialized = batch_serialized(answered, self._source) if answered else []
         if serialized and self._publish_serialized is None:
             ready += [PredictionLogged.model_validate_json(e.value) for e in serialized]

@@ -19,6 +19,7 @@ from services.predictor import metrics
 from services.predictor.batching import MicroBatcher
 from services.predictor.holder import ModelTable
 from services.predictor.model import LoadedModel, load_model, resolve_device
+from services.predictor.prediction_log import input_summaries
 from services.predictor.routing import ActiveRollout
 from services.predictor.settings import PredictorSettings
 
@@ -82,6 +83,7 @@ class PredictorRuntime:
             max_wait_s=self.settings.max_wait_ms / 1000,
             mode=self._mode,
             on_batch=metrics.BATCH_SIZE.labels(name).observe,
+            summarize=input_summaries,  # for the requests that are logged
         )
         return model
 

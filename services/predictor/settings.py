@@ -37,6 +37,12 @@ class PredictorSettings(ServiceSettings):
         default=True, description="keep the previous production version warm (versioned infer)"
     )
     log_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="prediction.logged.v1")
+    log_writer: Literal["process", "inline"] = Field(
+        default="process",
+        description="where the logged predictions are summarized, built and published: a "
+        "child process per server process (off the serving event loop, on another core), "
+        "or the serving loop itself",
+    )
     shadow_sample_rate: float = Field(
         default=1.0,
         ge=0.0,

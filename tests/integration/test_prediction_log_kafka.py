@@ -64,8 +64,9 @@ async def test_the_http_path_logs_the_raw_input_not_the_normalized_rows(
     kafka_settings: KafkaSettings, tmp_path: Path, unique: str
 ) -> None:
     """A lone FP32 request is normalized in place by the forward pass (scale 1/255 here):
-    the logged summary must still be the raw input's, the scale of the reference that
-    preprocess records from the raw training split (else clean traffic reads as drift)."""
+    the logged summary (its micro-batch's, taken before that pass) must still be the raw
+    input's, the scale of the reference that preprocess records from the raw training
+    split (else clean traffic reads as drift)."""
     store_url = (tmp_path / "artifacts").as_uri()
     name = f"raw-{unique}"
     stub = RegistryStub()
@@ -96,3 +97,8 @@ async def test_the_http_path_logs_the_raw_input_not_the_normalized_rows(
     (logged,) = [q for q in event.requests() if q.request_id == f"{unique}-fp32"]
     expected = prediction_logged(name, 1, "x", np.array([0]), 1.0, raw).input_summary
     assert logged.input_summary == expected
+    # published by the log writer's child process: the same key and headers as inline
+    assert msg["_key"] == name
+    assert msg["_headers"]["event-type"] == "PredictionLogged"
+    assert msg["_headers"]["event-id"] == str(event.event_id)
+    assert "traceparent" in msg["_headers"]

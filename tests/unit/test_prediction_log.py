@@ -12,8 +12,10 @@ from services.predictor import metrics
 from services.predictor.prediction_log import (
     MAX_EVENT_SUMMARY_ROWS,
     Answered,
+    Columns,
     PredictionLog,
     batch_logged,
+    input_summaries,
     prediction_logged,
 )
 from tests.support.polling import eventually
@@ -279,3 +281,120 @@ async def test_a_failed_summary_logs_the_requests_without_inputs_and_frees_the_b
         ("r1", None),
     ]
     assert log._summary_bytes == 0
+
+
+async def test_summaries_computed_by_the_caller_are_logged_as_they_are_and_bounded() -> None:
+    """The HTTP path hands the summaries its micro-batch computed (no raw rows kept): the
+    event carries them as a request logged alone with its rows would; at most 512 rows
+    of them (evenly spaced), and within the byte bound."""
+    published: list[PredictionLogged] = []
+
+    async def publish(events: list[PredictionLogged]) -> None:
+        published.extend(events)
+
+    rows = np.random.default_rng(3).random((600, 784), dtype=np.float32)
+    summaries = input_summaries(rows)
+    summary_row = summaries[:1].nbytes
+    log = PredictionLog(publish, linger_s=60, max_pending_summary_bytes=600 * summary_row)
+    log.add_prediction("m", 1, "one", np.array([1]), 1.0, None, summaries=summaries[:1])
+    log.add_prediction("m", 1, "many", np.arange(600) % 10, 1.0, None, summaries=summaries)
+    assert log._summary_bytes == 513 * summary_row and log._unsummarized == []
+    skipped = metrics.PREDICTIONS_LOG_INPUTS_SKIPPED
+    before = skipped._value.get()
+    log.add_prediction("m", 1, "over", np.arange(100) % 10, 1.0, None, summaries=summaries[:100])
+    assert skipped._value.get() - before == 1
+    await log._publish(log._taken(len(log._pending)))
+    logged = {r.request_id: r.input_summary for e in published for r in e.requests()}
+    alone = prediction_logged("m", 1, "one", np.array([1]), 1.0, rows[:1]).input_summary
+    assert alone is not None and logged["one"] is not None
+    np.testing.assert_allclose(logged["one"], alone, atol=5.1e-4)
+    many = logged["many"]
+    assert many is not None and len(many) == 512 and logged["over"] is None
+    evenly = prediction_logged("m", 1, "x", np.arange(600) % 10, 1.0, rows).input_summary
+    assert evenly is not None
+    np.testing.assert_allclose(many, evenly, atol=5.1e-4)
+    assert log._summary_bytes == 0
+
+
+def _summarized(log: PredictionLog, i: int, version: int = 1, role: str | None = None) -> None:
+    summaries = input_summaries(np.random.default_rng(i).random((1, 784), dtype=np.float32))
+    log.add_summarized("m", version, f"r{i}", np.array([i % 10]), 1.0 + i / 7, summaries, role)  # type: ignore[arg-type]
+
+
+async def test_summarized_requests_gather_as_columns_and_leave_as_if_added_one_by_one() -> None:
+    """The HTTP path's requests join the newest entry's columns while they are of its
+    version and role (and nothing else came between): the events are those of the same
+    requests added one object each, in the same order."""
+    published: list[PredictionLogged] = []
+
+    async def publish(events: list[PredictionLogged]) -> None:
+        published.extend(events)
+
+    log = PredictionLog(publish, linger_s=60)
+    for i in range(3):
+        _summarized(log, i)
+    _summarized(log, 3, role="canary")
+    _summarized(log, 4)
+    log.add_prediction("m", 2, "s5", np.array([5]), 1.0, np.ones((1, 784)), "shadow")
+    _summarized(log, 6)
+    shape = [(type(e).__name__, len(e) if isinstance(e, Columns) else 1) for e in log._pending]
+    assert shape == [
+        ("Columns", 3),
+        ("Columns", 1),
+        ("Columns", 1),
+        ("Answered", 1),
+        ("Columns", 1),
+    ]
+    assert log._requests == 7
+    await log._publish(log._taken(len(log._pending)))
+    assert log._requests == 0 and log._summary_bytes == 0
+
+    one_by_one: list[PredictionLogged] = []
+
+    async def publish_alone(events: list[PredictionLogged]) -> None:
+        one_by_one.extend(events)
+
+    alone = PredictionLog(publish_alone, linger_s=60)
+    for i in (0, 1, 2, 3, 4, 6):
+        summaries = input_summaries(np.random.default_rng(i).random((1, 784), dtype=np.float32))
+        role = "canary" if i == 3 else None
+        alone.add_prediction(
+            "m", 1, f"r{i}", np.array([i % 10]), 1.0 + i / 7, None, role, summaries=summaries
+        )
+    alone.add_prediction("m", 2, "s5", np.array([5]), 1.0, np.ones((1, 784)), "shadow")
+    await alone._publish(alone._taken(len(alone._pending)))
+
+    def requests(events: list[PredictionLogged]) -> list[tuple[object, ...]]:
+        return [
+            (e.version, e.role, r.request_id, r.predictions, r.latency_ms, r.input_summary)
+            for e in events
+            for r in e.requests()
+        ]
+
+    assert requests(published) == requests(one_by_one)
+    assert [r[2] for r in requests(published)] == ["r0", "r1", "r2", "r4", "r6", "r3", "s5"]
+
+
+async def test_summarized_requests_are_bounded_like_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def publish(events: list[PredictionLogged]) -> None:
+        pass
+
+    monkeypatch.setattr("services.predictor.prediction_log.COLUMN_REQUESTS", 2)
+    summary_row = 32 * 4
+    log = PredictionLog(publish, max_pending=4, max_pending_summary_bytes=3 * summary_row)
+    dropped = metrics.PREDICTIONS_LOG_DROPPED.labels("buffer full")
+    skipped = metrics.PREDICTIONS_LOG_INPUTS_SKIPPED
+    dropped_before, skipped_before = dropped._value.get(), skipped._value.get()
+    for i in range(5):  # the 4th has no room for its summaries, the 5th none at all
+        _summarized(log, i)
+    assert [len(e) for e in log._pending if isinstance(e, Columns)] == [2, 2]
+    assert dropped._value.get() - dropped_before == 1
+    assert skipped._value.get() - skipped_before == 1
+    assert log._pending[1].summaries[1] is None  # type: ignore[union-attr]
+    assert log._requests == 4 and log._summary_bytes == 3 * summary_row
+    await log._publish(log._taken(1))
+    assert log._requests == 2 and log._summary_bytes == summary_row
+    _summarized(log, 5)  # a new entry: the newest columns are full
+    assert [len(e) for e in log._pending if isinstance(e, Columns)] == [2, 1]

@@ -136,6 +136,47 @@ async def test_a_failing_batch_fails_each_of_its_requests_and_the_batcher_recove
     np.testing.assert_array_equal(out[0], [[2]])
 
 
+@pytest.mark.parametrize("mode", ["inline", "thread"])
+async def test_logged_requests_get_their_slice_of_the_batch_raw_summaries(mode: str) -> None:
+    """The summaries are of the batch's raw rows, taken before the forward pass normalizes
+    them in place (as the model does with a batch it owns); a batch none of whose
+    requests asked computes none."""
+
+    def normalizing(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x /= 255.0  # in place, as LoadedModel.forward on a fresh batch
+        return x, x.sum(axis=1)
+
+    summarized: list[int] = []
+
+    def summarize(x: np.ndarray) -> np.ndarray:
+        summarized.append(len(x))
+        return x.max(axis=1, keepdims=True).copy()
+
+    batcher = MicroBatcher(normalizing, mode=mode, summarize=summarize)
+    rows = [np.full((n, 4), 10.0 * (i + 1), dtype=np.float32) for i, n in enumerate((1, 2, 1))]
+    outs = await asyncio.gather(
+        batcher.submit(rows[0], summarize=True),
+        batcher.submit(rows[1], summarize=True),
+        batcher.submit(rows[2]),
+    )
+    assert summarized == [4]  # one call for the batch
+    np.testing.assert_array_equal(outs[0][2], [[10.0]])
+    np.testing.assert_array_equal(outs[1][2], [[20.0], [20.0]])
+    np.testing.assert_allclose(outs[1][0], np.full((2, 4), 20 / 255))  # normalized after
+    await batcher.submit(np.ones((1, 4), dtype=np.float32))
+    assert summarized == [4]
+
+
+async def test_failing_summaries_leave_them_out_and_the_answers_stand() -> None:
+    def broken(x: np.ndarray) -> np.ndarray:
+        raise FloatingPointError("boom")
+
+    batcher = MicroBatcher(Recorder(), summarize=broken)
+    out = await batcher.submit(np.ones((1, 2)), summarize=True)
+    assert len(out) == 2
+    np.testing.assert_array_equal(out[0], [[2, 2]])
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError):
         MicroBatcher(Recorder(), max_batch_size=0)
