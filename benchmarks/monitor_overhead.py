@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -119,16 +120,20 @@ def _answered(predictor_url: str) -> tuple[float, float]:
     return (float(found.group(1)) if found else 0.0), sum(float(d) for d in dropped)
 
 
-def _pids(env_marker: str) -> list[int]:
-    """Processes whose environment holds ``env_marker`` (a server and its workers)."""
+def _pids(env_marker: str, module: str | None = None) -> list[int]:
+    """Processes whose environment holds ``env_marker`` (a server, its workers and their
+    children), and, given ``module``, whose command line names it (a log writer)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if env_marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
+                if env_marker.encode() not in (entry / "environ").read_bytes().split(b"\0"):
+                    continue
+                if module is not None and module.encode() not in (entry / "cmdline").read_bytes():
+                    continue
             except OSError:
                 continue
+            found.append(int(entry.name))
     return found
 
 
@@ -142,6 +147,18 @@ def _cpu_s(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def _box_idle_s() -> float:
+    """Seconds all CPUs of the machine have been idle so far (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")  # idle, iowait
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of the finished child processes (the load generator's runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _monitor_rate(bootstrap: str, monitor_url: str, events: int, batch: int) -> dict[str, Any]:
@@ -247,7 +264,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for url in urls.values():
                 _client(url, body, 1.0, args.connections)  # warm-up
 
-            servers = {key: _pids(f"PREDICTOR_HTTP_PORT={port}") for key, port in ports.items()}
+            # the serving processes, and the log writers they started (their children)
+            writers = {
+                key: _pids(f"PREDICTOR_HTTP_PORT={port}", "services.predictor.log_writer")
+                for key, port in ports.items()
+            }
+            servers = {
+                key: [p for p in _pids(f"PREDICTOR_HTTP_PORT={port}") if p not in writers[key]]
+                for key, port in ports.items()
+            }
             watched = {"broker": [broker.process.pid] if broker.process else []}
 
             def measure(into: dict[str, list[dict[str, Any]]]) -> None:
@@ -259,8 +284,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     # (a shared host) does not favour whichever server runs first
                     for key, url in list(urls.items())[:: 1 if r % 2 == 0 else -1]:
                         base = url.removesuffix(f"/v2/models/{MODEL}/infer")
-                        procs = {"server": servers[key], **watched}
+                        procs = {"server": servers[key], "log_writer": writers[key], **watched}
                         cpu0 = {k: _cpu_s(v) for k, v in procs.items()}
+                        box0, load0 = _box_idle_s(), _children_cpu_s()
                         answered0 = _answered(base)[0]
                         result = (
                             _wrk(url, body, args.duration, args.connections, script)
@@ -270,6 +296,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         n = max(_answered(base)[0] - answered0, 1)
                         result["answered"] = n
                         result["cpu_s"] = {k: _cpu_s(v) - cpu0[k] for k, v in procs.items()}
+                        # the load generator's CPU and the machine's idle time: is the
+                        # server the bottleneck, or the machine's cores?
+                        result["load_cpu_s"] = _children_cpu_s() - load0
+                        result["idle_s"] = _box_idle_s() - box0
                         into[key].append(result)
 
             # phase 1: logging to the broker, nobody consuming (the predictor's own cost)
@@ -386,11 +416,27 @@ def _cpu_per_request(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
         for key, rounds in runs.items()
     }
     off, on = total["logging_off"], total["logging_on"]
-    aux = sum(v for t in total.values() for k, v in t["cpu_s"].items() if k != "server")
+    aux = sum(
+        v
+        for t in total.values()
+        for k, v in t["cpu_s"].items()
+        if k not in ("server", "log_writer")
+    )
+
+    def per_request(key: str, what: str) -> float:
+        return round(1e6 * sum(r[what] for r in runs[key]) / total[key]["answered"], 1)
+
     return {
         "server_logging_off": round(1e6 * off["cpu_s"]["server"] / off["answered"], 1),
         "server_logging_on": round(1e6 * on["cpu_s"]["server"] / on["answered"], 1),
+        # the logging server's writer child (PREDICTOR_LOG_WRITER=process), per request
+        "log_writer_per_logged": round(1e6 * on["cpu_s"]["log_writer"] / on["answered"], 1),
         "broker_and_monitor_per_logged": round(1e6 * aux / on["answered"], 1),
+        # the load generator, and the machine's idle CPU time, per request of each server
+        "load_generator_logging_off": per_request("logging_off", "load_cpu_s"),
+        "load_generator_logging_on": per_request("logging_on", "load_cpu_s"),
+        "idle_logging_off": per_request("logging_off", "idle_s"),
+        "idle_logging_on": per_request("logging_on", "idle_s"),
     }
 
 
@@ -401,7 +447,17 @@ def _cpu_overhead(cpu: dict[str, float]) -> dict[str, float]:
     return {
         "server": round(100 * (cpu["server_logging_on"] / off - 1), 1),
         "with_broker_and_monitor": round(
-            100 * ((cpu["server_logging_on"] + cpu["broker_and_monitor_per_logged"]) / off - 1), 1
+            100
+            * (
+                (
+                    cpu["server_logging_on"]
+                    + cpu["log_writer_per_logged"]
+                    + cpu["broker_and_monitor_per_logged"]
+                )
+                / off
+                - 1
+            ),
+            1,
         ),
     }
 
