@@ -489,24 +489,19 @@ class PredictionLog:
         *,
         champion_version: int | None = None,
         champion_labels: np.ndarray | None = None,
-        summaries: np.ndarray | None = None,
     ) -> None:
-        """An answered request, to be logged, with its inputs as raw ``rows`` or as their
-        ``summaries`` (:func:`input_summaries`, computed by the caller: the HTTP path's
-        micro-batches), or neither. At most :data:`MAX_SUMMARY_ROWS` of them are kept,
-        evenly spaced. Raw rows are not copied: the caller hands them over and must not
-        change them afterwards; they wait until a few hundred kilobytes of them have, then
-        all are summarized in one numpy call and let go. A shadow answer (role "shadow")
-        brings the champion's version and classes for the agreement."""
-        held, ready = None, None
-        if summaries is not None and len(summaries):
-            ready = _held_rows(summaries)
-        elif rows is not None and len(rows):
-            held = _held_rows(rows)
-        size = ready.nbytes if ready is not None else _reserved(held)
-        if size and self._summary_bytes + size > self._max_summary_bytes:
-            metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc()
-            held, ready, size = None, None, 0
+        """An answered request, to be logged. ``rows``, its raw rows, is not copied (at
+        most :data:`MAX_SUMMARY_ROWS` of them are kept, evenly spaced): the caller hands it
+        over and must not change it afterwards. The rows wait until a few hundred kilobytes
+        of them have, then all are summarized in one numpy call and let go. A shadow answer
+        (role "shadow") brings the champion's version and classes for the agreement."""
+        held = _held_rows(rows) if rows is not None and len(rows) else None
+        size = 0
+        if held is not None:
+            size = _reserved(held)
+            if self._summary_bytes + size > self._max_summary_bytes:
+                metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc()
+                held, size = None, 0
         entry = Answered(
             model_name,
             version,
@@ -517,13 +512,10 @@ class PredictionLog:
             role,
             champion_version,
             champion_labels,
-            ready,
         )
-        if not self._append(entry):
+        if not self._append(entry) or held is None:
             return
         self._summary_bytes += size
-        if held is None:
-            return
         self._unsummarized.append(entry)
         self._unsummarized_bytes += held.nbytes
         if self._unsummarized_bytes >= self._summarize_at:
@@ -540,9 +532,9 @@ class PredictionLog:
         role: Role | None = None,
     ) -> None:
         """An answered request with its input ``summaries`` (:func:`input_summaries`,
-        computed by its micro-batch; None: it has none): :meth:`add_prediction`'s HTTP
-        fast path, a few list appends (the request joins the newest entry's columns when
-        that is of its version and role)."""
+        computed by its micro-batch; None: it has none; at most :data:`MAX_SUMMARY_ROWS`
+        rows of them are kept, evenly spaced): the HTTP path's, a few list appends (the
+        request joins the newest entry's columns when that is of its version and role)."""
         if self._requests >= self._max_pending:
             metrics.PREDICTIONS_LOG_DROPPED.labels("buffer full").inc()
             return

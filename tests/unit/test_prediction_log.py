@@ -296,12 +296,12 @@ async def test_summaries_computed_by_the_caller_are_logged_as_they_are_and_bound
     summaries = input_summaries(rows)
     summary_row = summaries[:1].nbytes
     log = PredictionLog(publish, linger_s=60, max_pending_summary_bytes=600 * summary_row)
-    log.add_prediction("m", 1, "one", np.array([1]), 1.0, None, summaries=summaries[:1])
-    log.add_prediction("m", 1, "many", np.arange(600) % 10, 1.0, None, summaries=summaries)
+    log.add_summarized("m", 1, "one", np.array([1]), 1.0, summaries[:1])
+    log.add_summarized("m", 1, "many", np.arange(600) % 10, 1.0, summaries)
     assert log._summary_bytes == 513 * summary_row and log._unsummarized == []
     skipped = metrics.PREDICTIONS_LOG_INPUTS_SKIPPED
     before = skipped._value.get()
-    log.add_prediction("m", 1, "over", np.arange(100) % 10, 1.0, None, summaries=summaries[:100])
+    log.add_summarized("m", 1, "over", np.arange(100) % 10, 1.0, summaries[:100])
     assert skipped._value.get() - before == 1
     await log._publish(log._taken(len(log._pending)))
     logged = {r.request_id: r.input_summary for e in published for r in e.requests()}
@@ -349,20 +349,24 @@ async def test_summarized_requests_gather_as_columns_and_leave_as_if_added_one_b
     await log._publish(log._taken(len(log._pending)))
     assert log._requests == 0 and log._summary_bytes == 0
 
-    one_by_one: list[PredictionLogged] = []
-
-    async def publish_alone(events: list[PredictionLogged]) -> None:
-        one_by_one.extend(events)
-
-    alone = PredictionLog(publish_alone, linger_s=60)
-    for i in (0, 1, 2, 3, 4, 6):
-        summaries = input_summaries(np.random.default_rng(i).random((1, 784), dtype=np.float32))
-        role = "canary" if i == 3 else None
-        alone.add_prediction(
-            "m", 1, f"r{i}", np.array([i % 10]), 1.0 + i / 7, None, role, summaries=summaries
-        )
-    alone.add_prediction("m", 2, "s5", np.array([5]), 1.0, np.ones((1, 784)), "shadow")
-    await alone._publish(alone._taken(len(alone._pending)))
+    one_by_one = batch_logged(
+        [
+            Answered(
+                "m",
+                1,
+                f"r{i}",
+                np.array([i % 10]),
+                1.0 + i / 7,
+                None,
+                "canary" if i == 3 else None,
+                summaries=input_summaries(
+                    np.random.default_rng(i).random((1, 784), dtype=np.float32)
+                ),
+            )
+            for i in (0, 1, 2, 3, 4, 6)
+        ]
+        + [Answered("m", 2, "s5", np.array([5]), 1.0, np.ones((1, 784)), "shadow")]
+    )
 
     def requests(events: list[PredictionLogged]) -> list[tuple[object, ...]]:
         return [
