@@ -442,7 +442,8 @@ def _cpu_per_request(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
 
 def _cpu_overhead(cpu: dict[str, float]) -> dict[str, float]:
     """Extra CPU per request with logging on, in % of the server's CPU per request with
-    logging off: the server's own, and with the broker's and monitor's added."""
+    logging off: the server's own, and with its log writer's, the broker's and the
+    monitor's added."""
     off = cpu["server_logging_off"]
     return {
         "server": round(100 * (cpu["server_logging_on"] / off - 1), 1),

@@ -1,11 +1,12 @@
-"""The prediction log's writer: a child process that summarizes, builds and publishes the
+"""The prediction log's writer: a child process that builds and publishes the
 prediction.logged.v1 events of the requests the HTTP server answered.
 
 The server answers on one event loop (one core). Logging every answer costs it more than
-the work itself: summarizing each image for the drift test, building the columns, and
-aiokafka's client. Here the log hands a lingered batch of answered requests (a few
-thousand at most, a few megabytes of raw rows) to a child process in one frame and goes
-back to serving; the child does the rest on another core (``nice`` +5: under a load that
+the work itself: building the columns, aiokafka's client, and summarizing the raw rows of
+the answers that bring them (shadow answers; an HTTP request's summaries come from its
+micro-batch). Here the log hands a lingered batch of answered requests (a few thousand
+at most) to a child process in one frame and goes back to serving; the child does the
+rest on another core (``nice`` +5: under a load that
 fills every core the serving processes come first, and the log's bounded buffer drops
 what the writer cannot take, counted, rather than slowing the answers).
 
