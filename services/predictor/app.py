@@ -28,7 +28,7 @@ from libs.messaging.positions import wait_positioned
 from libs.messaging.settings import KafkaSettings
 from libs.service import create_app
 from libs.storage import StoreSettings
-from services.predictor import handlers
+from services.predictor import handlers, metrics
 from services.predictor.endpoint import (
     VERSION_PATTERN,
     InferenceEndpoint,
@@ -150,6 +150,8 @@ def build_app(
         summaries: np.ndarray | None,
         role: Role | None = None,
     ) -> None:
+        if summaries is None:  # its batch's summaries failed (logged by the batcher)
+            metrics.PREDICTIONS_LOG_INPUTS_SKIPPED.inc()
         prediction_log.add_summarized(
             model.name, model.version, request_id, labels, ms, summaries, role
         )
@@ -162,8 +164,8 @@ def build_app(
     # quiet moment (no request in flight; 50 ms at most). A shadow candidate runs in a child
     # process at idle priority; its answers leave through the same log, batched as columns.
     in_flight = InFlight()
-    # the summaries, the events and the Kafka client in a child process (another core):
-    # the serving loop only gathers the answered requests and hands them over
+    # the events and the Kafka client in a child process (another core): the serving loop
+    # only gathers the answered requests (their micro-batches' summaries) and hands them over
     writer = LogWriter(SERVICE, kafka) if settings.log_writer == "process" else None
     prediction_log = PredictionLog(
         publish_logged,

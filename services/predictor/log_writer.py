@@ -73,7 +73,7 @@ def encode_batch(request_id: int, source: str, entries: Sequence[Answered | Colu
     rows: list[np.ndarray | None] = []
     has_champion = has_rows = False
     for e in entries:
-        key = (e.model_name, e.version, e.role, getattr(e, "champion_version", None))
+        key = (e.model_name, e.version, e.role, e.champion_version)
         g = groups.setdefault(key, len(groups))
         if isinstance(e, Columns):
             n = len(e.request_ids)

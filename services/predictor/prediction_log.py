@@ -189,6 +189,11 @@ class Columns:
     def __len__(self) -> int:
         return len(self.request_ids)
 
+    @property
+    def champion_version(self) -> None:
+        """None: the HTTP path's columns carry no shadow answers."""
+        return None
+
     def answered(self) -> list[Answered]:
         """The same requests, one object each."""
         return [
@@ -283,10 +288,10 @@ def summaries_of(members: Sequence[Answered]) -> list[np.ndarray | None]:
     for i, m in enumerate(members):
         if m.summaries is None and m.rows is not None and len(m.rows):
             by_width.setdefault(m.rows.size // len(m.rows), []).append(i)
-    for width, indices in by_width.items():
+    for indices in by_width.values():
         kept = [_held_rows(members[i].rows) for i in indices]  # type: ignore[arg-type]
         flat = np.concatenate(kept) if len(kept) > 1 else kept[0]
-        summaries = summarize_rows(flat, feature_groups(width))
+        summaries = input_summaries(flat)
         at = 0
         for i, rows in zip(indices, kept, strict=True):
             out[i] = summaries[at : at + len(rows)]
