@@ -8,7 +8,6 @@ with its lifespan hooks; its ``__main__.py`` calls :func:`serve`.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -25,6 +24,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs import telemetry
+from libs.heap import freeze_startup_heap
 from libs.http_errors import install_error_handlers
 from libs.http_limits import DEFAULT_MAX_BODY_BYTES, BodyLimit, BodySizeLimit, RouteLimit
 from libs.messaging.admin import wait_until_reachable
@@ -268,16 +268,6 @@ def serve(
     server.run()
     if not server.started:
         raise SystemExit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run would
-
-
-def freeze_startup_heap() -> None:
-    """Move everything allocated so far (modules, the app) out of the garbage collector's
-    sight: it lives as long as the process. Without this every full collection, triggered
-    by objects that outlive a few young collections (events in flight, logged predictions
-    waiting for their batch), scans the whole import-time heap again: measured ~150 ms per
-    collection in the stream worker (~7 us per record)."""
-    gc.collect()
-    gc.freeze()
 
 
 def _bounded_server(config: Any) -> Any:

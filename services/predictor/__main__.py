@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import sys
 
+from libs.heap import freeze_startup_heap
 from libs.messaging.settings import KafkaSettings
 from libs.service import (
     HTTP_GRACEFUL_S,
     HTTP_KEEP_ALIVE_S,
     check_broker,
     enable_exit_deadline,
-    freeze_startup_heap,
     serve,
 )
 from services.predictor.app import PredictorApp, build_app

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from libs.heap import freeze_startup_heap
 from services.predictor import metrics
 from services.predictor.child_process import (
     ChildGone,
@@ -256,6 +257,7 @@ def main(argv: list[str]) -> None:
     import torch
 
     torch.set_num_threads(int(argv[0]) if argv else 1)
+    freeze_startup_heap()  # torch's import-time heap: out of every collection's sight
     log.debug("candidate process %s at %s", os.getpid(), priority)
     with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
         serve(sys.stdin.buffer, out)

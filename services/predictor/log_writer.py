@@ -35,6 +35,7 @@ import numpy as np
 
 from contracts.events import PredictionLogged
 from contracts.topics import topic_for
+from libs.heap import freeze_startup_heap
 from libs.messaging.settings import KafkaSettings
 from libs.telemetry.metrics import EVENTS_PUBLISHED
 from services.predictor import metrics
@@ -236,6 +237,7 @@ async def serve(inp: asyncio.StreamReader, out: BinaryIO, service: str) -> None:
                 if not connected:
                     await broker.connect()
                     connected = True
+                    freeze_startup_heap()  # the imports and the Kafka client: for good
                 await publish(events)
                 answer["events"] = len(events)
             except Exception as exc:  # answered: the parent counts the batch as dropped
