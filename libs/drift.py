@@ -1,5 +1,6 @@
 """Drift statistics shared by preprocess (which records the reference) and the monitor
-(which compares live traffic against it). Pure numpy; no service, broker or web imports.
+(which compares live traffic against it). numpy and one numba-compiled loop; no service,
+broker or web imports.
 
 The test: population stability (PSI) on binned per-feature-group summaries.
 
@@ -7,7 +8,7 @@ The test: population stability (PSI) on binned per-feature-group summaries.
   groups of 49, i.e. bands of ~1.75 image rows; 8 tabular features: one group each).
 - Each row is summarized by the mean and the standard deviation of each group
   (:func:`summarize_rows`): ``2 * G`` numbers per row, cheap enough for the predictor to
-  compute on every logged request (one reshape + two reductions).
+  compute on every logged request (one compiled pass over the rows, numba).
 - The reference holds, per summary column, the decile edges of the training split and
   the share of training rows in each bin; a live window's PSI per column compares its bin
   shares with the reference's (smoothed, so empty bins stay finite). The drift score is
@@ -23,6 +24,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
 __all__ = [
@@ -65,22 +67,46 @@ def summary_names(groups: int) -> list[str]:
 
 
 def summarize_rows(rows: np.ndarray, groups: list[tuple[int, int]]) -> np.ndarray:
-    """``[N, 2G]`` float32: per row, the mean then the std of each feature group."""
+    """``[N, 2G]`` float32: per row, the mean then the std of each feature group. One
+    compiled pass (float64 sums, the std from the centred values): the predictor runs it on
+    every micro-batch with a logged request, where a dozen numpy calls cost ~8 us per
+    request in place (cold code between batches), several times their microbenchmark."""
     flat = np.asarray(rows).reshape(len(rows), -1)
-    size = groups[0][1] - groups[0][0]
-    if groups[-1][1] == flat.shape[1] == size * len(groups):  # equal groups: one pass
-        # sums in float64 (uint8 images: exact), std from E[x^2] - E[x]^2
-        blocks = flat.reshape(len(flat), len(groups), size).astype(np.float64)
-        out = np.empty((len(flat), 2 * len(groups)), dtype=np.float32)
-        mean = blocks.sum(axis=2) / size
-        var = np.einsum("ngk,ngk->ng", blocks, blocks) / size - mean * mean
-        out[:, : len(groups)] = mean
-        out[:, len(groups) :] = np.sqrt(np.maximum(var, 0.0))
-        return out
-    flat = flat.astype(np.float32, copy=False)
-    means = np.stack([flat[:, a:b].mean(axis=1) for a, b in groups], axis=1)
-    stds = np.stack([flat[:, a:b].std(axis=1) for a, b in groups], axis=1)
-    return np.concatenate([means, stds], axis=1)
+    if flat.dtype != np.float32 and flat.dtype != np.float64:
+        flat = flat.astype(np.float64)  # integers (uint8 images) exactly
+    bounds = _bounds(tuple(groups))
+    if len(bounds) < 2 or bounds[-1] > flat.shape[1]:
+        raise ValueError(f"feature groups {groups[:1]}... do not fit {flat.shape[1]} features")
+    out = np.empty((len(flat), 2 * (len(bounds) - 1)), dtype=np.float32)
+    _summarize(np.ascontiguousarray(flat), bounds, out)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds(groups: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Group ``g`` is ``[bounds[g], bounds[g + 1])`` (contiguous groups, as cut here)."""
+    return np.array([groups[0][0], *(b for _, b in groups)], dtype=np.int64)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _summarize(flat: np.ndarray, bounds: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    """One pass per group, sums of the values shifted by the group's first one (so that a
+    constant group's std is 0 and large offsets cancel no digits)."""
+    groups = len(bounds) - 1
+    for i in range(flat.shape[0]):
+        for g in range(groups):
+            a, b = bounds[g], bounds[g + 1]
+            shift = np.float64(flat[i, a])
+            total = 0.0
+            squares = 0.0
+            for k in range(a, b):
+                d = flat[i, k] - shift
+                total += d
+                squares += d * d
+            n = b - a
+            mean = total / n
+            out[i, g] = shift + mean
+            out[i, groups + g] = np.sqrt(max(squares / n - mean * mean, 0.0))
 
 
 def _shares(counts: np.ndarray) -> np.ndarray:

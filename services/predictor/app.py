@@ -37,7 +37,7 @@ from services.predictor.endpoint import (
 )
 from services.predictor.log_writer import LogWriter
 from services.predictor.model import LoadedModel
-from services.predictor.prediction_log import PredictionLog, kafka_publisher
+from services.predictor.prediction_log import PredictionLog, kafka_publisher, warm_summaries
 from services.predictor.responses import Liveness, ModelMetadata, Readiness, ServerMetadata
 from services.predictor.routing import Role
 from services.predictor.runtime import PredictorRuntime
@@ -177,6 +177,7 @@ def build_app(
 
     async def on_startup(app: FastAPI) -> None:
         torch.set_num_threads(settings.torch_threads)
+        warm_summaries()
         runtime.start()
         shadow.start()
         prediction_log.start()

@@ -99,6 +99,13 @@ def input_summaries(rows: np.ndarray) -> np.ndarray:
     return summarize_rows(flat, feature_groups(flat.shape[1]))
 
 
+def warm_summaries() -> None:
+    """Load the summaries' compiled pass (compile it, the first time on a machine: ~1 s)
+    for float32 and float64 rows, before a request's micro-batch needs it."""
+    for dtype in (np.float32, np.float64):
+        input_summaries(np.zeros((1, 1), dtype=dtype))
+
+
 def _reserved(rows: np.ndarray | None) -> int:
     """Bytes the summaries of held ``rows`` (``[n, features]``) will take."""
     return 0 if rows is None else len(rows) * _summary_row_bytes(rows.shape[1])

@@ -58,7 +58,7 @@ from libs.storage import StoreSettings
 from libs.telemetry import metrics as mesh_metrics
 from services.predictor import metrics, streaming
 from services.predictor.app import follow_models, ready_when_positioned
-from services.predictor.prediction_log import PredictionLog, prediction_logged
+from services.predictor.prediction_log import PredictionLog, prediction_logged, warm_summaries
 from services.predictor.runtime import PredictorRuntime
 from services.predictor.settings import PredictorSettings
 from services.predictor.shadow import InFlight, ShadowRunner
@@ -539,6 +539,7 @@ def build_stream_app(
 
     async def on_startup(app: FastAPI) -> None:
         torch.set_num_threads(settings.torch_threads)
+        warm_summaries()
         runtime.start()
         worker.shadow.start()
         worker.start()

@@ -40,6 +40,30 @@ def test_summaries_are_group_means_then_stds() -> None:
     assert summary_names(3) == ["mean[0]", "mean[1]", "mean[2]", "std[0]", "std[1]", "std[2]"]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64, np.int64])
+def test_summaries_match_numpy_for_images_of_any_dtype(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 256, (5, 28, 28)).astype(dtype)
+    rows[:, 0, :] = rows[0, 0, 0]  # a constant band: its std is exactly 0
+    groups = feature_groups(784)
+    s = summarize_rows(rows, groups)
+    blocks = rows.reshape(5, 16, 49).astype(np.float64)
+    assert s.dtype == np.float32 and s.shape == (5, 32)
+    np.testing.assert_allclose(s[:, :16], blocks.mean(axis=2), rtol=1e-6)
+    np.testing.assert_allclose(s[:, 16:], blocks.std(axis=2), rtol=1e-6, atol=1e-6)
+    constant = rows.reshape(5, -1)[:, :28]
+    assert (constant == constant[0, 0]).all() and s[0, 16] > 0  # the band spans group 0
+    big = 1e6 + rng.random((3, 8))  # large offsets: no digits lost to cancellation
+    np.testing.assert_allclose(
+        summarize_rows(big, feature_groups(8, max_groups=2))[:, 2:],
+        np.stack([big[:, :4].std(axis=1), big[:, 4:].std(axis=1)], axis=1),
+        rtol=1e-4,
+    )
+    np.testing.assert_array_equal(
+        summarize_rows(np.full((2, 98), 7.0), feature_groups(98))[:, 16:], 0
+    )
+
+
 def test_reference_round_trips_and_refuses_other_documents() -> None:
     x, y = fashion_like(2000, seed=1)
     ref = build_reference(x, y, 10)
