@@ -62,6 +62,9 @@ def test_summaries_match_numpy_for_images_of_any_dtype(dtype: type) -> None:
     np.testing.assert_array_equal(
         summarize_rows(np.full((2, 98), 7.0), feature_groups(98))[:, 16:], 0
     )
+    # a NaN (binary tensors can carry one) gives NaN summaries of its group, as numpy would
+    nan = summarize_rows(np.array([[1.0, np.nan, 2.0, 3.0]]), [(0, 2), (2, 4)])
+    assert np.isnan(nan[0, [0, 2]]).all() and nan[0, 1] == 2.5 and nan[0, 3] == 0.5
 
 
 def test_reference_round_trips_and_refuses_other_documents() -> None:
