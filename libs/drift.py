@@ -88,9 +88,20 @@ def _bounds(groups: tuple[tuple[int, int], ...]) -> np.ndarray:
     return np.array([groups[0][0], *(b for _, b in groups)], dtype=np.int64)
 
 
-# reassociation lets the sums vectorize; no assumption about NaN or inf (binary tensors
-# may carry them: they give NaN summaries, as numpy would)
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _compiled(fn: Any) -> Any:
+    """``fn`` compiled by numba (at its first call), cached on disk where a cache directory
+    can be written (next to this file, else the user's cache, else ``NUMBA_CACHE_DIR``); a
+    read-only install without one compiles it in each process (~1 s). Reassociation lets
+    the sums vectorize; no assumption about NaN or inf (binary tensors may carry them: they
+    give NaN summaries, as numpy would)."""
+    options: dict[str, Any] = {"nogil": True, "fastmath": {"reassoc", "contract"}}
+    try:
+        return numba.njit(cache=True, **options)(fn)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(**options)(fn)
+
+
+@_compiled
 def _summarize(flat: np.ndarray, bounds: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """One pass per group, float64 sums of the values shifted by the group's first one (so
     that a constant group's std is 0 and large offsets cancel no digits)."""

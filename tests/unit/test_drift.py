@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -100,3 +104,20 @@ def test_class_psi() -> None:
     assert class_psi([100, 100], np.array([0] * 100)) > 1.0
     with pytest.raises(ValueError):
         class_psi([0, 0], np.array([0]))
+
+
+def test_summaries_work_where_numba_can_write_no_cache() -> None:
+    """A read-only install with no user cache: compiled in the process, not cached."""
+    code = (
+        "import numba.core.caching as c; c.CacheImpl._locator_classes = []\n"
+        "import numpy as np, libs.drift as d\n"
+        "s = d.summarize_rows(np.full((2, 98), 3.0), d.feature_groups(98))\n"
+        "assert (s[:, :16] == 3).all() and (s[:, 16:] == 0).all()\n"
+        "print(type(d._summarize._cache).__name__)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "NullCache"
