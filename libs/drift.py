@@ -24,7 +24,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import numba
 import numpy as np
 
 __all__ = [
@@ -78,7 +77,7 @@ def summarize_rows(rows: np.ndarray, groups: list[tuple[int, int]]) -> np.ndarra
     if len(bounds) < 2 or bounds[-1] > flat.shape[1]:
         raise ValueError(f"feature groups {groups[:1]}... do not fit {flat.shape[1]} features")
     out = np.empty((len(flat), 2 * (len(bounds) - 1)), dtype=np.float32)
-    _summarize(np.ascontiguousarray(flat), bounds, out)
+    _compiled_summarize()(np.ascontiguousarray(flat), bounds, out)
     return out
 
 
@@ -88,20 +87,23 @@ def _bounds(groups: tuple[tuple[int, int], ...]) -> np.ndarray:
     return np.array([groups[0][0], *(b for _, b in groups)], dtype=np.int64)
 
 
-def _compiled(fn: Any) -> Any:
-    """``fn`` compiled by numba (at its first call), cached on disk where a cache directory
-    can be written (next to this file, else the user's cache, else ``NUMBA_CACHE_DIR``); a
-    read-only install without one compiles it in each process (~1 s). Reassociation lets
-    the sums vectorize; no assumption about NaN or inf (binary tensors may carry them: they
-    give NaN summaries, as numpy would)."""
+@functools.cache
+def _compiled_summarize() -> Any:
+    """:func:`_summarize` compiled by numba, imported here at the first call (the monitor
+    imports this module for :class:`Reference` alone), cached on disk where a cache
+    directory can be written (next to this file, else the user's cache, else
+    ``NUMBA_CACHE_DIR``); a read-only install without one compiles it in each process (~1 s).
+    Reassociation lets the sums vectorize; no assumption about NaN or inf (binary tensors
+    may carry them: they give NaN summaries, as numpy would)."""
+    import numba
+
     options: dict[str, Any] = {"nogil": True, "fastmath": {"reassoc", "contract"}}
     try:
-        return numba.njit(cache=True, **options)(fn)
+        return numba.njit(cache=True, **options)(_summarize)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(**options)(fn)
+        return numba.njit(**options)(_summarize)
 
 
-@_compiled
 def _summarize(flat: np.ndarray, bounds: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """One pass per group, float64 sums of the values shifted by the group's first one (so
     that a constant group's std is 0 and large offsets cancel no digits)."""

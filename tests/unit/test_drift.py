@@ -113,7 +113,7 @@ def test_summaries_work_where_numba_can_write_no_cache() -> None:
         "import numpy as np, libs.drift as d\n"
         "s = d.summarize_rows(np.full((2, 98), 3.0), d.feature_groups(98))\n"
         "assert (s[:, :16] == 3).all() and (s[:, 16:] == 0).all()\n"
-        "print(type(d._summarize._cache).__name__)\n"
+        "print(type(d._compiled_summarize()._cache).__name__)\n"
     )
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
